@@ -1,0 +1,53 @@
+# PoseGPT for Blender. `make help` lists the targets; `make demo` and `make test` are all a fresh machine needs.
+PYTHON_SYS ?= python3.11
+VENV       := .venv
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+CONFIG     ?= training/configs/demo.yaml
+CHECKPOINT ?= checkpoints/posegpt-demo-tiny
+PROMPT     ?=
+ARGS       ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test test-gui bench serve keys addon train demo clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON_SYS) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON_SYS) not found)"; exit 1; }
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP) ## Create .venv and install every pinned dependency (reused when up to date)
+
+test: $(STAMP) ## Run the test suite (headless; bpy module included)
+	$(PY) -m pytest -q tests $(ARGS)
+
+test-gui: $(STAMP) ## Drive Debian's Blender under xvfb with the built add-on; screenshot in test_output/
+	bash scripts/install_gui_deps.sh
+	$(MAKE) addon
+	$(PY) tests/gui/run_gui_test.py
+
+bench: $(STAMP) ## Run every benchmark in bench/ (prints `name: value` lines)
+	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+
+serve: $(STAMP) ## Start the backend on loopback (CHECKPOINT=..., ARGS="--workers 2 ...")
+	$(VENV)/bin/posegpt-serve --checkpoint $(CHECKPOINT) $(ARGS)
+
+keys: $(STAMP) ## Generate CURVE key pairs for remote use (ARGS="--dir keys")
+	$(VENV)/bin/posegpt-keys $(ARGS)
+
+addon: $(STAMP) ## Build the Blender extension and legacy add-on zips into dist/
+	$(PY) scripts/build_addon.py
+
+train: $(STAMP) ## Fine-tune PoseGPT (CONFIG=training/configs/....yaml, ARGS="key=value ...")
+	$(PY) -m training.train --config $(CONFIG) $(ARGS)
+
+demo: $(STAMP) ## Words in, posed body out: backend + headless Blender, results in demo_output/
+	$(PY) -m demo.run_demo $(if $(PROMPT),--prompt "$(PROMPT)")
+
+clean: ## Remove build outputs (keeps .venv)
+	rm -rf build dist demo_output test_output bench_output .pytest_cache

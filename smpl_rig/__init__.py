@@ -1,0 +1,7 @@
+"""smpl_rig: the SMPL skeleton, rotation conventions, frames, forward kinematics, body models, metrics,
+and (in ``smpl_rig.blender``, the only module that imports bpy) the mapping onto Blender armatures.
+
+Everything here but ``smpl_rig.blender`` needs numpy alone; torch tensors are accepted where noted.
+"""
+from . import frames, kinematics, metrics, rotations, skeleton  # noqa: F401
+from .skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS  # noqa: F401

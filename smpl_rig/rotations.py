@@ -1,0 +1,388 @@
+"""Every rotation conversion of the project, for numpy arrays and torch tensors alike.
+
+Names say source and target convention, component order included:
+
+- ``rotvec``: axis-angle, (..., 3), angle = norm in radians.
+- ``rotmat``: rotation matrix, (..., 3, 3), acting on column vectors.
+- ``quat_wxyz``: unit quaternion, (..., 4), scalar FIRST (Blender's order; SciPy and roma use x, y, z, w).
+- ``d6``: the 6D representation of the conventions page, (..., 6): the first two COLUMNS of the matrix,
+  column after column, ``[R00, R10, R20, R01, R11, R21]``. Never the interleaved ``reshape(3, 2)`` layout.
+
+Every function takes any leading batch shape and returns the input's array type and dtype. numpy is the
+only hard dependency (the Blender add-on ships this module without torch); torch is used when given.
+No other module of the project converts rotations.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "rotvec_to_rotmat", "rotmat_to_rotvec", "rotmat_to_quat_wxyz", "quat_wxyz_to_rotmat",
+    "rotvec_to_quat_wxyz", "quat_wxyz_to_rotvec", "rotmat_to_d6", "d6_to_rotmat", "d6_to_rotvec",
+    "rotvec_to_d6", "quat_wxyz_to_d6", "d6_to_quat_wxyz", "geodesic_angle", "pose_to_rotmat",
+    "quat_wxyz_align_signs", "quat_wxyz_slerp", "quat_wxyz_multiply", "quat_wxyz_conjugate",
+    "rotmat_x", "rotmat_y", "rotmat_z", "orthonormalize_rotmat",
+]
+
+_SMALL_ANGLE = 1e-4  # below this, Taylor series replace sin(x)/x-type ratios
+
+
+# --- array-library dispatch ----------------------------------------------------------------------------
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+class _Numpy:
+    stack = staticmethod(lambda xs, axis: np.stack(xs, axis=axis))
+    concat = staticmethod(lambda xs, axis: np.concatenate(xs, axis=axis))
+    sqrt = staticmethod(np.sqrt)
+    sin = staticmethod(np.sin)
+    cos = staticmethod(np.cos)
+    arctan2 = staticmethod(np.arctan2)
+    where = staticmethod(np.where)
+    abs = staticmethod(np.abs)
+    norm = staticmethod(lambda x: np.linalg.norm(x, axis=-1, keepdims=True))
+    cross = staticmethod(lambda a, b: np.cross(a, b, axis=-1))
+    clip = staticmethod(np.clip)
+    argmax = staticmethod(lambda x: np.argmax(x, axis=-1))
+    take = staticmethod(lambda x, idx: np.take_along_axis(x, idx[..., None, None], axis=-2)[..., 0, :])
+    cumprod = staticmethod(lambda x, axis: np.cumprod(x, axis=axis))
+    eye_like = staticmethod(lambda x: np.broadcast_to(np.eye(3, dtype=x.dtype), x.shape[:-1] + (3, 3)).copy())
+    swap = staticmethod(lambda m: np.swapaxes(m, -1, -2))
+    isfinite_all = staticmethod(lambda x: bool(np.all(np.isfinite(x))))
+    asarray = staticmethod(lambda x: x if isinstance(x, np.ndarray) and x.dtype.kind == "f" else np.asarray(x, dtype=np.float64))
+
+
+class _Torch:
+    def __init__(self):
+        import torch
+        self.t = torch
+
+    def stack(self, xs, axis):
+        return self.t.stack(xs, dim=axis)
+
+    def concat(self, xs, axis):
+        return self.t.cat(xs, dim=axis)
+
+    def sqrt(self, x):
+        return self.t.sqrt(x)
+
+    def sin(self, x):
+        return self.t.sin(x)
+
+    def cos(self, x):
+        return self.t.cos(x)
+
+    def arctan2(self, a, b):
+        return self.t.atan2(a, b)
+
+    def where(self, c, a, b):
+        return self.t.where(c, a, b)
+
+    def abs(self, x):
+        return self.t.abs(x)
+
+    def norm(self, x):
+        return self.t.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+    def cross(self, a, b):
+        return self.t.linalg.cross(a, b, dim=-1)
+
+    def clip(self, x, lo, hi):
+        return self.t.clamp(x, lo, hi)
+
+    def argmax(self, x):
+        return self.t.argmax(x, dim=-1)
+
+    def take(self, x, idx):
+        index = idx[..., None, None].expand(*idx.shape, 1, x.shape[-1])
+        return self.t.gather(x, -2, index)[..., 0, :]
+
+    def cumprod(self, x, axis):
+        return self.t.cumprod(x, dim=axis)
+
+    def eye_like(self, x):
+        return self.t.eye(3, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 3, 3).clone()
+
+    def swap(self, m):
+        return m.transpose(-1, -2)
+
+    def isfinite_all(self, x):
+        return bool(self.t.isfinite(x).all())
+
+    def asarray(self, x):
+        return x if x.is_floating_point() else x.double()
+
+
+_NUMPY = _Numpy()
+_TORCH = None
+
+
+def _ns(x):
+    global _TORCH
+    if _is_torch(x):
+        if _TORCH is None:
+            _TORCH = _Torch()
+        return _TORCH
+    return _NUMPY
+
+
+def _check_last(x, sizes: tuple[int, ...], what: str):
+    if tuple(x.shape[len(x.shape) - len(sizes):]) != sizes or len(x.shape) < len(sizes):
+        raise ValueError(f"{what} must have shape (..., {', '.join(map(str, sizes))}), got {tuple(x.shape)}")
+
+
+def _prepare(x, sizes, what):
+    xp = _ns(x)
+    x = xp.asarray(x)
+    _check_last(x, sizes, what)
+    return xp, x
+
+
+# --- axis-angle ----------------------------------------------------------------------------------------
+
+def _skew(xp, v):
+    """(..., 3) → (..., 3, 3) cross-product matrix."""
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    o = x * 0
+    return xp.stack([xp.stack([o, -z, y], -1), xp.stack([z, o, -x], -1), xp.stack([-y, x, o], -1)], -2)
+
+
+def rotvec_to_rotmat(rotvec):
+    """Axis-angle (..., 3) → rotation matrix (..., 3, 3) by Rodrigues' formula, exact near zero."""
+    xp, v = _prepare(rotvec, (3,), "rotvec")
+    theta = xp.norm(v)[..., None]                      # (..., 1, 1)
+    small = theta < _SMALL_ANGLE
+    safe = xp.where(small, theta * 0 + 1, theta)
+    t2 = theta * theta
+    a = xp.where(small, 1 - t2 / 6, xp.sin(safe) / safe)          # sin θ / θ
+    b = xp.where(small, 0.5 - t2 / 24, (1 - xp.cos(safe)) / (safe * safe))  # (1 − cos θ) / θ²
+    k = _skew(xp, v)
+    return xp.eye_like(v) + a * k + b * (k @ k)
+
+
+def rotvec_to_quat_wxyz(rotvec):
+    """Axis-angle (..., 3) → unit quaternion (..., 4), w first, w ≥ 0 for angles ≤ π."""
+    xp, v = _prepare(rotvec, (3,), "rotvec")
+    theta = xp.norm(v)
+    small = theta < _SMALL_ANGLE
+    safe = xp.where(small, theta * 0 + 1, theta)
+    s = xp.where(small, 0.5 - theta * theta / 48, xp.sin(safe / 2) / safe)  # sin(θ/2) / θ
+    return xp.concat([xp.cos(theta / 2), v * s], -1)
+
+
+def quat_wxyz_to_rotvec(quat):
+    """Quaternion (..., 4), w first, any norm → axis-angle (..., 3) with angle in [0, π]."""
+    xp, q = _prepare(quat, (4,), "quat_wxyz")
+    q = q / xp.norm(q)
+    q = xp.where(q[..., :1] < 0, -q, q)                # the short way round
+    w, vec = q[..., :1], q[..., 1:]
+    s = xp.norm(vec)                                   # sin(θ/2)
+    theta = 2 * xp.arctan2(s, w)
+    small = s < _SMALL_ANGLE
+    ratio = xp.where(small, 2 / w * (1 + s * s / 6), theta / xp.where(small, s * 0 + 1, s))  # θ / sin(θ/2)
+    return vec * ratio
+
+
+def rotmat_to_rotvec(rotmat):
+    """Rotation matrix (..., 3, 3) → axis-angle (..., 3), angle in [0, π]."""
+    return quat_wxyz_to_rotvec(rotmat_to_quat_wxyz(rotmat))
+
+
+# --- quaternions ---------------------------------------------------------------------------------------
+
+def quat_wxyz_to_rotmat(quat):
+    """Quaternion (..., 4), w first (normalised here) → rotation matrix (..., 3, 3)."""
+    xp, q = _prepare(quat, (4,), "quat_wxyz")
+    q = q / xp.norm(q)
+    w, x, y, z = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    rows = [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ]
+    return xp.stack([xp.stack(r, -1) for r in rows], -2)
+
+
+def rotmat_to_quat_wxyz(rotmat):
+    """Rotation matrix (..., 3, 3) → unit quaternion (..., 4), w first, w ≥ 0.
+
+    Shepperd's method: of the four algebraically equal formulas, use the one with the largest
+    denominator, so no branch divides by a number near zero.
+    """
+    xp, m = _prepare(rotmat, (3, 3), "rotmat")
+    m00, m01, m02 = m[..., 0, 0], m[..., 0, 1], m[..., 0, 2]
+    m10, m11, m12 = m[..., 1, 0], m[..., 1, 1], m[..., 1, 2]
+    m20, m21, m22 = m[..., 2, 0], m[..., 2, 1], m[..., 2, 2]
+    # 4·q_k² for k = w, x, y, z
+    four_sq = xp.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
+    root = xp.sqrt(xp.clip(four_sq, 1e-12, None))      # 2·|q_k|
+    candidates = xp.stack([
+        xp.stack([four_sq[..., 0], m21 - m12, m02 - m20, m10 - m01], -1),
+        xp.stack([m21 - m12, four_sq[..., 1], m10 + m01, m02 + m20], -1),
+        xp.stack([m02 - m20, m10 + m01, four_sq[..., 2], m21 + m12], -1),
+        xp.stack([m10 - m01, m20 + m02, m21 + m12, four_sq[..., 3]], -1),
+    ], -2) / (2 * root[..., :, None])                  # (..., 4 candidates, 4)
+    q = xp.take(candidates, xp.argmax(four_sq))
+    q = q / xp.norm(q)
+    return xp.where(q[..., :1] < 0, -q, q)
+
+
+def quat_wxyz_multiply(a, b):
+    """Hamilton product a·b of quaternions (..., 4), w first."""
+    xp, a = _prepare(a, (4,), "quat_wxyz")
+    _, b = _prepare(b, (4,), "quat_wxyz")
+    aw, ax, ay, az = a[..., 0], a[..., 1], a[..., 2], a[..., 3]
+    bw, bx, by, bz = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+    return xp.stack([
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    ], -1)
+
+
+def quat_wxyz_conjugate(q):
+    """Inverse of a unit quaternion (..., 4), w first."""
+    xp, q = _prepare(q, (4,), "quat_wxyz")
+    return xp.concat([q[..., :1], -q[..., 1:]], -1)
+
+
+def quat_wxyz_align_signs(quats, axis: int = 0):
+    """Flip signs along ``axis`` (a time axis) so each quaternion has a non-negative dot product with the
+    one before it: keyframe interpolation then takes the short way. Same rotations, returned as a copy."""
+    xp, q = _prepare(quats, (4,), "quat_wxyz")
+    axis = axis % (len(q.shape) - 1)
+    n = q.shape[axis]
+    if n < 2:
+        return q * 1
+    sl = lambda a, b: (slice(None),) * axis + (slice(a, b),)
+    dots = (q[sl(1, None)] * q[sl(None, n - 1)]).sum(-1)
+    flips = xp.cumprod(xp.where(dots < 0, dots * 0 - 1, dots * 0 + 1), axis)
+    return xp.concat([q[sl(0, 1)], q[sl(1, None)] * flips[..., None]], axis)
+
+
+def quat_wxyz_slerp(q0, q1, t):
+    """Spherical interpolation between unit quaternions (..., 4) at fraction ``t`` (broadcast to (...,))."""
+    xp, q0 = _prepare(q0, (4,), "quat_wxyz")
+    _, q1 = _prepare(q1, (4,), "quat_wxyz")
+    t = t[..., None] if hasattr(t, "shape") and len(t.shape) else t
+    dot = (q0 * q1).sum(-1, keepdims=True) if not _is_torch(q0) else (q0 * q1).sum(-1, keepdim=True)
+    q1 = xp.where(dot < 0, -q1, q1)
+    dot = xp.abs(dot)
+    omega = xp.arctan2(xp.sqrt(xp.clip(1 - dot * dot, 0, None)), dot)
+    near = omega < _SMALL_ANGLE
+    s = xp.where(near, omega * 0 + 1, xp.sin(omega))
+    w0 = xp.where(near, 1 - t + omega * 0, xp.sin((1 - t) * omega) / s)
+    w1 = xp.where(near, t + omega * 0, xp.sin(t * omega) / s)
+    q = w0 * q0 + w1 * q1
+    return q / xp.norm(q)
+
+
+# --- 6D ------------------------------------------------------------------------------------------------
+
+def rotmat_to_d6(rotmat):
+    """Rotation matrix (..., 3, 3) → 6D (..., 6) = [R00, R10, R20, R01, R11, R21] (columns 0 and 1)."""
+    xp, m = _prepare(rotmat, (3, 3), "rotmat")
+    return xp.concat([m[..., :, 0], m[..., :, 1]], -1)
+
+
+def d6_to_rotmat(d6):
+    """6D (..., 6), two columns → rotation matrix (..., 3, 3) by Gram–Schmidt (b1, b2, b3 = b1 × b2)."""
+    xp, d = _prepare(d6, (6,), "d6")
+    a1, a2 = d[..., 0:3], d[..., 3:6]
+    b1 = a1 / xp.clip(xp.norm(a1), 1e-12, None)
+    a2 = a2 - (b1 * a2).sum(-1)[..., None] * b1
+    b2 = a2 / xp.clip(xp.norm(a2), 1e-12, None)
+    b3 = xp.cross(b1, b2)
+    return xp.stack([b1, b2, b3], -1)                  # columns
+
+
+def rotvec_to_d6(rotvec):
+    return rotmat_to_d6(rotvec_to_rotmat(rotvec))
+
+
+def d6_to_rotvec(d6):
+    return rotmat_to_rotvec(d6_to_rotmat(d6))
+
+
+def quat_wxyz_to_d6(quat):
+    return rotmat_to_d6(quat_wxyz_to_rotmat(quat))
+
+
+def d6_to_quat_wxyz(d6):
+    return rotmat_to_quat_wxyz(d6_to_rotmat(d6))
+
+
+def orthonormalize_rotmat(rotmat):
+    """Nearest-by-Gram–Schmidt proper rotation for a slightly drifted matrix (..., 3, 3)."""
+    return d6_to_rotmat(rotmat_to_d6(rotmat))
+
+
+# --- measures and constructors -------------------------------------------------------------------------
+
+def geodesic_angle(rotmat_a, rotmat_b):
+    """Angle in radians (...) of R_a R_bᵀ, accurate near 0 and π (atan2 of sine and cosine parts,
+    equal to arccos((trace − 1) / 2) of the conventions page)."""
+    xp, a = _prepare(rotmat_a, (3, 3), "rotmat")
+    _, b = _prepare(rotmat_b, (3, 3), "rotmat")
+    m = a @ xp.swap(b)
+    cos = (m[..., 0, 0] + m[..., 1, 1] + m[..., 2, 2] - 1) / 2
+    vee = xp.stack([m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]], -1)
+    sin = xp.norm(vee)[..., 0] / 2
+    return xp.arctan2(sin, cos)
+
+
+def _axis_rotmat(axis: int, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    m = np.eye(3)
+    m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
+    return m
+
+
+def rotmat_x(angle: float) -> np.ndarray:
+    """Rotation about +X by ``angle`` radians (right-handed), float64 (3, 3)."""
+    return _axis_rotmat(0, angle)
+
+
+def rotmat_y(angle: float) -> np.ndarray:
+    """Rotation about +Y by ``angle`` radians (right-handed), float64 (3, 3)."""
+    return _axis_rotmat(1, angle)
+
+
+def rotmat_z(angle: float) -> np.ndarray:
+    """Rotation about +Z by ``angle`` radians (right-handed), float64 (3, 3)."""
+    return _axis_rotmat(2, angle)
+
+
+# --- poses in any representation -----------------------------------------------------------------------
+
+def pose_to_rotmat(pose, num_joints: int = 24):
+    """A pose as (J, 3) axis-angle, (J*3,), (J, 3, 3) matrices, (J, 6) or (J*6,) 6D, or (J, 4) quaternions
+    (w first), any leading batch shape → (..., J, 3, 3). Rejects other shapes and non-finite values with a
+    ``ValueError`` that says what was expected."""
+    xp = _ns(pose)
+    p = xp.asarray(pose)
+    shape = tuple(p.shape)
+    if not xp.isfinite_all(p):
+        raise ValueError("pose contains NaN or infinite values")
+    j = num_joints
+    if shape[-3:] == (j, 3, 3):   # checked first: for j = 3, (3, 3) would also read as axis-angle
+        return p
+    if shape[-2:] == (j, 3):
+        return rotvec_to_rotmat(p)
+    if shape[-2:] == (j, 6):
+        return d6_to_rotmat(p)
+    if shape[-2:] == (j, 4):
+        return quat_wxyz_to_rotmat(p)
+    if shape[-1:] == (j * 3,):
+        return rotvec_to_rotmat(p.reshape(*shape[:-1], j, 3))
+    if shape[-1:] == (j * 6,):
+        return d6_to_rotmat(p.reshape(*shape[:-1], j, 6))
+    raise ValueError(
+        f"a pose must be ({j}, 3) axis-angle, ({j * 3},), ({j}, 3, 3) matrices, ({j}, 6) or ({j * 6},) 6D, "
+        f"or ({j}, 4) quaternions w-first; got shape {shape}")
