@@ -142,6 +142,19 @@ def _prepare(x, sizes, what):
     return xp, x
 
 
+def _keep_dtype(fn):
+    """numpy 1.x promotes 0-d float32 arithmetic with Python floats to float64; return the input's dtype."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(x, *args, **kwargs):
+        out = fn(x, *args, **kwargs)
+        if isinstance(out, np.ndarray) and isinstance(x, np.ndarray) and x.dtype.kind == "f" and out.dtype != x.dtype:
+            out = out.astype(x.dtype)
+        return out
+    return wrapper
+
+
 # --- axis-angle ----------------------------------------------------------------------------------------
 
 def _skew(xp, v):
@@ -151,6 +164,7 @@ def _skew(xp, v):
     return xp.stack([xp.stack([o, -z, y], -1), xp.stack([z, o, -x], -1), xp.stack([-y, x, o], -1)], -2)
 
 
+@_keep_dtype
 def rotvec_to_rotmat(rotvec):
     """Axis-angle (..., 3) → rotation matrix (..., 3, 3) by Rodrigues' formula, exact near zero."""
     xp, v = _prepare(rotvec, (3,), "rotvec")
@@ -164,6 +178,7 @@ def rotvec_to_rotmat(rotvec):
     return xp.eye_like(v) + a * k + b * (k @ k)
 
 
+@_keep_dtype
 def rotvec_to_quat_wxyz(rotvec):
     """Axis-angle (..., 3) → unit quaternion (..., 4), w first, w ≥ 0 for angles ≤ π."""
     xp, v = _prepare(rotvec, (3,), "rotvec")
@@ -174,6 +189,7 @@ def rotvec_to_quat_wxyz(rotvec):
     return xp.concat([xp.cos(theta / 2), v * s], -1)
 
 
+@_keep_dtype
 def quat_wxyz_to_rotvec(quat):
     """Quaternion (..., 4), w first, any norm → axis-angle (..., 3) with angle in [0, π]."""
     xp, q = _prepare(quat, (4,), "quat_wxyz")
@@ -187,6 +203,7 @@ def quat_wxyz_to_rotvec(quat):
     return vec * ratio
 
 
+@_keep_dtype
 def rotmat_to_rotvec(rotmat):
     """Rotation matrix (..., 3, 3) → axis-angle (..., 3), angle in [0, π]."""
     return quat_wxyz_to_rotvec(rotmat_to_quat_wxyz(rotmat))
@@ -194,6 +211,7 @@ def rotmat_to_rotvec(rotmat):
 
 # --- quaternions ---------------------------------------------------------------------------------------
 
+@_keep_dtype
 def quat_wxyz_to_rotmat(quat):
     """Quaternion (..., 4), w first (normalised here) → rotation matrix (..., 3, 3)."""
     xp, q = _prepare(quat, (4,), "quat_wxyz")
@@ -207,6 +225,7 @@ def quat_wxyz_to_rotmat(quat):
     return xp.stack([xp.stack(r, -1) for r in rows], -2)
 
 
+@_keep_dtype
 def rotmat_to_quat_wxyz(rotmat):
     """Rotation matrix (..., 3, 3) → unit quaternion (..., 4), w first, w ≥ 0.
 
@@ -231,6 +250,7 @@ def rotmat_to_quat_wxyz(rotmat):
     return xp.where(q[..., :1] < 0, -q, q)
 
 
+@_keep_dtype
 def quat_wxyz_multiply(a, b):
     """Hamilton product a·b of quaternions (..., 4), w first."""
     xp, a = _prepare(a, (4,), "quat_wxyz")
@@ -245,12 +265,14 @@ def quat_wxyz_multiply(a, b):
     ], -1)
 
 
+@_keep_dtype
 def quat_wxyz_conjugate(q):
     """Inverse of a unit quaternion (..., 4), w first."""
     xp, q = _prepare(q, (4,), "quat_wxyz")
     return xp.concat([q[..., :1], -q[..., 1:]], -1)
 
 
+@_keep_dtype
 def quat_wxyz_align_signs(quats, axis: int = 0):
     """Flip signs along ``axis`` (a time axis) so each quaternion has a non-negative dot product with the
     one before it: keyframe interpolation then takes the short way. Same rotations, returned as a copy."""
@@ -265,6 +287,7 @@ def quat_wxyz_align_signs(quats, axis: int = 0):
     return xp.concat([q[sl(0, 1)], q[sl(1, None)] * flips[..., None]], axis)
 
 
+@_keep_dtype
 def quat_wxyz_slerp(q0, q1, t):
     """Spherical interpolation between unit quaternions (..., 4) at fraction ``t`` (broadcast to (...,))."""
     xp, q0 = _prepare(q0, (4,), "quat_wxyz")
@@ -284,12 +307,14 @@ def quat_wxyz_slerp(q0, q1, t):
 
 # --- 6D ------------------------------------------------------------------------------------------------
 
+@_keep_dtype
 def rotmat_to_d6(rotmat):
     """Rotation matrix (..., 3, 3) → 6D (..., 6) = [R00, R10, R20, R01, R11, R21] (columns 0 and 1)."""
     xp, m = _prepare(rotmat, (3, 3), "rotmat")
     return xp.concat([m[..., :, 0], m[..., :, 1]], -1)
 
 
+@_keep_dtype
 def d6_to_rotmat(d6):
     """6D (..., 6), two columns → rotation matrix (..., 3, 3) by Gram–Schmidt (b1, b2, b3 = b1 × b2)."""
     xp, d = _prepare(d6, (6,), "d6")
@@ -324,6 +349,7 @@ def orthonormalize_rotmat(rotmat):
 
 # --- measures and constructors -------------------------------------------------------------------------
 
+@_keep_dtype
 def geodesic_angle(rotmat_a, rotmat_b):
     """Angle in radians (...) of R_a R_bᵀ, accurate near 0 and π (atan2 of sine and cosine parts,
     equal to arccos((trace − 1) / 2) of the conventions page)."""
