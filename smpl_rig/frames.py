@@ -46,8 +46,7 @@ def change_global_frame(global_orient_rotmat, frame_rotmat, translation=None, pe
     if pelvis_rest is None:
         raise ValueError("changing the frame of a translated body needs the rest pelvis joint J0")
     j0 = pelvis_rest
-    new_translation = ((j0 + translation)[..., None, :] @ g.swapaxes(-1, -2) if not hasattr(g, "mT")
-                       else (j0 + translation)[..., None, :] @ g.mT)[..., 0, :] - j0
+    new_translation = (g @ (j0 + translation)[..., None])[..., 0] - j0
     return new_orient, new_translation
 
 
