@@ -1,0 +1,222 @@
+"""One experiment = one YAML file, overridable on the command line with dotted ``key=value`` pairs.
+
+    cfg = load_config("training/configs/paper_8xa100.yaml", ["optim.lr=1e-4", "train.max_steps=10"])
+
+Every section is a dataclass with commented defaults (the paper's values); a key that is not a field is
+rejected with the list of valid keys, so a typo never silently trains with a default. The resolved config
+is stored in every training checkpoint (``config_to_dict``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema (the message names the key)."""
+
+
+@dataclass
+class ModelConfig:
+    checkpoint: str = ""                 # project checkpoint to start from (backend format, e.g. a converted LLaVA)
+    tiny_family: str = ""                # or build a tiny random model offline: "llava" | "qwen2_vl" | "text"
+    lora_r: int = 128
+    lora_alpha: int = 256
+    lora_dropout: float = 0.05
+    lora_targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])  # the paper: query and value
+    train_lm_head: bool = True           # the published run trained the output layer (new-token row)
+    freeze_vision: bool = True           # vision tower and projector stay frozen (paper)
+    gradient_checkpointing: bool = True
+    load_in_4bit: bool = False           # QLoRA on one 24 GB GPU (bitsandbytes, CUDA only)
+
+
+@dataclass
+class DataConfig:
+    posescript_dir: str = ""             # PoseScript release folder (json files)
+    amass_dir: str = ""                  # AMASS root the PoseScript sequence paths are relative to
+    posescript_split: str = "train"
+    hmr_npz: list = field(default_factory=list)      # HMR-style npz files (imgname, center/scale, pose, betas)
+    hmr_image_root: str = ""
+    tars: list = field(default_factory=list)         # 4D-Humans webdataset tar shards
+    llava_json: str = ""                 # LLaVA instruction mix (e.g. llava_v1_5_mix665k.json)
+    llava_image_root: str = ""
+    mix: dict = field(default_factory=lambda: {"image": 2, "text": 1, "instruction": 1})
+    max_length: int = 2048               # tokens per sample after image expansion (longer ones are cut)
+    limit_per_source: int = 0            # 0 = all; small numbers for smoke runs
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4                     # the paper (the inherited script used 3e-4)
+    head_lr: float = 0.0                 # 0 = same as lr; tiny overfitting runs raise it for the fresh head
+    weight_decay: float = 0.0
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int = 100
+    schedule: str = "cosine"             # "cosine" | "constant"
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/posegpt"
+    max_steps: int = 10000               # optimizer steps
+    batch_size: int = 16                 # per GPU (paper)
+    grad_accum: int = 2                  # paper
+    ce_weight: float = 1.0
+    pose_weight: float = 0.1
+    mixed_precision: str = "auto"        # "auto" (bf16 when the device has it) | "bf16" | "fp16" | "no"
+    deepspeed_config: str = ""           # e.g. training/deepspeed_zero2.json; used under accelerate/deepspeed
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 500                # 0 = never
+    save_every: int = 1000               # 0 = only at the end
+    keep_last: int = 2
+    resume: str = ""                     # a training-state folder written by this script, or "latest"
+    device: str = "auto"                 # "auto" | "cpu" | "cuda"
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    max_samples: int = 256               # per source, for periodic evaluation
+    smpl_model: str = ""                 # user SMPL file for FK; empty = the mannequin's joints
+    retrieval_model: str = ""            # text–pose retrieval model (training/retrieval.py) for recall@K
+    spg_jsonl: str = ""                  # speculative pose generation benchmark
+    rpe_jsonl: str = ""                  # reasoning-based pose estimation benchmark
+    rpe_image_root: str = ""
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "posegpt"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = get_origin(hint) or hint
+    if dataclasses.is_dataclass(origin):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {origin.__name__} fields, got {value!r}")
+        return _from_dict(origin, value, key + ".")
+    if origin is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if origin is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if origin is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):       # YAML reads "2e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if origin is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, str):        # a single path given on the command line
+            return [value] if value else []
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    if origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return value
+
+
+def _from_dict(cls, data: dict, prefix: str = ""):
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"valid keys here: {', '.join(prefix + n for n in names)}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg) -> dict:
+    """Plain nested dict (YAML/JSON-safe) of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict) -> ExperimentConfig:
+    """Build and validate a config from a nested dict (unknown keys rejected)."""
+    return _from_dict(ExperimentConfig, data or {})
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings (values parsed as YAML: numbers, true/false, [lists]) in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        if not key:
+            raise ConfigError(f"override {item!r} has no key")
+        _set_dotted(data, key, yaml.safe_load(raw) if raw.strip() else "")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment file (or start from the defaults when ``path`` is None), apply the overrides,
+    validate. Raises ``ConfigError`` naming the offending key."""
+    data: dict = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    apply_overrides(data, list(overrides or []))
+    cfg = config_from_dict(data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Cross-field checks that a type check alone cannot make."""
+    if cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
+        raise ConfigError("train.batch_size and train.grad_accum must be at least 1")
+    if cfg.train.mixed_precision not in ("auto", "bf16", "fp16", "no"):
+        raise ConfigError("train.mixed_precision must be one of auto, bf16, fp16, no")
+    if cfg.optim.schedule not in ("cosine", "constant"):
+        raise ConfigError("optim.schedule must be cosine or constant")
+    if not cfg.data.mix or any((not isinstance(v, (int, float))) or v < 0 for v in cfg.data.mix.values()):
+        raise ConfigError("data.mix must map source names to non-negative weights")
+    unknown = set(cfg.data.mix) - {"image", "text", "instruction"}
+    if unknown:
+        raise ConfigError(f"data.mix: unknown source(s) {sorted(unknown)}; use image, text, instruction")
+    if not cfg.model.checkpoint and not cfg.model.tiny_family:
+        raise ConfigError("set model.checkpoint (a project checkpoint) or model.tiny_family (offline tiny model)")

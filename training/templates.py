@@ -1,0 +1,82 @@
+"""Question and answer templates that turn pose records into chats (the project's own wording).
+
+Image questions carry the ``<image>`` placeholder; text questions a ``{description}`` slot; every answer
+carries exactly one ``<POSE>`` (one pose per sample, as in the paper). Which template a sample gets is
+drawn with the caller's ``random.Random`` so a run is reproducible.
+"""
+from __future__ import annotations
+
+import random
+
+from .data.records import InstructionRecord, PoseRecord
+
+POSE_PLACEHOLDER = "<POSE>"
+IMAGE_PLACEHOLDER = "<image>"
+
+IMAGE_QUESTIONS = (
+    "What is the SMPL pose of the person in the middle of this picture?",
+    "Estimate the 3D body pose of the person shown here as SMPL parameters.",
+    "Could you give me the SMPL pose of the person in this photo?",
+    "Look at the person at the centre of the image. What 3D pose are they in?",
+    "Please recover the body pose, in SMPL form, of the person in this image.",
+    "Which SMPL pose matches the person this image is centred on?",
+    "Describe the posture of the central person as an SMPL pose.",
+)
+
+TEXT_QUESTIONS = (
+    "{description} Can you give the SMPL pose of this person?",
+    "Here is how someone is standing or moving: {description} What is their SMPL pose?",
+    "Generate the 3D body pose described below as SMPL parameters. {description}",
+    "{description} Please turn this description into an SMPL pose.",
+    "Read this and pose the body accordingly: {description}",
+    "A person is described as follows. {description} Which SMPL pose fits?",
+    "Create an SMPL body pose for this description: {description}",
+    "{description} Show me that pose in 3D.",
+    "Based on the description \"{description}\", what would the SMPL pose be?",
+    "I need a 3D pose of a person. {description} Can you produce it?",
+)
+
+DESCRIBED_PERSON_QUESTION = "{description} Can you give the SMPL pose of this person?"
+
+POSE_ANSWERS = (
+    "Sure, it is <POSE>.",
+    "Here is the SMPL pose: <POSE>.",
+    "Of course. The pose is <POSE>.",
+    "This is the body pose: <POSE>.",
+    "The SMPL pose of this person is <POSE>.",
+    "Sure, here it is: <POSE>.",
+    "The pose looks like this: <POSE>.",
+    "Certainly, the 3D pose is <POSE>.",
+    "Here you go: <POSE>.",
+)
+
+
+def _describe(caption: str) -> str:
+    caption = " ".join(caption.split())
+    return caption if caption.endswith((".", "!", "?")) else caption + "."
+
+
+def pose_turns(record: PoseRecord, rng: random.Random) -> list[tuple[str, str]]:
+    """The (role, text) turns of a pose record: one question, one answer with ``<POSE>``.
+
+    Text records ask with the caption; image records without a caption ask about the centred person;
+    image records WITH a caption (reasoning-based estimation) ask about the described person."""
+    answer = rng.choice(POSE_ANSWERS)
+    if record.kind == "text":
+        if not record.caption:
+            raise ValueError("a text→pose record needs a caption")
+        question = rng.choice(TEXT_QUESTIONS).format(description=_describe(record.caption))
+    elif record.kind == "image":
+        question = (DESCRIBED_PERSON_QUESTION.format(description=_describe(record.caption)) if record.caption
+                    else rng.choice(IMAGE_QUESTIONS))
+        question = IMAGE_PLACEHOLDER + "\n" + question
+    else:
+        raise ValueError(f"unknown pose record kind {record.kind!r}")
+    return [("user", question), ("assistant", answer)]
+
+
+def record_turns(record: PoseRecord | InstructionRecord, rng: random.Random) -> list[tuple[str, str]]:
+    """Turns for any record; instruction chats are used as they are."""
+    if isinstance(record, InstructionRecord):
+        return list(record.turns)
+    return pose_turns(record, rng)
