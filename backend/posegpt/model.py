@@ -1,0 +1,121 @@
+"""The one PoseGPT model definition: a Hugging Face backbone + `<POSE>` token + pose head.
+
+Training imports it from here; the runtime drives the same modules step by step (runtime.py).
+The pose embedding is the last decoder layer's hidden state, after the final norm, at the position just
+BEFORE each `<POSE>` token (conventions page, "The pose token").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from smpl_rig import rotations
+
+POSE_TOKEN = "<POSE>"
+POSE_DIM = 24 * 6  # 24 joints × 6D (first two matrix columns), joint 0 = global orientation
+
+
+def build_pose_head(hidden_size: int, head_hidden: int | None = None) -> nn.Sequential:
+    """Linear(H, H) → ReLU → Linear(H, 144), the published head layout (``text_hidden_fcs.0``)."""
+    head_hidden = head_hidden or hidden_size
+    return nn.Sequential(nn.Linear(hidden_size, head_hidden), nn.ReLU(), nn.Linear(head_hidden, POSE_DIM))
+
+
+def text_hidden_size(config) -> int:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.hidden_size)
+
+
+def unwrap_backbone(backbone):
+    """The plain transformers model under a peft wrapper (LoRA layers stay injected in its modules)."""
+    return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+
+
+def add_pose_token(backbone, tokenizer, token: str = POSE_TOKEN) -> int:
+    """Add `<POSE>` to the tokenizer as a special token and grow the embeddings to match; returns its id.
+
+    Idempotent. The new rows are initialised to the mean of the old ones (a sane start for fine-tuning).
+    """
+    if token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([token], special_tokens=True)
+    vocab = len(tokenizer)
+    model = unwrap_backbone(backbone)
+    if model.get_input_embeddings().weight.shape[0] < vocab:
+        model.resize_token_embeddings(vocab, mean_resizing=True)
+    return tokenizer.convert_tokens_to_ids(token)
+
+
+def head_output_to_rotmat(d6: torch.Tensor) -> torch.Tensor:
+    """(..., 144) or (..., 24, 6) head output → (..., 24, 3, 3) by Gram–Schmidt (smpl_rig.rotations)."""
+    return rotations.d6_to_rotmat(d6.reshape(*d6.shape[:-1], 24, 6) if d6.shape[-1] == POSE_DIM else d6)
+
+
+@dataclass
+class PoseGPTOutput:
+    """``logits`` (batch, seq, vocab); ``loss`` scalar or None; ``pose_d6`` (N, 24, 6); ``pose_rotmat``
+    (N, 24, 3, 3); ``pose_batch_index`` (N,); ``hidden_states`` (batch, seq, H) last layer after the norm;
+    ``cache`` the backbone's KV cache (when ``use_cache``)."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None
+    pose_d6: torch.Tensor
+    pose_rotmat: torch.Tensor
+    pose_batch_index: torch.Tensor
+    hidden_states: torch.Tensor
+    cache: object = None
+
+
+class PoseGPT(nn.Module):
+    """``backbone`` (HF model with ``.model`` and an output embedding, maybe wrapped by peft) + ``pose_head``."""
+
+    def __init__(self, backbone, pose_token_id: int, pose_head: nn.Module | None = None):
+        super().__init__()
+        if pose_token_id is None or pose_token_id < 0:
+            raise ValueError("pose_token_id must be the tokenizer id of <POSE> (see add_pose_token)")
+        self.backbone = backbone
+        hidden = text_hidden_size(unwrap_backbone(backbone).config)
+        self.pose_head = pose_head if pose_head is not None else build_pose_head(hidden)
+        self.pose_token_id = int(pose_token_id)
+
+    @property
+    def decoder(self):
+        """The backbone's base model (vision + decoder): returns ``last_hidden_state`` after the final norm."""
+        return unwrap_backbone(self.backbone).model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return unwrap_backbone(self.backbone).get_output_embeddings()
+
+    def pose_from_hidden(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, H) pose embeddings → (pose_d6 (N, 24, 6), pose_rotmat (N, 24, 3, 3)), head run in float32."""
+        head_dtype = next(self.pose_head.parameters()).dtype
+        d6 = self.pose_head(hidden.to(head_dtype)).float().reshape(-1, 24, 6)
+        return d6, head_output_to_rotmat(d6)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **backbone_kwargs) -> PoseGPTOutput:
+        """input_ids (batch, seq); labels (batch, seq) with -100 where no loss is wanted (standard shift:
+        position t predicts token t+1). Poses come from every `<POSE>` in ``input_ids``, in order,
+        batch-major; a `<POSE>` at position 0 has no preceding state and is an error."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        if pixel_values is not None:
+            backbone_kwargs["pixel_values"] = pixel_values
+        out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
+        hidden = out.last_hidden_state
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                   labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
+        batch_index, positions = (input_ids == self.pose_token_id).nonzero(as_tuple=True)
+        if (positions == 0).any():
+            raise ValueError("a <POSE> token at position 0 has no preceding hidden state")
+        d6, rotmat = self.pose_from_hidden(hidden[batch_index, positions - 1])
+        return PoseGPTOutput(logits=logits, loss=loss, pose_d6=d6, pose_rotmat=rotmat,
+                             pose_batch_index=batch_index, hidden_states=hidden,
+                             cache=getattr(out, "past_key_values", None) or getattr(out, "cache", None))

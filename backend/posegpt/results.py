@@ -1,0 +1,69 @@
+"""What a chat turn returns: the assistant text and one PoseResult per `<POSE>` (contract 3).
+
+Every rotation conversion goes through smpl_rig.rotations; the frame change through smpl_rig.frames.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from smpl_rig import frames, rotations
+
+from .errors import PoseGPTError
+
+
+@dataclass
+class PoseResult:
+    """One predicted pose, 24 SMPL joints, float32 numpy arrays.
+
+    rotmat (24, 3, 3), rotvec (24, 3), d6 (24, 6), quat_wxyz (24, 4): as predicted, joint 0 the global
+    orientation in the CAMERA frame (``frame``). rotmat_smpl (24, 3, 3): joint 0 left-multiplied by
+    Rx(180°), i.e. in the SMPL model frame (what an armature wants). rotmat_upright (24, 3, 3): joint 0 =
+    identity (standing upright, facing the viewer). ``token_index``: position of its `<POSE>` in the reply.
+    """
+
+    rotmat: np.ndarray
+    rotvec: np.ndarray
+    d6: np.ndarray
+    quat_wxyz: np.ndarray
+    rotmat_smpl: np.ndarray
+    rotmat_upright: np.ndarray
+    frame: str = "camera"
+    token_index: int = -1
+
+    def to_dict(self) -> dict:
+        return {"rotmat": self.rotmat, "rotvec": self.rotvec, "d6": self.d6, "quat_wxyz": self.quat_wxyz,
+                "rotmat_smpl": self.rotmat_smpl, "rotmat_upright": self.rotmat_upright, "frame": self.frame,
+                "token_index": self.token_index}
+
+
+@dataclass
+class ChatResult:
+    """``text``: the assistant reply (`<POSE>` kept where it was emitted); ``poses`` in reply order;
+    ``timings``: seconds and token counts of this turn; ``token_ids``: the reply's token ids."""
+
+    text: str
+    poses: list[PoseResult]
+    timings: dict[str, float]
+    session_id: str = ""
+    token_ids: list[int] = field(default_factory=list)
+
+
+def pose_result(head_d6: torch.Tensor, token_index: int = -1) -> PoseResult:
+    """(24, 6) or (144,) raw head output → PoseResult; NaN/inf → PoseGPTError("bad_model_output")."""
+    d6 = head_d6.detach().float().cpu().reshape(24, 6)
+    if not torch.isfinite(d6).all():
+        raise PoseGPTError("bad_model_output", "the pose head produced NaN or infinite values")
+    rotmat = rotations.d6_to_rotmat(d6.double()).numpy()
+    if not np.isfinite(rotmat).all():  # degenerate (parallel) 6D columns cannot be orthonormalised
+        raise PoseGPTError("bad_model_output", "the pose head produced a degenerate rotation")
+    smpl = rotmat.copy()
+    smpl[0] = frames.camera_to_smpl_orient(rotmat[0])
+    upright = rotmat.copy()
+    upright[0] = np.eye(3)
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    return PoseResult(rotmat=f32(rotmat), rotvec=f32(rotations.rotmat_to_rotvec(rotmat)),
+                      d6=f32(rotations.rotmat_to_d6(rotmat)), quat_wxyz=f32(rotations.rotmat_to_quat_wxyz(rotmat)),
+                      rotmat_smpl=f32(smpl), rotmat_upright=f32(upright), token_index=token_index)

@@ -1,0 +1,147 @@
+"""Chat sessions: the token history (small, kept) and its KV cache (large, evictable).
+
+A session holds every token id of the conversation so far, the preprocessed images with the position of
+their placeholders, and optionally the KV cache of a prefix of those ids. Memory is bounded twice:
+- KV caches: at most ``max_cached`` sessions keep one (least recently used dropped first) and a cache
+  unused for ``cache_ttl_s`` is dropped. A session without a cache is rebuilt transparently on its next
+  turn by encoding its stored history (same ids, same images, so the same outputs).
+- Histories: at most ``max_sessions`` sessions (LRU), each forgotten after ``session_ttl_s`` idle.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import PoseGPTError
+from .families import ImageInput
+
+KVCache = list  # per layer (keys, values), each (1, kv_heads, cached_len, head_dim)
+
+
+@dataclass
+class Session:
+    """``ids``: every token so far; ``images``: (start position of its placeholders, ImageInput) in order;
+    ``cache`` covers ``ids[:cache_len]``."""
+
+    session_id: str
+    ids: list[int] = field(default_factory=list)
+    images: list[tuple[int, ImageInput]] = field(default_factory=list)
+    cache: KVCache | None = None
+    cache_len: int = 0
+    turns: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+    def drop_cache(self):
+        self.cache, self.cache_len = None, 0
+
+    def cache_bytes(self) -> int:
+        if self.cache is None:
+            return 0
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.cache)
+
+    def images_from(self, start: int) -> list[ImageInput]:
+        """Images whose placeholders begin at or after token ``start`` (those a chunk from there must encode)."""
+        return [im for pos, im in self.images if pos >= start]
+
+
+class SessionStore:
+    """Thread-safe map of session id → Session with the two-level LRU/TTL bounds described above."""
+
+    def __init__(self, max_sessions: int = 1024, max_cached: int = 32, cache_ttl_s: float = 900.0,
+                 session_ttl_s: float = 6 * 3600.0, clock=time.monotonic):
+        if max_sessions < 1 or max_cached < 0:
+            raise ValueError("max_sessions must be ≥ 1 and max_cached ≥ 0")
+        self.max_sessions, self.max_cached = max_sessions, max_cached
+        self.cache_ttl_s, self.session_ttl_s = cache_ttl_s, session_ttl_s
+        self.clock = clock
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.RLock()
+        self.evictions = 0  # KV caches dropped (for tests and logs)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            self._expire()
+            return list(self._sessions)
+
+    def open(self, session_id: str) -> Session:
+        """The session, created empty if new; marks it most recently used."""
+        if not isinstance(session_id, str) or not session_id:
+            raise PoseGPTError("bad_request", "session_id must be a non-empty string")
+        with self._lock:
+            self._expire()
+            session = self._sessions.get(session_id)
+            if session is None:
+                session = self._sessions[session_id] = Session(session_id)
+            self._sessions.move_to_end(session_id)
+            session.last_used = self.clock()
+            return session
+
+    def get(self, session_id: str) -> Session:
+        with self._lock:
+            self._expire()
+            if session_id not in self._sessions:
+                raise PoseGPTError("unknown_session", f"no session {session_id!r}")
+            return self._sessions[session_id]
+
+    def reset(self, session_id: str) -> None:
+        """Forget the history but keep the session id."""
+        with self._lock:
+            self.get(session_id)
+            self._sessions[session_id] = Session(session_id)
+
+    def close(self, session_id: str) -> None:
+        with self._lock:
+            self.get(session_id)
+            del self._sessions[session_id]
+
+    def store_cache(self, session: Session, cache: KVCache | None, cache_len: int) -> None:
+        """Attach a KV cache covering ``session.ids[:cache_len]``, then enforce the bounds."""
+        with self._lock:
+            session.cache, session.cache_len = cache, cache_len
+            session.last_used = self.clock()
+            self._enforce()
+
+    def evict_cache(self, session_id: str) -> None:
+        """Drop one session's KV cache now (what memory pressure would do); its history stays."""
+        with self._lock:
+            self.get(session_id).drop_cache()
+            self.evictions += 1
+
+    def cached_ids(self) -> list[str]:
+        with self._lock:
+            return [sid for sid, s in self._sessions.items() if s.cache is not None]
+
+    def _expire(self) -> None:
+        now = self.clock()
+        for sid in list(self._sessions):
+            s = self._sessions[sid]
+            if now - s.last_used > self.session_ttl_s:
+                del self._sessions[sid]
+            elif s.cache is not None and now - s.last_used > self.cache_ttl_s:
+                s.drop_cache()
+                self.evictions += 1
+
+    def _enforce(self) -> None:
+        self._expire()
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        cached = [s for s in self._sessions.values() if s.cache is not None]  # LRU first
+        for s in cached[: max(0, len(cached) - self.max_cached)]:
+            s.drop_cache()
+            self.evictions += 1
+
+
+def cache_to_list(cache, keep: torch.Tensor | None = None, row: int = 0) -> KVCache:
+    """A DynamicCache → per-layer (keys, values) of one batch ``row``, keeping the key positions ``keep``
+    (1-D index tensor; all when None). Returns new tensors of batch size 1."""
+    out = []
+    for layer in cache.layers:
+        k, v = layer.keys[row:row + 1], layer.values[row:row + 1]
+        if keep is not None:
+            k, v = k[:, :, keep], v[:, :, keep]
+        out.append((k, v))
+    return out

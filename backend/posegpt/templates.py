@@ -1,0 +1,143 @@
+"""Conversation templates and their tokenisation, shared by inference and training.
+
+A conversation is tokenised piece by piece (system, each user turn, each assistant answer) and the ids
+are concatenated, never re-tokenised from the joined text. That keeps three promises:
+- a session's ids only ever grow by appending, so the KV cache of earlier turns stays valid;
+- assistant turns keep the ids the model really produced, `<POSE>` included (the published code wrote
+  earlier poses back as the plain text "[POSE]", a train/inference mismatch);
+- training (``encode_conversation``) sees exactly the ids inference builds.
+Images are written `<image>` in user text; each becomes the family's placeholder ids (see families.py).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+IMAGE_MARK = "<image>"
+
+VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant "
+                 "gives helpful, detailed, and polite answers to the human's questions.")
+
+
+@dataclass(frozen=True)
+class Template:
+    """How turns are laid out. Every field is plain text; ``end_token`` is a token name (e.g. ``</s>``)."""
+
+    name: str
+    system: str                   # text of the system part, separators included
+    user_prefix: str              # before the user's content
+    user_suffix: str              # after the user's content
+    assistant_prefix: str         # the generation prompt ends with this
+    answer_prefix: str            # what the model writes first in an answer (e.g. " " for Vicuna)
+    end_token: str                # closes an assistant turn (the EOS token)
+    after_end: str = ""           # text after end_token (ChatML puts a newline there)
+    image_text: str = IMAGE_MARK + "\n"  # how an image is announced in user text when the prompt names none
+    add_bos: bool = True
+    direct_answer: str = "Sure, here is the pose: <POSE>"  # forced answer of direct mode, ends with the pose token
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Template":
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown template fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def jinja(self) -> str:
+        """An equivalent Hugging Face chat template (for tools that read ``tokenizer.chat_template``)."""
+        esc = lambda s: s.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")  # noqa: E731
+        return ("{{ '" + esc(self.system) + "' }}{% for m in messages %}{% if m['role'] == 'user' %}"
+                "{{ '" + esc(self.user_prefix) + "' + m['content'] + '" + esc(self.user_suffix) + "' }}"
+                "{% else %}{{ '" + esc(self.assistant_prefix + self.answer_prefix) + "' + m['content'] + '"
+                + esc(self.end_token + self.after_end) + "' }}{% endif %}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '" + esc(self.assistant_prefix) + "' }}{% endif %}")
+
+
+VICUNA_V1 = Template(
+    name="vicuna_v1", system=VICUNA_SYSTEM + " ", user_prefix="USER: ", user_suffix=" ",
+    assistant_prefix="ASSISTANT:", answer_prefix=" ", end_token="</s>")
+
+CHATML = Template(
+    name="chatml", system="<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n",
+    user_prefix="<|im_start|>user\n", user_suffix="<|im_end|>\n", assistant_prefix="<|im_start|>assistant\n",
+    answer_prefix="", end_token="<|im_end|>", after_end="\n", image_text=IMAGE_MARK, add_bos=False)
+
+TEMPLATES = {t.name: t for t in (VICUNA_V1, CHATML)}
+
+
+class TurnEncoder:
+    """Token ids for the pieces of a conversation under one template.
+
+    ``image_ids(k)`` is a callable giving the placeholder ids of the k-th image of the piece being encoded.
+    """
+
+    def __init__(self, tokenizer, template: Template):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.end_id = tokenizer.convert_tokens_to_ids(template.end_token)
+        if self.end_id is None or self.end_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no token {template.end_token!r} that ends assistant turns")
+
+    def text(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def start(self) -> list[int]:
+        bos = [self.tokenizer.bos_token_id] if self.template.add_bos and self.tokenizer.bos_token_id is not None else []
+        return bos + self.text(self.template.system)
+
+    def user_content(self, content: str, num_images: int) -> str:
+        """The user text with one `<image>` mark per image (added in front when the prompt names none)."""
+        marks = content.count(IMAGE_MARK)
+        if marks == 0 and num_images:
+            content = self.template.image_text * num_images + content
+        return content
+
+    def user_turn(self, content: str, image_ids) -> list[int]:
+        """``content`` already holds its `<image>` marks; ends with the generation prompt."""
+        ids = self.text(self.template.user_prefix)
+        for k, piece in enumerate(content.split(IMAGE_MARK)):
+            if k:
+                ids += list(image_ids(k - 1))
+            ids += self.text(piece)
+        return ids + self.text(self.template.user_suffix) + self.text(self.template.assistant_prefix)
+
+    def answer(self, text: str) -> list[int]:
+        """An assistant answer written as text (direct mode, training targets), without the end token."""
+        return self.text(self.template.answer_prefix + text)
+
+    def end_of_answer(self) -> list[int]:
+        return [self.end_id] + self.text(self.template.after_end)
+
+
+def encode_conversation(tokenizer, template: Template, messages: list[dict],
+                        image_ids=None) -> tuple[list[int], list[int]]:
+    """Training-side tokenisation: ``messages`` = [{"role": "user"|"assistant", "content": str}, ...].
+
+    ``image_ids(k)`` gives the placeholder ids of the k-th image counted over the whole conversation.
+    A user turn already ends with the generation prompt. Returns ``(input_ids, labels)`` with labels = -100 everywhere except assistant answers and their end
+    token (what the model must learn to write).
+    """
+    enc = TurnEncoder(tokenizer, template)
+    ids = enc.start()
+    labels = [-100] * len(ids)
+    seen = 0
+    for message in messages:
+        if message["role"] == "user":
+            content = message["content"]
+            offset = seen
+            piece = enc.user_turn(content, (lambda k, o=offset: image_ids(o + k)) if image_ids else _no_images)
+            seen += content.count(IMAGE_MARK)
+            ids += piece
+            labels += [-100] * len(piece)
+        elif message["role"] == "assistant":
+            piece = enc.answer(message["content"]) + enc.end_of_answer()
+            ids += piece
+            labels += piece
+        else:
+            raise ValueError(f"unknown role {message['role']!r}; expected 'user' or 'assistant'")
+    return ids, labels
+
+
+def _no_images(k):
+    raise ValueError("the conversation names an <image> but no image_ids callable was given")

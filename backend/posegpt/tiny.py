@@ -1,0 +1,129 @@
+"""Tiny random-weight PoseGPT checkpoints, built offline in about a second, for tests and benchmarks.
+
+Everything a real checkpoint has is here, only small: a byte-level BPE tokenizer trained on the short
+corpus below, `<POSE>` added as a special token (embeddings resized), an image processor, the family's
+conversation template, the pose head, all written in the project checkpoint format.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .model import POSE_TOKEN, PoseGPT, add_pose_token
+from .templates import CHATML, VICUNA_V1
+
+_CORPUS = """\
+A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful,
+detailed, and polite answers to the human's questions.
+USER: ASSISTANT: Sure, here is the pose: Sure, it is the pose you asked for.
+Show me someone proposing marriage on one knee. She is kneeling with her right knee on the ground.
+A person is standing upright with both arms raised above the head. He is sitting on a chair.
+The person is running forward, the left leg bent and the right arm swinging back.
+Someone waving hello with the left hand while walking. A dancer spinning on one foot.
+The man crouches down and touches the floor with both hands. The woman leans to the side.
+Lying on the back with legs crossed. Jumping in the air with arms spread wide.
+What is the pose of the person in the image? Give me the pose. Describe the body in this photo.
+The head is turned to the left and the torso twists to the right. Elbows bent, wrists relaxed.
+Hips, knees, ankles, feet, spine, neck, collar, shoulders, elbows, wrists and hands.
+system user assistant You are a helpful assistant.
+"""
+
+SPECIALS = {
+    "llava": ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+    "qwen2_vl": ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
+                 "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
+    "text": ["<unk>", "<s>", "</s>", "<pad>"],
+}
+
+
+def train_tiny_tokenizer(family: str = "llava", vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained on ``_CORPUS`` (any text encodes; no unknown bytes)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = SPECIALS[family]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(_CORPUS.splitlines(), trainer)
+    if family == "qwen2_vl":
+        return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<|im_end|>",
+                                       pad_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
+
+
+def _text_kwargs(vocab: int, hidden: int, layers: int, tokenizer) -> dict:
+    heads = max(2, hidden // 16)
+    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=4096,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+
+
+def build_tiny_backbone(family: str, tokenizer, hidden: int = 64, layers: int = 2, image_size: int = 32):
+    """(backbone, image_processor, template) for a family, random weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab = len(tokenizer)
+    if family == "llava":
+        from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                  image_size=image_size, patch_size=8, projection_dim=32)
+        config = LlavaConfig(vision_config=vision, text_config=LlamaConfig(**_text_kwargs(vocab, hidden, layers, tokenizer)),
+                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+                             vision_feature_select_strategy="default", projector_hidden_act="gelu",
+                             image_seq_length=(image_size // 8) ** 2)
+        processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                          crop_size={"height": image_size, "width": image_size})
+        return LlavaForConditionalGeneration(config), processor, VICUNA_V1
+    if family == "qwen2_vl":
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+        text = _text_kwargs(vocab, hidden, layers, tokenizer)
+        head_dim = hidden // text["num_attention_heads"]
+        quarter = head_dim // 4  # mrope sections (t, h, w) over head_dim / 2 rotary frequencies
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
+                                   "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter]}
+        ids = tokenizer.convert_tokens_to_ids
+        config = Qwen2VLConfig(
+            text_config=text,
+            vision_config=dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=8,
+                               spatial_merge_size=2, temporal_patch_size=2),
+            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+            vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+        pixels = image_size * image_size
+        processor = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=8, merge_size=2,
+                                             temporal_patch_size=2)
+        return Qwen2VLForConditionalGeneration(config), processor, CHATML
+    if family == "text":
+        return LlamaForCausalLM(LlamaConfig(**_text_kwargs(vocab, hidden, layers, tokenizer))), None, VICUNA_V1
+    raise ValueError(f"unknown family {family!r}; expected 'llava', 'qwen2_vl' or 'text'")
+
+
+def build_tiny_model(family: str = "llava", seed: int = 0, hidden: int = 64, layers: int = 2, image_size: int = 32):
+    """(PoseGPT, tokenizer, image_processor, manifest) in memory, random weights from ``seed``."""
+    torch.manual_seed(seed)
+    tokenizer = train_tiny_tokenizer(family)
+    backbone, processor, template = build_tiny_backbone(family, tokenizer, hidden, layers, image_size)
+    pose_id = add_pose_token(backbone, tokenizer, POSE_TOKEN)
+    tokenizer.chat_template = template.jinja()
+    backbone.eval()
+    model = PoseGPT(backbone, pose_id)
+    # A random head gives poses of a few radians; scaled down they stay near the rest pose, as a trained head would.
+    with torch.no_grad():
+        model.pose_head[2].weight.mul_(0.1)
+    manifest = {"family": family, "template": template.to_dict(), "description": f"tiny random {family} model",
+                "accepts_images": family != "text"}
+    return model, tokenizer, processor, manifest
+
+
+def build_tiny_checkpoint(path, family: str = "llava", seed: int = 0, *, hidden: int = 64, layers: int = 2,
+                          image_size: int = 32) -> Path:
+    """Write a tiny random-weight checkpoint directory at ``path`` (offline, about a second); returns it."""
+    from .checkpoint import save_checkpoint
+
+    model, tokenizer, processor, manifest = build_tiny_model(family, seed, hidden, layers, image_size)
+    return save_checkpoint(model, tokenizer, processor, path, manifest)
