@@ -1,0 +1,90 @@
+"""The chat as plain Python: messages, poses stored as text, and wrapping for the sidebar.
+
+No bpy here (a test imports this module without Blender). The Blender side keeps one message per
+``PropertyGroup`` item; this module says how a pose becomes the string stored there and back, so
+the .blend file carries the exact float64 rotations the backend returned.
+"""
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import dataclass
+
+import numpy as np
+
+from smpl_rig.skeleton import NUM_JOINTS
+
+POSE_JSON_FORMAT = "posegpt-pose-rotmat"
+POSE_JSON_VERSION = 1
+ROLES = ("user", "assistant", "error")
+
+# Pixel width of one average character of Blender's UI font at ui_scale 1.0; used to turn the
+# sidebar's width into a wrap column. Slightly generous so lines never run past the edge.
+UI_CHAR_WIDTH_PX = 7.0
+MIN_WRAP_COLUMNS = 12
+
+
+class PoseFormatError(ValueError):
+    """A stored or imported pose that is not 24 proper rotation matrices (the message says why)."""
+
+
+def check_rotmats(rotmats) -> np.ndarray:
+    """Validate and return ``rotmats`` as float64 (24, 3, 3) proper rotations (det +1, orthonormal)."""
+    arr = np.asarray(rotmats, dtype=np.float64)
+    if arr.shape != (NUM_JOINTS, 3, 3):
+        raise PoseFormatError(f"a pose is {NUM_JOINTS} rotation matrices of shape (24, 3, 3), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise PoseFormatError("the pose contains NaN or infinite numbers")
+    eye_error = np.abs(arr @ np.swapaxes(arr, -1, -2) - np.eye(3)).max()
+    if eye_error > 1e-4 or np.any(np.linalg.det(arr) < 0):
+        raise PoseFormatError(f"the pose has matrices that are not rotations (orthogonality error {eye_error:.2g})")
+    return arr
+
+
+def pose_to_json(rotmats) -> str:
+    """Encode an SMPL-frame pose (24, 3, 3) as a compact JSON string (float64 values kept exactly)."""
+    arr = check_rotmats(rotmats)
+    return json.dumps({"format": POSE_JSON_FORMAT, "version": POSE_JSON_VERSION, "frame": "smpl",
+                       "rotmat": arr.reshape(NUM_JOINTS, 9).tolist()}, separators=(",", ":"))
+
+
+def pose_from_json(text: str) -> np.ndarray:
+    """Decode what ``pose_to_json`` wrote back to a float64 (24, 3, 3) array."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PoseFormatError(f"stored pose is not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != POSE_JSON_FORMAT:
+        raise PoseFormatError(f"stored pose is not in the {POSE_JSON_FORMAT!r} format")
+    if data.get("frame") != "smpl":
+        raise PoseFormatError(f"stored pose must be in the SMPL frame, not {data.get('frame')!r}")
+    return check_rotmats(np.asarray(data.get("rotmat"), dtype=np.float64).reshape(NUM_JOINTS, 3, 3))
+
+
+@dataclass
+class ChatMessage:
+    """One line of a chat: who said it, what, and the pose an assistant reply carried (SMPL frame)."""
+    role: str
+    text: str
+    pose: np.ndarray | None = None      # (24, 3, 3) float64, SMPL frame
+    image_name: str = ""
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
+        if self.pose is not None:
+            self.pose = check_rotmats(self.pose)
+
+
+def wrap_columns(region_width_px: float, ui_scale: float = 1.0, indent_px: float = 40.0) -> int:
+    """How many characters fit on one sidebar line of ``region_width_px`` pixels."""
+    usable = max(0.0, region_width_px - indent_px)
+    return max(MIN_WRAP_COLUMNS, int(usable / (UI_CHAR_WIDTH_PX * max(ui_scale, 0.1))))
+
+
+def wrap_text(text: str, columns: int) -> list[str]:
+    """Wrap ``text`` for labels of at most ``columns`` characters, keeping the user's line breaks."""
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        lines.extend(textwrap.wrap(paragraph, width=max(columns, 1), break_long_words=True) or [""])
+    return lines

@@ -1,0 +1,303 @@
+"""Operators: thin glue that gathers settings, calls smpl_rig / the connection, and reports failures."""
+from __future__ import annotations
+
+import os
+
+import bpy
+from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy_extras.io_utils import ExportHelper, ImportHelper
+
+from . import capture, session
+from .chat_state import PoseFormatError, pose_from_json
+from .connection import ConnectionProblem, new_session_id
+from .pose_files import load_pose, save_pose
+from .preferences import get_preferences
+
+
+def smpl_blender():
+    """``smpl_rig.blender`` (imported on use: it needs bpy, and the add-on's core must import without)."""
+    from smpl_rig import blender
+    return blender
+
+
+def target_armature(context):
+    """The SMPL armature the panel works on: the active object, or the armature of its body mesh."""
+    obj = context.active_object
+    if obj is not None and obj.type == "MESH" and obj.parent is not None:
+        obj = obj.parent
+    return obj if obj is not None and smpl_blender().is_smpl_armature(obj) else None
+
+
+def _armature_by_name(operator, context):
+    obj = bpy.data.objects.get(operator.armature) if operator.armature else target_armature(context)
+    if obj is None or not smpl_blender().is_smpl_armature(obj):
+        raise ConnectionProblem("no_armature", f"{operator.armature or 'the active object'} is not an SMPL "
+                                "armature: select one or press Create body")
+    return obj
+
+
+def _message_pose(obj, index: int):
+    messages = obj.posegpt_chat.messages
+    if not 0 <= index < len(messages) or not messages[index].pose_json:
+        raise PoseFormatError(f"message {index} of {obj.name}'s chat carries no pose")
+    return pose_from_json(messages[index].pose_json)
+
+
+class POSEGPT_OT_connect(bpy.types.Operator):
+    """Connect to the PoseGPT backend set in the add-on preferences"""
+    bl_idname = "posegpt.connect"
+    bl_label = "Connect"
+
+    def execute(self, context):
+        try:
+            session.connect(context)
+        except (ConnectionProblem, ValueError) as exc:
+            session.fail(session.problem_text(exc))
+            self.report({"ERROR"}, session.problem_text(exc))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class POSEGPT_OT_disconnect(bpy.types.Operator):
+    """Close the connection to the backend (requests in flight are dropped)"""
+    bl_idname = "posegpt.disconnect"
+    bl_label = "Disconnect"
+
+    def execute(self, context):
+        session.disconnect()
+        return {"FINISHED"}
+
+
+class POSEGPT_OT_create_body(bpy.types.Operator):
+    """Create an SMPL body: from your SMPL model file if one is set in the preferences, else the mannequin"""
+    bl_idname = "posegpt.create_body"
+    bl_label = "Create body"
+    bl_options = {"REGISTER", "UNDO"}
+
+    name: StringProperty(name="Name", description="Name of the new armature", default="SMPL")
+
+    def execute(self, context):
+        from smpl_rig import body as body_models
+        prefs = get_preferences(context)
+        source = bpy.path.abspath(prefs.smpl_model_path) if prefs.smpl_model_path else "mannequin"
+        try:
+            body = body_models.load(source, gender=prefs.default_gender if source != "mannequin" else None)
+        except (ValueError, OSError) as exc:
+            self.report({"ERROR"}, f"Could not load the body model {source!r}: {exc}. Fix the SMPL model "
+                        "file in the add-on preferences, or clear it to use the mannequin.")
+            return {"CANCELLED"}
+        if context.mode != "OBJECT" and bpy.ops.object.mode_set.poll():
+            bpy.ops.object.mode_set(mode="OBJECT")
+        obj = smpl_blender().build_armature(body, name=self.name)
+        for other in context.view_layer.objects:
+            other.select_set(False)
+        obj.select_set(True)
+        context.view_layer.objects.active = obj
+        return {"FINISHED"}
+
+
+class POSEGPT_OT_send_prompt(bpy.types.Operator):
+    """Send the prompt (and the chosen image) to PoseGPT; the reply poses the active SMPL armature"""
+    bl_idname = "posegpt.send_prompt"
+    bl_label = "Send"
+    bl_options = {"REGISTER", "UNDO"}
+
+    armature: StringProperty(name="Armature", description="Armature to pose (empty: the active one)",
+                             default="", options={"SKIP_SAVE"})
+
+    def execute(self, context):
+        settings = context.scene.posegpt
+        prompt = settings.prompt.strip()
+        try:
+            obj = _armature_by_name(self, context)
+            if not prompt:
+                raise ConnectionProblem("empty_prompt", "the prompt is empty")
+            images, image, image_path = capture.gather_image(context.scene)
+            conn = session.ensure_connection(context)
+            chat = obj.posegpt_chat
+            if not chat.session_id:
+                chat.session_id = new_session_id()
+            conn.send_chat(obj.name, chat.session_id, prompt, images, mode=settings.mode)
+        except ConnectionProblem as exc:
+            session.fail(exc.text)
+            self.report({"ERROR"}, exc.text)
+            return {"CANCELLED"}
+        message = chat.messages.add()
+        message.role, message.text = "user", prompt
+        if image is not None:
+            message.image, message.image_path = image, image_path
+        settings.prompt = ""
+        session.start_timer()
+        return {"FINISHED"}
+
+
+class POSEGPT_OT_cancel_request(bpy.types.Operator):
+    """Stop waiting for the replies to this armature's prompts"""
+    bl_idname = "posegpt.cancel_request"
+    bl_label = "Cancel"
+
+    armature: StringProperty(name="Armature", description="Armature whose requests to cancel (empty: all)",
+                             default="", options={"SKIP_SAVE"})
+
+    def execute(self, context):
+        conn = session.connection()
+        if conn is None:
+            return {"CANCELLED"}
+        for pending in list(conn.pending.values()):
+            if pending.kind == "chat" and (not self.armature or pending.target == self.armature):
+                conn.cancel(pending.request_id)
+        return {"FINISHED"}
+
+
+class POSEGPT_OT_reset_chat(bpy.types.Operator):
+    """Clear this armature's chat and start a new conversation (the pose stays as it is)"""
+    bl_idname = "posegpt.reset_chat"
+    bl_label = "Reset chat"
+    bl_options = {"REGISTER", "UNDO"}
+
+    armature: StringProperty(name="Armature", description="Armature whose chat to clear (empty: the active one)",
+                             default="", options={"SKIP_SAVE"})
+
+    def execute(self, context):
+        try:
+            obj = _armature_by_name(self, context)
+        except ConnectionProblem as exc:
+            self.report({"ERROR"}, exc.text)
+            return {"CANCELLED"}
+        chat = obj.posegpt_chat
+        conn = session.connection()
+        if conn is not None:
+            for pending in conn.chats_for(obj.name):
+                conn.cancel(pending.request_id)
+            conn.reset_session(chat.session_id)
+            session.start_timer()
+        chat.messages.clear()
+        chat.session_id = new_session_id()
+        chat.last_error = ""
+        return {"FINISHED"}
+
+
+class POSEGPT_OT_apply_pose(bpy.types.Operator):
+    """Pose the armature with this reply"""
+    bl_idname = "posegpt.apply_pose"
+    bl_label = "Apply"
+    bl_options = {"REGISTER", "UNDO"}
+
+    armature: StringProperty(name="Armature", description="Armature to pose (empty: the active one)",
+                             default="", options={"SKIP_SAVE"})
+    index: IntProperty(name="Message", description="Index of the chat message whose pose to apply",
+                       default=-1, options={"SKIP_SAVE"})
+
+    def execute(self, context):
+        try:
+            obj = _armature_by_name(self, context)
+            pose = _message_pose(obj, self.index)
+            smpl_blender().apply_pose(obj, pose, global_orient=context.scene.posegpt.orientation.lower())
+        except (ConnectionProblem, ValueError) as exc:
+            self.report({"ERROR"}, session.problem_text(exc))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class POSEGPT_OT_key_pose(bpy.types.Operator):
+    """Pose the armature with this reply and insert a key at the frame"""
+    bl_idname = "posegpt.key_pose"
+    bl_label = "Key at frame"
+    bl_options = {"REGISTER", "UNDO"}
+
+    armature: StringProperty(name="Armature", description="Armature to pose (empty: the active one)",
+                             default="", options={"SKIP_SAVE"})
+    index: IntProperty(name="Message", description="Index of the chat message whose pose to key",
+                       default=-1, options={"SKIP_SAVE"})
+    frame: IntProperty(name="Frame", description="Frame to key at (-1: the current frame)",
+                       default=-1, options={"SKIP_SAVE"})
+
+    def execute(self, context):
+        frame = context.scene.frame_current if self.frame < 0 else self.frame
+        try:
+            obj = _armature_by_name(self, context)
+            pose = _message_pose(obj, self.index)
+            rig = smpl_blender()
+            rig.apply_pose(obj, pose, global_orient=context.scene.posegpt.orientation.lower())
+            rig.key_pose(obj, frame)
+        except (ConnectionProblem, ValueError) as exc:
+            self.report({"ERROR"}, session.problem_text(exc))
+            return {"CANCELLED"}
+        obj.posegpt_chat.messages[self.index].keyed_frame = frame
+        return {"FINISHED"}
+
+
+class POSEGPT_OT_report_error(bpy.types.Operator):
+    """Show a PoseGPT error that arrived between operators (from the network timer)"""
+    bl_idname = "posegpt.report_error"
+    bl_label = "PoseGPT error"
+    bl_options = {"INTERNAL"}
+
+    message: StringProperty(name="Message", description="The error and what to do about it", default="")
+
+    def execute(self, context):
+        self.report({"ERROR"}, self.message)
+        return {"FINISHED"}
+
+
+POSE_FILE_FORMATS = (("NPZ", "SMPL .npz", "global_orient and body_pose arrays (axis-angle)"),
+                     ("JSON", "JSON", "The same numbers as readable JSON"))
+
+
+class POSEGPT_OT_export_pose(bpy.types.Operator, ExportHelper):
+    """Save the armature's current pose as SMPL parameters (.npz or .json)"""
+    bl_idname = "posegpt.export_pose"
+    bl_label = "Export pose"
+
+    filename_ext = ".npz"
+    filter_glob: StringProperty(default="*.npz;*.json", options={"HIDDEN"})
+    file_format: EnumProperty(name="Format", description="File format of the pose", items=POSE_FILE_FORMATS,
+                              default="NPZ")
+    armature: StringProperty(name="Armature", description="Armature to export (empty: the active one)",
+                             default="", options={"SKIP_SAVE"})
+
+    def check(self, context):
+        wanted = "." + self.file_format.lower()
+        root, ext = os.path.splitext(self.filepath)
+        if ext.lower() != wanted:
+            self.filepath = root + wanted
+            self.filename_ext = wanted
+            return True
+        return False
+
+    def execute(self, context):
+        self.check(context)
+        try:
+            obj = _armature_by_name(self, context)
+            save_pose(self.filepath, smpl_blender().read_pose(obj))
+        except (ConnectionProblem, ValueError, OSError) as exc:
+            self.report({"ERROR"}, session.problem_text(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Saved the pose of {obj.name} to {self.filepath}")
+        return {"FINISHED"}
+
+
+class POSEGPT_OT_import_pose(bpy.types.Operator, ImportHelper):
+    """Pose the armature from an SMPL pose file (.npz or .json)"""
+    bl_idname = "posegpt.import_pose"
+    bl_label = "Import pose"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filter_glob: StringProperty(default="*.npz;*.json", options={"HIDDEN"})
+    armature: StringProperty(name="Armature", description="Armature to pose (empty: the active one)",
+                             default="", options={"SKIP_SAVE"})
+
+    def execute(self, context):
+        try:
+            obj = _armature_by_name(self, context)
+            smpl_blender().apply_pose(obj, load_pose(self.filepath),
+                                      global_orient=context.scene.posegpt.orientation.lower())
+        except (ConnectionProblem, ValueError, OSError) as exc:
+            self.report({"ERROR"}, session.problem_text(exc))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+classes = (POSEGPT_OT_connect, POSEGPT_OT_disconnect, POSEGPT_OT_create_body, POSEGPT_OT_send_prompt,
+           POSEGPT_OT_cancel_request, POSEGPT_OT_reset_chat, POSEGPT_OT_apply_pose, POSEGPT_OT_key_pose,
+           POSEGPT_OT_report_error, POSEGPT_OT_export_pose, POSEGPT_OT_import_pose)

@@ -1,0 +1,92 @@
+"""Data the add-on stores in the .blend: each armature's chat, and the scene's prompt and options.
+
+The chat lives on the armature object (``Object.posegpt_chat``) so several armatures keep separate
+conversations and saving the file keeps everything: prompts, replies, the poses (as JSON text with
+float64 values, see ``chat_state.pose_to_json``) and the image each prompt was sent with (packed when
+it was a render, so it survives a reopen on another machine).
+"""
+from __future__ import annotations
+
+import bpy
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, IntProperty, PointerProperty,
+                       StringProperty)
+
+IMAGE_SOURCES = (
+    ("NONE", "None", "Send the prompt text only"),
+    ("FILE", "Image file", "Send an image file from disk"),
+    ("BLENDER_IMAGE", "Blender image", "Send an image already loaded in this .blend"),
+    ("CAMERA", "Camera render", "Render the active camera small and send that"),
+)
+ORIENTATIONS = (
+    ("KEEP", "Keep predicted", "Use the global orientation the model predicted"),
+    ("UPRIGHT", "Upright, facing -Y", "Stand the body upright facing the Front view, whatever was predicted"),
+)
+
+
+class POSEGPT_PG_message(bpy.types.PropertyGroup):
+    """One chat message: the prompt, the reply and the pose it carried."""
+    role: EnumProperty(
+        name="Role", description="Who wrote this message",
+        items=(("user", "User", "A prompt sent to the model"),
+               ("assistant", "Assistant", "The model's reply"),
+               ("error", "Error", "A request that failed")),
+        default="user")
+    text: StringProperty(name="Text", description="What was said", default="")
+    pose_json: StringProperty(
+        name="Pose", description="The reply's 24 joint rotations (SMPL frame) as JSON; empty when none",
+        default="")
+    image: PointerProperty(name="Image", description="The image sent with this prompt, if any",
+                           type=bpy.types.Image)
+    image_path: StringProperty(name="Image path", description="Where the sent image came from",
+                               default="", subtype="FILE_PATH")
+    keyed_frame: IntProperty(name="Keyed frame", description="Frame this pose was last keyed at (-1: never)",
+                             default=-1)
+
+
+class POSEGPT_PG_chat(bpy.types.PropertyGroup):
+    """The conversation held with the model about one armature."""
+    messages: CollectionProperty(name="Messages", description="The chat, oldest first",
+                                 type=POSEGPT_PG_message)
+    session_id: StringProperty(name="Session", description="The backend session this chat continues",
+                               default="")
+    last_error: StringProperty(name="Last error", description="The last failure and what to do about it",
+                               default="")
+
+
+class POSEGPT_PG_scene(bpy.types.PropertyGroup):
+    """The prompt being written and the options for the next reply."""
+    prompt: StringProperty(name="Prompt", description="Describe the pose, e.g. 'she is proposing marriage'",
+                           default="")
+    image_source: EnumProperty(name="Image", description="What picture to send with the prompt",
+                               items=IMAGE_SOURCES, default="NONE")
+    image_path: StringProperty(name="Image file", description="Image file sent when the source is Image file",
+                               default="", subtype="FILE_PATH")
+    image: PointerProperty(name="Blender image", description="Image sent when the source is Blender image",
+                           type=bpy.types.Image)
+    orientation: EnumProperty(name="Orientation", description="How to treat the predicted global orientation",
+                              items=ORIENTATIONS, default="KEEP")
+    auto_key: BoolProperty(name="Key each reply",
+                           description="Insert a key at the current frame for every reply, then advance",
+                           default=False)
+    key_step: IntProperty(name="Advance", description="Frames to advance after keying a reply",
+                          default=10, min=0, soft_max=250)
+    mode: EnumProperty(name="Mode", description="Whether the model sees earlier turns",
+                       items=(("chat", "Chat", "Replies build on the conversation so far"),
+                              ("direct", "Single prompt", "Each prompt is posed on its own")),
+                       default="chat")
+
+
+classes = (POSEGPT_PG_message, POSEGPT_PG_chat, POSEGPT_PG_scene)
+
+
+def register_properties():
+    """Attach the pointers after the classes are registered."""
+    bpy.types.Object.posegpt_chat = PointerProperty(
+        name="PoseGPT chat", description="This armature's conversation with PoseGPT", type=POSEGPT_PG_chat)
+    bpy.types.Scene.posegpt = PointerProperty(
+        name="PoseGPT", description="PoseGPT prompt and options", type=POSEGPT_PG_scene)
+
+
+def unregister_properties():
+    del bpy.types.Scene.posegpt
+    del bpy.types.Object.posegpt_chat
