@@ -79,6 +79,7 @@ class TrainConfig:
     resume: str = ""                     # a training-state folder written by this script, or "latest"
     device: str = "auto"                 # "auto" | "cpu" | "cuda"
     progress: bool = True
+    export_final: bool = True            # write <output_dir>/final in the backend format (LoRA merged)
 
 
 @dataclass

@@ -1,0 +1,130 @@
+"""Records → token ids with loss masks → padded batches.
+
+Tokenisation is the backend's own (``backend.posegpt.templates.encode_conversation``), so training sees
+exactly the ids inference builds: system and user turns carry label -100, assistant answers (with their
+end token) carry their ids. Each ``<image>`` in user text becomes the backbone family's placeholder ids
+(LLaVA: one image token per CLIP patch; Qwen2-VL: start + merged patches + end), with the pixels the
+family's image processor makes (``backend.posegpt.families``).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from backend.posegpt.templates import IMAGE_MARK, encode_conversation
+
+from .data.records import InstructionRecord, PoseRecord
+from .templates import POSE_PLACEHOLDER, record_turns
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+@dataclass
+class EncodedSample:
+    """One tokenised chat. input_ids / labels: (L,) lists; images: the family's ``ImageInput`` per
+    ``<image>``; positions: (P, L) position ids; pose_rotmat: (24, 3, 3) target or None; kind: source."""
+    input_ids: list
+    labels: list
+    images: list
+    positions: torch.Tensor
+    pose_rotmat: np.ndarray | None
+    kind: str
+
+
+class ChatEncoder:
+    """Turns records into ``EncodedSample``s for one backbone (tokenizer, template, family)."""
+
+    def __init__(self, tokenizer, template, family, pose_token_id: int, max_length: int = 2048):
+        self.tokenizer = tokenizer
+        self.template = template
+        self.family = family
+        self.pose_token_id = int(pose_token_id)
+        self.max_length = max_length
+
+    def _encode_turns(self, turns, images):
+        messages = [{"role": r, "content": t} for r, t in turns]
+        return encode_conversation(self.tokenizer, self.template, messages,
+                                   image_ids=lambda k: self.family.placeholder_ids(images[k]))
+
+    def encode(self, record: PoseRecord | InstructionRecord, rng: random.Random) -> EncodedSample:
+        turns = record_turns(record, rng)
+        if isinstance(record, InstructionRecord):
+            # A literal <POSE> in instruction text would make the model emit a pose with no target.
+            turns = [(r, t.replace(POSE_PLACEHOLDER, "pose")) for r, t in turns]
+        pil = [record.load_image()] if record.load_image is not None else []
+        marks = sum(t.count(IMAGE_MARK) for r, t in turns if r == "user")
+        if marks != len(pil):
+            raise ValueError(f"{record.meta}: {marks} <image> marks but {len(pil)} image(s)")
+        if pil and not self.family.accepts_images:
+            raise ValueError(f"{record.meta}: this backbone ({self.family.name}) does not read images")
+        images = [self.family.encode_image(im) for im in pil]
+        ids, labels = self._encode_turns(turns, images)
+        # Too long: drop whole trailing exchanges first (instruction chats), then cut the last answer.
+        while len(ids) > self.max_length and len(turns) > 2:
+            turns = turns[:-2]
+            kept = sum(t.count(IMAGE_MARK) for r, t in turns if r == "user")
+            images = images[:kept]
+            ids, labels = self._encode_turns(turns, images)
+        if len(ids) > self.max_length:
+            prompt_len = next(i for i, lab in enumerate(labels) if lab != IGNORE)
+            if prompt_len >= self.max_length or (record.kind != "instruction"):
+                raise ValueError(f"{record.meta}: {len(ids)} tokens do not fit max_length={self.max_length}")
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+        num_pose = sum(1 for i in ids if i == self.pose_token_id)
+        expected = 1 if isinstance(record, PoseRecord) else 0
+        if num_pose != expected:
+            raise ValueError(f"{record.meta}: {num_pose} <POSE> tokens, expected {expected}")
+        positions = self.family.positions(ids, images)
+        return EncodedSample(input_ids=ids, labels=labels, images=images, positions=positions,
+                             pose_rotmat=getattr(record, "pose_rotmat", None), kind=record.kind)
+
+
+def collate(samples: list[EncodedSample], pad_id: int, family) -> dict:
+    """Right-padded batch.
+
+    Returns input_ids, labels, attention_mask (batch, L); position_ids (3, batch, L) for 3-D RoPE families;
+    ``images`` (all ImageInputs in sequence order, for ``family.image_kwargs``); pose_targets (N, 24, 3, 3)
+    float32 for the N pose samples in batch order and pose_sample_index (N,); kinds (list of str).
+    """
+    length = max(len(s.input_ids) for s in samples)
+    batch = len(samples)
+    input_ids = torch.full((batch, length), pad_id, dtype=torch.long)
+    labels = torch.full((batch, length), IGNORE, dtype=torch.long)
+    mask = torch.zeros((batch, length), dtype=torch.long)
+    planes = samples[0].positions.shape[0]
+    positions = torch.zeros((planes, batch, length), dtype=torch.long)
+    for b, s in enumerate(samples):
+        n = len(s.input_ids)
+        input_ids[b, :n] = torch.tensor(s.input_ids)
+        labels[b, :n] = torch.tensor(s.labels)
+        mask[b, :n] = 1
+        positions[:, b, :n] = s.positions
+        if n < length:   # padding continues the count (masked anyway)
+            positions[:, b, n:] = s.positions[:, -1:] + torch.arange(1, length - n + 1)
+    pose_index = [b for b, s in enumerate(samples) if s.pose_rotmat is not None]
+    targets = (torch.from_numpy(np.stack([samples[b].pose_rotmat for b in pose_index])).float() if pose_index
+               else torch.zeros((0, 24, 3, 3)))
+    out = {"input_ids": input_ids, "labels": labels, "attention_mask": mask,
+           "images": [im for s in samples for im in s.images],
+           "pose_targets": targets, "pose_sample_index": torch.tensor(pose_index, dtype=torch.long),
+           "kinds": [s.kind for s in samples]}
+    if planes > 1:
+        out["position_ids"] = positions
+    return out
+
+
+def pose_l1_loss(pred_rotmat: torch.Tensor, true_rotmat: torch.Tensor) -> torch.Tensor:
+    """Conventions page: mean |ΔR| over the 23 body joints' matrix entries + the same over the global
+    orientation (added, so the root weighs as much as all body joints together). (N, 24, 3, 3) → scalar."""
+    if pred_rotmat.shape != true_rotmat.shape or pred_rotmat.shape[-3:] != (24, 3, 3):
+        raise ValueError(f"pose loss needs two (N, 24, 3, 3) tensors, got {tuple(pred_rotmat.shape)} and "
+                         f"{tuple(true_rotmat.shape)}")
+    if pred_rotmat.shape[0] == 0:
+        return pred_rotmat.sum() * 0.0
+    diff = (pred_rotmat.float() - true_rotmat.float()).abs()
+    return diff[:, 1:].mean() + diff[:, 0].mean()
