@@ -1,0 +1,278 @@
+"""Model worker: one PoseRuntime behind a DEALER socket, fed one job at a time by the broker.
+
+Run by ``posegpt-serve`` itself, as a thread (``--workers 1``) or one process per GPU:
+
+    python -m backend.worker --connect ipc:///tmp/x/workers.ipc --identity worker-1 --checkpoint CKPT
+
+Two threads: the socket thread owns the DEALER (jobs and cancels in, replies out) and never waits on the
+model; the model thread runs ``runtime.chat`` and reports through an inproc PUSH socket guarded by a lock
+(the runtime may call ``on_progress`` from any thread). Cancel sets the running job's event, which the
+runtime's ``should_stop`` reads at every decoding step.
+
+Broker ↔ worker messages (internal; the client never sees them):
+    worker → broker   [b"READY", json{model_card, pid}] | [b"FAILED", json{code, message}]
+                      | [b"OUT", client_identity, *wire_frames]
+    broker → worker   [b"JOB", client_identity, request_id, json job, *image_bytes]
+                      | [b"CANCEL", client_identity, request_id] | [b"STOP"]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import os
+import queue
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from posegpt_net import wire
+
+log = logging.getLogger("posegpt.worker")
+
+POLL_MS = 100                 # how often the socket thread looks at stop flags
+PROGRESS_INTERVAL_S = 0.1     # forward at most this often the runtime's per-step progress
+
+
+@dataclass
+class _Job:
+    identity: bytes
+    request_id: str
+    spec: dict
+    images: list[bytes]
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class _Outbox:
+    """A PUSH socket any thread may send on: the lock gives ZeroMQ the memory barrier it asks for."""
+
+    def __init__(self, context: zmq.Context, endpoint: str):
+        self._socket = context.socket(zmq.PUSH)
+        self._socket.linger = 0
+        self._socket.connect(endpoint)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def send(self, frames: list[bytes]) -> None:
+        with self._lock:
+            if not self._closed:      # after shutdown a late reply has nobody to go to
+                self._socket.send_multipart(frames)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._socket.close(linger=0)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with numpy scalars / tuples turned into JSON types and non-finite floats into None."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def decode_image(data: bytes, draft_size: int | None = None):
+    """PNG/JPEG/WebP bytes (already size-checked by ``wire.check_image``) → RGB PIL image.
+
+    ``draft_size``: the model's input side; JPEGs are then decoded at the smallest DCT scale that is
+    still at least that large (the model resizes down anyway), several times faster for photos."""
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        if draft_size and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+        image.load()
+        return image.convert("RGB")
+    except Exception as exc:  # PIL raises many types for broken files
+        raise wire.WireError("bad_image", f"image could not be decoded: {exc}") from None
+
+
+class ModelWorker:
+    """Serves jobs from the broker at ``connect`` with the runtime ``runtime_factory()`` builds."""
+
+    def __init__(self, runtime_factory: Callable[[], Any], connect: str, identity: bytes,
+                 context: zmq.Context | None = None, parent_pid: int | None = None):
+        self.runtime_factory = runtime_factory
+        self.connect = connect
+        self.identity = identity
+        self.parent_pid = parent_pid
+        self._context = context or zmq.Context.instance()
+        self._jobs: queue.Queue[_Job] = queue.Queue()
+        self._active: dict[tuple[bytes, str], _Job] = {}   # jobs received and not yet answered
+        self._stopping = threading.Event()
+        self._outbox: _Outbox | None = None
+        self._draft_size: int | None = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for job in list(self._active.values()):
+            job.cancel.set()
+
+    # --- socket thread -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        backend = self._context.socket(zmq.DEALER)
+        backend.identity = self.identity
+        backend.linger = 0
+        backend.connect(self.connect)
+        inbox = self._context.socket(zmq.PULL)
+        endpoint = f"inproc://posegpt-worker-out-{uuid.uuid4().hex}"
+        inbox.bind(endpoint)
+        self._outbox = _Outbox(self._context, endpoint)
+        model_thread = threading.Thread(target=self._model_loop, name=f"{self.identity.decode()}-model",
+                                        daemon=True)
+        model_thread.start()
+        poller = zmq.Poller()
+        poller.register(backend, zmq.POLLIN)
+        poller.register(inbox, zmq.POLLIN)
+        try:
+            while not self._stopping.is_set():
+                ready = dict(poller.poll(POLL_MS))
+                if inbox in ready:
+                    while True:
+                        try:
+                            backend.send_multipart(inbox.recv_multipart(zmq.NOBLOCK))
+                        except zmq.Again:
+                            break
+                if backend in ready:
+                    self._on_broker(backend.recv_multipart())
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    log.warning("%s: the server process is gone; stopping", self.identity.decode())
+                    self.stop()
+        finally:
+            self.stop()
+            self._outbox.close()
+            inbox.close(linger=0)
+            backend.close(linger=0)
+
+    def _on_broker(self, frames: list[bytes]) -> None:
+        command, *rest = frames
+        if command == b"JOB":
+            identity, request_id, spec, *images = rest
+            job = _Job(identity, request_id.decode(), json.loads(spec), images)
+            self._active[(identity, job.request_id)] = job
+            self._jobs.put(job)
+        elif command == b"CANCEL":
+            identity, request_id = rest
+            job = self._active.get((identity, request_id.decode()))
+            if job is not None:     # may still sit in the queue: its event is read before it starts
+                job.cancel.set()
+        elif command == b"STOP":
+            self.stop()
+
+    # --- model thread --------------------------------------------------------------------------------
+
+    def _model_loop(self) -> None:
+        try:
+            runtime = self.runtime_factory()
+            card = json_safe(dict(runtime.model_card))
+        except Exception as exc:
+            code = getattr(exc, "code", "bad_checkpoint")
+            log.exception("%s: the model could not be loaded", self.identity.decode())
+            self._outbox.send([b"FAILED", json.dumps({"code": code, "message": str(exc)[:500]}).encode()])
+            return
+        size = card.get("image_size")
+        self._draft_size = size if isinstance(size, int) and size > 0 else None
+        self._outbox.send([b"READY", json.dumps({"model_card": card, "pid": os.getpid()}).encode()])
+        while not self._stopping.is_set():
+            try:
+                job = self._jobs.get(timeout=POLL_MS / 1000)
+            except queue.Empty:
+                continue
+            try:
+                if job.cancel.is_set():
+                    raise wire.WireError("cancelled", "the request was cancelled before it started")
+                reply = self._run(runtime, job)
+            except Exception as exc:
+                code = getattr(exc, "code", None)
+                if code not in wire.ERROR_CODES:
+                    log.exception("%s: request %s failed", self.identity.decode(), job.request_id)
+                    code = "internal"
+                reply = wire.Error(job.request_id, code, getattr(exc, "message", str(exc))[:500])
+            finally:
+                self._active.pop((job.identity, job.request_id), None)
+            self._outbox.send([b"OUT", job.identity, *wire.encode(reply)])
+
+    def _run(self, runtime, job: _Job) -> wire.Message:
+        spec = job.spec
+        if spec["kind"] in ("reset", "close"):
+            session = spec["session_id"]
+            existed = session in set(runtime.sessions)
+            if existed:
+                getattr(runtime, spec["kind"])(session)
+            return wire.Closed(job.request_id, session, spec["kind"], existed)
+        start = time.perf_counter()
+        images = [decode_image(blob, self._draft_size) for blob in job.images]
+        decoded = time.perf_counter()
+        last_progress = [0.0]
+
+        def on_progress(info: dict) -> None:
+            now = time.monotonic()
+            if now - last_progress[0] >= PROGRESS_INTERVAL_S:
+                last_progress[0] = now
+                message = wire.Progress(job.request_id, "generating", json_safe(dict(info)))
+                self._outbox.send([b"OUT", job.identity, *wire.encode(message)])
+
+        options = spec["options"]
+        result = runtime.chat(spec["session_id"], spec["prompt"], images=images, mode=spec["mode"],
+                              max_new_tokens=options["max_new_tokens"], temperature=options["temperature"],
+                              top_p=options["top_p"], seed=options["seed"], should_stop=job.cancel.is_set,
+                              on_progress=on_progress)
+        finished = time.perf_counter()
+        if job.cancel.is_set():
+            return wire.Error(job.request_id, "cancelled", "the request was cancelled")
+        poses = [{name: np.asarray(getattr(pose, name), dtype=np.float32) for name in wire.POSE_ARRAYS}
+                 for pose in result.poses]
+        timings = {k: float(v) for k, v in dict(result.timings).items()
+                   if isinstance(v, (int, float, np.generic)) and math.isfinite(float(v))}
+        timings.update(image_decode_ms=(decoded - start) * 1e3, model_ms=(finished - decoded) * 1e3)
+        return wire.Result(job.request_id, spec["session_id"], result.text, poses, timings)
+
+
+def runtime_loader(checkpoint: str, device: str = "auto", dtype: str = "auto") -> Callable[[], Any]:
+    """A factory that loads the project checkpoint with the model runtime (imported only when called)."""
+    def load():
+        from backend.posegpt.runtime import PoseRuntime
+        return PoseRuntime.from_checkpoint(checkpoint, device=device, dtype=dtype)
+    return load
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="One PoseGPT model worker (started by posegpt-serve).")
+    parser.add_argument("--connect", required=True, help="the broker's worker endpoint")
+    parser.add_argument("--identity", required=True, help="this worker's socket identity")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Ctrl-C reaches the whole process group; the server decides when its workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = ModelWorker(runtime_loader(args.checkpoint, args.device, args.dtype), args.connect,
+                         args.identity.encode(), parent_pid=args.parent_pid)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,353 @@
+"""Lazy-pirate PoseGPT client: non-blocking, no threads, safe to drive from a Blender timer.
+
+    client = PoseClient("tcp://127.0.0.1:5555")
+    rid = client.chat("session-1", "she is proposing marriage")
+    ...                                     # every timer tick:
+    for event in client.pump():             # never blocks
+        if event.kind == "result": apply(event.poses[0]["rotmat_smpl"])
+
+Scripts and tests may block instead: ``client.request("ping")`` or ``client.wait(rid)``.
+
+Reliability (the ZeroMQ guide's lazy pirate): the server sends a heartbeat for every request it holds
+at least every ``HEARTBEAT_S`` seconds, so a request that hears nothing for its timeout is lost. The
+client then closes its socket and opens a fresh one (dropping anything queued for the dead peer),
+resends the idempotent requests (hello, ping, cancel, reset, close) up to ``RETRIES`` times, and ends
+every chat that was in flight with an ``error`` event ("timeout" or "connection_lost"): a generation is
+never re-run behind the user's back. Only numpy, pyzmq and the standard library are used.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
+
+from posegpt_net import wire
+
+__all__ = ["PoseClient", "Event", "CurveKeys", "TIMEOUT_S", "RETRIES"]
+
+TIMEOUT_S = 10.0          # silence (no reply, no heartbeat) after which a request is lost
+RETRIES = 2               # resends of an idempotent request after a reconnect
+MAX_MESSAGES_PER_PUMP = 500   # keeps one pump() short even when many replies are waiting
+IDEMPOTENT = frozenset({"hello", "ping", "cancel", "reset", "close"})
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """Z85 CURVE keys: the server's public key and this client's key pair."""
+
+    server_public: bytes
+    client_public: bytes
+    client_secret: bytes
+
+    @classmethod
+    def from_files(cls, server_public_file: str | os.PathLike, client_secret_file: str | os.PathLike):
+        """Keys from certificate files written by ``posegpt-keys`` (``server.key``, ``client.key_secret``)."""
+        server_public, _ = zmq.auth.load_certificate(os.fspath(server_public_file))
+        client_public, client_secret = zmq.auth.load_certificate(os.fspath(client_secret_file))
+        if client_secret is None:
+            raise ValueError(f"{client_secret_file} holds no secret key (use the .key_secret file)")
+        return cls(server_public, client_public, client_secret)
+
+
+@dataclass
+class Event:
+    """What ``pump()`` reports. ``kind``: "hello", "pong", "progress", "result", "closed" or "error".
+
+    ``header``: the message's JSON header (model card for hello, stage/info for progress, timings and
+    the frame of each pose array for result). ``poses``: for a result, one dict per pose mapping
+    "rotmat" (24, 3, 3), "rotvec" (24, 3), "d6" (24, 6), "quat_wxyz" (24, 4) (camera frame),
+    "rotmat_smpl" (24, 3, 3) (SMPL frame) and "rotmat_upright" (24, 3, 3) (joint 0 = identity) to
+    float32 arrays. ``error_code``/``message`` for errors (codes: ``posegpt_net.wire.ERROR_CODES``)."""
+
+    kind: str
+    request_id: str
+    header: dict = field(default_factory=dict)
+    poses: list[dict[str, np.ndarray]] = field(default_factory=list)
+    text: str = ""
+    error_code: str | None = None
+    message: str = ""
+
+    @property
+    def final(self) -> bool:
+        """True when this event ends its request (everything but progress)."""
+        return self.kind != "progress"
+
+
+@dataclass
+class _Pending:
+    kind: str
+    frames: list[bytes]
+    timeout_s: float
+    deadline: float
+    attempts: int = 0
+
+
+class PoseClient:
+    """Talks to ``posegpt-serve`` over one DEALER socket; see the module docstring."""
+
+    def __init__(self, address: str, timeout_s: float = TIMEOUT_S, curve: CurveKeys | None = None,
+                 context: zmq.Context | None = None, client_name: str = "posegpt-client"):
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.address = address
+        self.timeout_s = float(timeout_s)
+        self.curve = curve
+        self.client_name = client_name
+        self.reconnects = 0
+        self._context = context or zmq.Context.instance()
+        self._pending: dict[str, _Pending] = {}
+        self._backlog: list[Event] = []
+        self._socket: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._open()
+
+    # --- requests ------------------------------------------------------------------------------------
+
+    def submit(self, kind: str, *, timeout_s: float | None = None, **fields) -> str:
+        """Send a request ("hello", "ping", "chat", "reset", "close") and return its request id.
+
+        ``fields`` are the message's fields (see ``posegpt_net.wire``); images are encoded file bytes.
+        Raises ``ValueError`` (``wire.WireError``) for a request that cannot be sent."""
+        if kind == "cancel":
+            raise ValueError("use cancel(request_id) to cancel a request")
+        request_id = secrets.token_hex(8)
+        if kind == "hello":
+            message = wire.Hello(request_id, client=fields.pop("client", self.client_name), **fields)
+        elif kind == "ping":
+            message = wire.Ping(request_id, **fields)
+        elif kind == "chat":
+            fields["images"] = [_image_bytes(image) for image in fields.get("images", ())]
+            message = wire.Chat(request_id, **fields)
+        elif kind == "reset":
+            message = wire.Reset(request_id, **fields)
+        elif kind == "close":
+            message = wire.Close(request_id, **fields)
+        else:
+            raise ValueError(f"unknown request kind {kind!r}; expected one of {wire.REQUEST_TYPES}")
+        self._send(request_id, kind, wire.encode(message), timeout_s)
+        return request_id
+
+    def chat(self, session_id: str, prompt: str, images=(), mode: str = "direct", *,
+             timeout_s: float | None = None, **options) -> str:
+        """Ask for a pose; ``images``: PNG/JPEG/WebP bytes (or paths); ``options``: max_new_tokens,
+        temperature, top_p, seed. Returns the request id; the answer arrives through ``pump()``."""
+        return self.submit("chat", timeout_s=timeout_s, session_id=session_id, prompt=prompt,
+                           images=list(images), mode=mode, **options)
+
+    def hello(self, **kw) -> str:
+        return self.submit("hello", **kw)
+
+    def ping(self, **kw) -> str:
+        return self.submit("ping", **kw)
+
+    def reset(self, session_id: str, **kw) -> str:
+        return self.submit("reset", session_id=session_id, **kw)
+
+    def close_session(self, session_id: str, **kw) -> str:
+        return self.submit("close", session_id=session_id, **kw)
+
+    def cancel(self, request_id: str) -> None:
+        """Ask the server to drop or stop ``request_id``; it then ends with error "cancelled" (or its
+        result, if that was already on its way). Unknown ids are ignored."""
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return
+        self._socket.send_multipart(wire.encode(wire.Cancel(request_id)), zmq.NOBLOCK)
+
+    @property
+    def pending(self) -> list[str]:
+        """Ids of the requests still waiting for their final event."""
+        return list(self._pending)
+
+    # --- events --------------------------------------------------------------------------------------
+
+    def pump(self) -> list[Event]:
+        """Every event that has arrived, without blocking; also fires timeouts and reconnects."""
+        events, self._backlog = self._backlog, []
+        return events + self._pump_new()
+
+    def wait(self, request_id: str, timeout_s: float | None = None) -> Event:
+        """Block until ``request_id`` has its final event and return it (its progress events are dropped,
+        other requests' events stay for the next ``pump()``). Raises ``TimeoutError`` only when
+        ``timeout_s`` runs out first; the request's own timeout ends it with an error event anyway."""
+        for index, event in enumerate(self._backlog):
+            if event.request_id == request_id and event.final:
+                return self._backlog.pop(index)
+        if request_id not in self._pending:
+            raise KeyError(f"no request {request_id!r} is pending")
+        give_up = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            for event in self._pump_new():
+                if event.request_id == request_id:
+                    if event.final:
+                        return event
+                else:
+                    self._backlog.append(event)
+            now = time.monotonic()
+            if give_up is not None and now >= give_up:
+                raise TimeoutError(f"request {request_id} still pending after {timeout_s} s")
+            wake = min(p.deadline for p in self._pending.values()) if self._pending else now
+            wake = min(wake, give_up) if give_up is not None else wake
+            self._socket.poll(max(1, min(100, int((wake - now) * 1000) + 1)), zmq.POLLIN)
+
+    def request(self, kind: str, *, timeout_s: float | None = None, **fields) -> Event:
+        """``submit`` then ``wait``: the final event of one request (for scripts and tests)."""
+        return self.wait(self.submit(kind, timeout_s=timeout_s, **fields))
+
+    def close(self) -> None:
+        """Close the socket; pending requests are forgotten."""
+        self._pending.clear()
+        self._close_socket()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- machinery -----------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        sock = self._context.socket(zmq.DEALER)
+        sock.linger = 0          # a dead server must not keep our messages (or the process) alive
+        if self.curve is not None:
+            sock.curve_serverkey = self.curve.server_public
+            sock.curve_publickey = self.curve.client_public
+            sock.curve_secretkey = self.curve.client_secret
+        self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+        sock.connect(self.address)
+        self._socket = sock
+
+    def _close_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._socket.close(linger=0)
+            self._socket = self._monitor = None
+
+    def _send(self, request_id: str, kind: str, frames: list[bytes], timeout_s: float | None) -> None:
+        timeout = self.timeout_s if timeout_s is None else float(timeout_s)
+        if timeout <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout}")
+        self._pending[request_id] = _Pending(kind, frames, timeout, time.monotonic() + timeout)
+        try:
+            self._socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            pass        # queue full towards a dead peer: the timeout will reconnect and resend or fail it
+
+    def _pump_new(self) -> list[Event]:
+        events: list[Event] = []
+        self._check_handshake(events)
+        for _ in range(MAX_MESSAGES_PER_PUMP):
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            event = self._event(frames)
+            if event is not None:
+                events.append(event)
+        self._check_timeouts(events)
+        return events
+
+    def _event(self, frames: list[bytes]) -> Event | None:
+        try:
+            message = wire.decode(frames, wire.CLIENT_LIMITS)
+        except wire.WireError as err:
+            if err.request_id not in self._pending:
+                return None
+            message = wire.Error(err.request_id, err.code, f"undecodable reply: {err.message}")
+        pending = self._pending.get(message.request_id)
+        if pending is None and message.request_id:
+            return None                                   # late reply to a request already ended
+        if pending is not None:
+            pending.deadline = time.monotonic() + pending.timeout_s
+        event = _to_event(message)
+        if event.final:
+            self._pending.pop(message.request_id, None)
+        return event
+
+    def _check_handshake(self, events: list[Event]) -> None:
+        failed = None
+        while True:
+            try:
+                failed = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+        if failed is not None and failed["event"] & _HANDSHAKE_FAILED:
+            for request_id in list(self._pending):
+                del self._pending[request_id]
+                events.append(_error(request_id, "auth_failed",
+                                     f"{self.address} refused the connection during the security "
+                                     f"handshake (CURVE keys not allowed, or plaintext against CURVE)"))
+
+    def _check_timeouts(self, events: list[Event]) -> None:
+        now = time.monotonic()
+        expired = [rid for rid, p in self._pending.items() if now >= p.deadline]
+        if not expired:
+            return
+        for request_id in expired:
+            pending = self._pending[request_id]
+            if pending.kind not in IDEMPOTENT or pending.attempts >= RETRIES:
+                del self._pending[request_id]
+                events.append(_error(request_id, "timeout", f"no answer from {self.address} within "
+                                                            f"{pending.timeout_s:g} s"))
+        # Lazy pirate: the peer is gone or stuck; a fresh socket drops whatever was queued for it.
+        self._close_socket()
+        self._open()
+        self.reconnects += 1
+        for request_id, pending in list(self._pending.items()):
+            if pending.kind in IDEMPOTENT:
+                pending.attempts += request_id in expired
+                pending.deadline = now + pending.timeout_s
+                self._socket.send_multipart(pending.frames, zmq.NOBLOCK)
+            else:
+                del self._pending[request_id]
+                events.append(_error(request_id, "connection_lost",
+                                     f"lost the connection to {self.address} during the request; "
+                                     "it was not re-run"))
+
+
+def _image_bytes(image) -> bytes:
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).read_bytes()
+    raise ValueError(f"images must be encoded PNG/JPEG/WebP bytes or file paths, got {type(image).__name__}")
+
+
+def _error(request_id: str, code: str, message: str) -> Event:
+    return Event("error", request_id, {"code": code, "message": message}, error_code=code, message=message)
+
+
+def _to_event(message: wire.Message) -> Event:
+    rid = message.request_id
+    if isinstance(message, wire.Error):
+        return Event("error", rid, {"code": message.code, "message": message.message,
+                                    "details": message.details}, error_code=message.code, message=message.message)
+    if isinstance(message, wire.Result):
+        frames = {name: frame for name, (frame, _shape) in wire.POSE_ARRAYS.items()}
+        header = {"session_id": message.session_id, "text": message.text, "timings": message.timings,
+                  "frames": frames}
+        return Event("result", rid, header, poses=message.poses, text=message.text)
+    if isinstance(message, wire.Progress):
+        return Event("progress", rid, {"stage": message.stage, "info": message.info})
+    if isinstance(message, wire.Hello):
+        return Event("hello", rid, {"server": message.server, "protocol_versions": message.protocol_versions,
+                                    "model_card": message.model_card, "capabilities": message.capabilities,
+                                    "limits": message.limits, "ready": message.ready})
+    if isinstance(message, wire.Pong):
+        return Event("pong", rid, {"server_time": message.server_time, "queued": message.queued,
+                                   "workers": message.workers})
+    if isinstance(message, wire.Closed):
+        return Event("closed", rid, {"session_id": message.session_id, "action": message.action,
+                                     "existed": message.existed})
+    return _error(rid, "unknown_type", f"unexpected {type(message).__name__} message from the server")
