@@ -25,6 +25,7 @@ import numpy as np
 
 from . import frames
 from . import rotations as rot
+from .body import NUM_POSE_FEATURES, pose_corrective_features
 from .skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS, primary_child
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
 MARKER = "smpl_rig"                 # custom property on the armature object (a group of rest data)
 MESH_MARKER = "smpl_rig_mesh"       # custom property on the skinned mesh object
 FORMAT_VERSION = 1
-NUM_POSE_FEATURES = 9 * (NUM_JOINTS - 1)  # 207 pose-corrective weights
 CORRECTIVE_PREFIX = "pose_corrective"
 CORRECTIVE_RANGE = 2.0              # entries of R − I lie in [−2, 2]; shape-key sliders must allow that
 DEFAULT_AMASS_FPS = 120.0
@@ -263,12 +263,6 @@ def build_armature(body, name: str = "SMPL", *, collection=None):
 
 # --- poses ----------------------------------------------------------------------------------------------
 
-def pose_corrective_features(rotmats) -> np.ndarray:
-    """SMPL pose-corrective weights (..., 207) = (R_i − I) row-major for joints 1..23, from (..., 24, 3, 3)."""
-    rotmats = np.asarray(rotmats, dtype=np.float64)
-    return (rotmats[..., 1:, :, :] - np.eye(3)).reshape(*rotmats.shape[:-3], NUM_POSE_FEATURES)
-
-
 def _bone_frames(obj) -> np.ndarray:
     """D_i = Cᵀ B_i for every joint (24, 3, 3), from the bones' rest orientations in armature space."""
     bones = obj.data.bones
@@ -488,7 +482,11 @@ def _write_keys(curve, frames_: np.ndarray, values: np.ndarray, interpolation: i
         kinds = np.concatenate([kinds[keep], np.full(len(values) - keep.sum(), interpolation, dtype=np.int32)])
         order = np.argsort(frames_, kind="stable")
         frames_, values, kinds = frames_[order], values[order], kinds[order]
-        points.clear()
+        if hasattr(points, "clear"):
+            points.clear()
+        else:                      # Blender 3.4 has no clear()
+            while len(points):
+                points.remove(points[-1], fast=True)
     else:
         kinds = np.full(len(frames_), interpolation, dtype=np.int32)
     points.add(len(frames_))
