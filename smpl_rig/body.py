@@ -141,12 +141,17 @@ class Body:
         if body.posedirs is not None:
             rest = rest + np.einsum("vck,...k->...vc", body.posedirs, pose_corrective_features(rotmats))
         # 2. Joint transforms by forward kinematics: skinning (..., 24, 4, 4)
-        fk = forward_kinematics(body.rest_joints, rotmats, translation)
+        fk = forward_kinematics(body.rest_joints, rotmats)
         # 3. Blend the 24 skinning transforms per vertex and apply them: (..., V, 4, 4) → (..., V, 3)
         blended = (body.weights @ fk.skinning.reshape(*fk.skinning.shape[:-2], 16)).reshape(
             *fk.skinning.shape[:-3], body.num_vertices, 4, 4)
         vertices = (blended[..., :3, :3] @ rest[..., None])[..., 0] + blended[..., :3, 3]
-        return vertices, fk.joints
+        joints = fk.joints
+        # 4. Translation after skinning, as SMPL does: exact even when weight rows sum to 1 only roughly.
+        if translation is not None:
+            vertices = vertices + translation[..., None, :]
+            joints = joints + translation[..., None, :]
+        return vertices, joints
 
 
 def _infer_gender(name: str) -> str | None:
