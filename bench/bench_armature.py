@@ -63,8 +63,7 @@ def bench_pose_apply(body, poses):
 def bench_keying(body, motion):
     # Per-frame loop: the way most scripts key a motion.
     obj = fresh_armature(body)
-    quats = rot.quat_wxyz_align_signs(
-        smpl_blender._pose_bone_quats(smpl_blender._bone_frames(obj), motion), axis=0)   # (FRAMES, 24, 4)
+    quats = rot.quat_wxyz_align_signs(smpl_blender.pose_bone_quaternions(obj, motion), axis=0)  # (FRAMES, 24, 4)
     pose_bones = [obj.pose.bones[name] for name in JOINT_NAMES]
     start = time.perf_counter()
     for frame in range(FRAMES):

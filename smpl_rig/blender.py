@@ -11,8 +11,8 @@ Frames and the bone formula (``shared/docs/conventions.md``):
   M_i = D_iᵀ R_i D_i with D_i = Cᵀ B_i, so any bone direction and roll poses correctly.
 
 Public functions: ``build_armature``, ``apply_pose``, ``read_pose``, ``read_translation``, ``key_pose``,
-``key_sequence``, ``load_amass``, ``is_smpl_armature``, ``world_joint_positions``, ``rest_joints``,
-``body_mesh``, ``pose_corrective_features``. Reference and a script example: ``docs/blender_api.md``.
+``key_sequence``, ``load_amass``, ``is_smpl_armature``, ``find_smpl_armatures``, ``world_joint_positions``,
+``rest_joints``, ``body_mesh``, ``pose_bone_quaternions``, ``pose_corrective_features``. Reference and a script example: ``docs/blender_api.md``.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS, primary_chi
 __all__ = [
     "build_armature", "apply_pose", "read_pose", "read_translation", "key_pose", "key_sequence",
     "load_amass", "AmassImport", "is_smpl_armature", "world_joint_positions", "rest_joints", "body_mesh",
-    "pose_corrective_features", "MARKER", "DEFAULT_AMASS_FPS",
+    "pose_corrective_features", "pose_bone_quaternions", "find_smpl_armatures", "MARKER", "DEFAULT_AMASS_FPS",
 ]
 
 MARKER = "smpl_rig"                 # custom property on the armature object (a group of rest data)
@@ -329,6 +329,22 @@ def _pose_bone_quats(bone_frames: np.ndarray, rotmats: np.ndarray) -> np.ndarray
     """M_i = D_iᵀ R_i D_i as quaternions (..., 24, 4), w first."""
     local = np.swapaxes(bone_frames, -1, -2) @ rotmats @ bone_frames
     return rot.rotmat_to_quat_wxyz(local)
+
+
+def pose_bone_quaternions(obj, rotmats) -> np.ndarray:
+    """The pose-bone quaternions (..., 24, 4), w first, that show SMPL rotations (..., 24, 3, 3) on this
+    armature: M_i = D_iᵀ R_i D_i (no sign alignment; see ``rotations.quat_wxyz_align_signs``)."""
+    _require_smpl_armature(obj)
+    rotmats = np.asarray(rotmats, dtype=np.float64)
+    if rotmats.shape[-3:] != (NUM_JOINTS, 3, 3):
+        raise ValueError(f"rotmats must be (..., 24, 3, 3), got {rotmats.shape}")
+    return _pose_bone_quats(_bone_frames(obj), rotmats)
+
+
+def find_smpl_armatures(scene=None) -> list:
+    """Every SMPL armature (``is_smpl_armature``) in ``scene`` (default: the active scene)."""
+    scene = scene if scene is not None else bpy.context.scene
+    return [obj for obj in scene.objects if is_smpl_armature(obj)]
 
 
 def apply_pose(obj, pose, *, global_orient: str = "keep", translation=None, undo_push: bool = False) -> np.ndarray:

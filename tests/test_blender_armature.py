@@ -129,6 +129,8 @@ def test_is_smpl_armature_rejects_other_objects(bodies):
     assert not smpl_blender.is_smpl_armature(empty)
     assert not smpl_blender.is_smpl_armature(smpl_blender.body_mesh(obj))
     assert not smpl_blender.is_smpl_armature(None)
+    bpy.context.scene.collection.objects.link(plain)
+    assert smpl_blender.find_smpl_armatures() == [obj]
 
 
 # --- posing ---------------------------------------------------------------------------------------------
@@ -358,6 +360,8 @@ def test_key_sequence_reads_back_at_every_frame(body):
     np.testing.assert_array_equal(frames_, 5 + np.arange(40))
     quats = _curve_quats(obj, frames_)
     np.testing.assert_allclose(rot.quat_wxyz_to_rotmat(quats), _bone_local(obj, rotmats), atol=1e-6)
+    np.testing.assert_allclose(rot.quat_wxyz_to_rotmat(smpl_blender.pose_bone_quaternions(obj, rotmats)),
+                               _bone_local(obj, rotmats), atol=1e-6)
     dots = (quats[1:] * quats[:-1]).sum(-1)
     assert dots.min() >= 0, "consecutive keys of a bone must not flip sign"
     # Blender's own evaluation of the action gives the same pose, joints and corrective values.
