@@ -287,6 +287,7 @@ class Broker:
                 header = json.loads(frames[3])
                 header["timings"].update(queue_ms=(request.started - request.received) * 1e3,
                                          server_ms=(now - request.received) * 1e3)
+                header["worker"] = worker.identity.decode()
                 frames[3] = json.dumps(header, separators=(",", ":")).encode()
             del self.requests[key]
             worker.current = None

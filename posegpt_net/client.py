@@ -336,7 +336,7 @@ def _to_event(message: wire.Message) -> Event:
     if isinstance(message, wire.Result):
         frames = {name: frame for name, (frame, _shape) in wire.POSE_ARRAYS.items()}
         header = {"session_id": message.session_id, "text": message.text, "timings": message.timings,
-                  "frames": frames}
+                  "frames": frames, "worker": message.worker}
         return Event("result", rid, header, poses=message.poses, text=message.text)
     if isinstance(message, wire.Progress):
         return Event("progress", rid, {"stage": message.stage, "info": message.info})

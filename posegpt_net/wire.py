@@ -196,6 +196,7 @@ class Result:
     text: str
     poses: list[dict[str, np.ndarray]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    worker: str = ""            # which model worker answered (the broker fills it in)
 
 
 @dataclass
@@ -394,7 +395,7 @@ def encode(message: Message) -> list[bytes]:
                 arrays.append({"pose": index, "name": name, "frame": frame, **descriptor})
                 blobs.append(blob)
         header = {"session_id": message.session_id, "text": message.text, "num_poses": len(message.poses),
-                  "arrays": arrays, "timings": message.timings}
+                  "arrays": arrays, "timings": message.timings, "worker": message.worker}
         return _frames(kind, rid, header, blobs)
     if isinstance(message, (Reset, Close)):
         return _frames(kind, rid, {"session_id": message.session_id})
@@ -428,13 +429,14 @@ def _request_id(raw: bytes, limits: Limits) -> str:
     return text
 
 
-def _check_protocol(tag: bytes) -> None:
+def _check_protocol(tag: bytes, rid: str = "") -> None:
     name, slash, version = tag.partition(b"/")
     if name != PROTOCOL_NAME or not slash:
-        raise WireError("bad_protocol", f"expected {PROTOCOL!r}, got {tag[:32]!r}")
+        raise WireError("bad_protocol", f"expected {PROTOCOL!r}, got {tag[:32]!r}", rid)
     if version != str(PROTOCOL_VERSION).encode():
         raise WireError("unsupported_version",
-                        f"protocol version {version[:16]!r} is not supported; this peer speaks {PROTOCOL_VERSION}")
+                        f"protocol version {version[:16]!r} is not supported; this peer speaks {PROTOCOL_VERSION}",
+                        rid)
 
 
 def _get(header: dict, key: str, kinds, default=..., rid: str = ""):
@@ -465,11 +467,11 @@ def decode(frames: list[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
                         peek_request_id(frames, limits))
     if len(frames) < 4:
         if frames:
-            _check_protocol(bytes(frames[0]))
+            _check_protocol(bytes(frames[0]), peek_request_id(frames, limits))
         raise WireError("too_few_frames", f"{len(frames)} frames; at least 4 needed",
                         peek_request_id(frames, limits))
     tag, kind_raw, rid_raw, head, *blobs = (bytes(f) for f in frames)
-    _check_protocol(tag)
+    _check_protocol(tag, peek_request_id(frames, limits))
     kind = kind_raw.decode("ascii", "replace")
     # an error about a message whose id was unreadable carries an empty id
     rid = "" if kind == "error" and not rid_raw else _request_id(rid_raw, limits)
@@ -583,7 +585,8 @@ def _decode_result(rid, header, blobs, limits):
         poses[index][name] = array
     timings = _get(header, "timings", dict, {}, rid)
     return Result(rid, _get(header, "session_id", str, rid=rid), _get(header, "text", str, rid=rid), poses,
-                  {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))})
+                  {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))},
+                  _get(header, "worker", str, "", rid))
 
 
 def _decode_cancel(rid, header, blobs, limits):
