@@ -13,6 +13,7 @@ stream directly (``_FakeClassPickler``), so nothing under those module names is 
 from __future__ import annotations
 
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,12 @@ class _FakeCscMatrix:
 
 
 class _FakeClassPickler(pickle._Pickler):
-    """Writes the fake classes under their ``pickle_name`` instead of looking them up by import."""
+    """Writes what Python 2's pickler wrote for the original files.
+
+    The fake classes go under their ``pickle_name`` instead of being looked up by import, and at
+    protocol 2 text and bytes go out as Python 2 byte strings (BINSTRING), as a Python 2 ``str`` was:
+    array buffers included, which Python 3 would otherwise wrap in ``_codecs.encode`` calls.
+    """
 
     def save_global(self, obj, name=None):
         if isinstance(obj, type) and hasattr(obj, "pickle_name"):
@@ -129,6 +135,20 @@ class _FakeClassPickler(pickle._Pickler):
             self.memoize(obj)
             return
         super().save_global(obj, name)
+
+    def save_py2_string(self, obj):
+        data = obj.encode("latin1") if isinstance(obj, str) else obj
+        if self.proto < 2:
+            return (pickle._Pickler.save_str if isinstance(obj, str) else pickle._Pickler.save_bytes)(self, obj)
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[str] = save_py2_string
+    dispatch[bytes] = save_py2_string
 
 
 def write_synthetic_smpl(path, fmt: str = "npz", num_betas: int = 10, seed: int = 0, num_vertices: int = 400,

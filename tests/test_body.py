@@ -221,7 +221,13 @@ def test_fewer_betas_are_padded_and_pose_betas_match_a_shaped_body(smpl_body):
 def test_npz_and_pkl_of_the_same_model_load_identical_arrays(smpl_files, tmp_path):
     from_npz, from_pkl = load(smpl_files["npz"]), load(smpl_files["pkl"])
     old_protocol = load(write_synthetic_smpl(tmp_path / "SMPL_NEUTRAL.pkl", fmt="pkl", seed=3, pickle_protocol=0))
-    for other in (from_pkl, old_protocol):
+    # Files "cleaned" of chumpy by Python 3 tools: plain numpy arrays, protocol 2 (bytes as _codecs.encode) or 4.
+    cleaned = []
+    for protocol in (2, 4):
+        path = tmp_path / f"SMPL_NEUTRAL_p{protocol}.pkl"
+        path.write_bytes(pickle.dumps(synthetic_smpl_arrays(num_betas=NUM_BETAS, seed=3), protocol=protocol))
+        cleaned.append(load(path))
+    for other in (from_pkl, old_protocol, *cleaned):
         for name in ("rest_joints", "vertices", "faces", "weights", "shapedirs", "posedirs", "joint_regressor",
                      "template_vertices", "betas"):
             np.testing.assert_array_equal(getattr(from_npz, name), getattr(other, name), err_msg=name)
