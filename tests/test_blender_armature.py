@@ -2,6 +2,11 @@
 body sources; poses read back exactly; keys read back from the F-curves; bad input changes nothing."""
 from __future__ import annotations
 
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -438,3 +443,58 @@ def test_key_sequence_bad_input_writes_nothing(bodies, poses, kwargs, message):
     with pytest.raises(ValueError, match=message):
         smpl_blender.key_sequence(obj, poses, **kwargs)
     assert obj.animation_data is None
+
+
+# --- another Blender --------------------------------------------------------------------------------------
+
+SYSTEM_BLENDER_CHECK = textwrap.dedent("""
+    import sys
+    sys.path[:0] = [{repo!r}, {tests!r}]
+    try:
+        import numpy as np
+    except ImportError:
+        sys.exit(3)
+    import bpy
+    from smpl_rig import blender as sb, body as B, rotations as rot, kinematics, frames
+    from smpl_fixtures import write_synthetic_smpl
+    print("BLENDER", bpy.app.version)
+    write_synthetic_smpl({smpl!r}, seed=1)
+    for source in ("mannequin", {smpl!r}):
+        body = B.load(source)
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        obj = sb.build_armature(body)
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            pose, transl = rng.normal(0, 0.6, (24, 3)), rng.normal(0, 0.3, 3)
+            rotmats = sb.apply_pose(obj, pose, translation=transl)
+            fk = kinematics.forward_kinematics(body.rest_joints, rotmats, transl).joints
+            assert np.abs(sb.world_joint_positions(obj) - frames.smpl_points_to_blender(fk)).max() < 1e-5 * body.height
+            assert np.abs(sb.read_pose(obj) - rotmats).max() < 1e-6
+        motion = rot.rotvec_to_rotmat(rng.normal(0, 0.5, (30, 24, 3)))
+        sb.key_sequence(obj, motion, start_frame=1)
+        sb.key_sequence(obj, motion[:5], start_frame=40)          # merges into the existing curves
+        for frame, expected in ((1, motion[0]), (7, motion[6]), (30, motion[29]), (42, motion[2])):
+            bpy.context.scene.frame_set(frame)
+            assert np.abs(sb.read_pose(obj) - expected).max() < 1e-6, frame
+        sb.apply_pose(obj, np.zeros((24, 3)), translation=[0.0, 0.0, 1.0])
+        sb.key_pose(obj, 60)
+        bpy.context.scene.frame_set(60)
+        assert np.abs(sb.read_translation(obj) - [0.0, 0.0, 1.0]).max() < 1e-6
+    print("SYSTEM BLENDER OK")
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("blender") is None, reason="no system Blender (make test-gui installs Debian's 3.4)")
+def test_the_same_module_works_in_the_system_blender(tmp_path):
+    """The add-on runs inside Blender 3.4–5.x: the packaged Blender (3.4 on Debian bookworm, so the
+    pre-slotted ``action.fcurves`` path) must pose, read back and key exactly like the bpy module."""
+    repo = Path(__file__).resolve().parent.parent
+    script = tmp_path / "check.py"
+    script.write_text(SYSTEM_BLENDER_CHECK.format(repo=str(repo), tests=str(repo / "tests"),
+                                                  smpl=str(tmp_path / "smpl.npz")))
+    run = subprocess.run(["blender", "-b", "--factory-startup", "--python-exit-code", "1", "--python", str(script)],
+                         capture_output=True, text=True, timeout=300)
+    if run.returncode == 3:
+        pytest.skip("the system Blender's Python has no numpy")
+    assert run.returncode == 0 and "SYSTEM BLENDER OK" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
