@@ -171,8 +171,8 @@ def export() -> None:
 
 NOTICE = """\
 smpl_rig/data/mannequin.npz is derived from the "wooden" mannequin of the Python package
-mannequin-x {version} (https://pypi.org/project/mannequin-x/), Copyright Andrea Boscolo Camiletto,
-licensed under the Apache License, Version 2.0 (full text below).
+mannequin-x {version} (from PyPI) by Andrea Boscolo Camiletto (the package's
+author), distributed under the Apache License, Version 2.0 (the package's licence, full text below).
 
 Changes made by scripts/make_mannequin.py: posed at rest with flat hands; the 54 joints folded onto the
 24 SMPL joints (finger bones onto the hand joints, placed at the knuckles); skin weights re-mapped and
