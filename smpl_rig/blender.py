@@ -192,6 +192,7 @@ def _build_mesh(body, name: str, arm_obj, collection):
     faces = np.asarray(body.faces, dtype=np.int64)
     mesh = bpy.data.meshes.new(f"{name}_mesh")
     mesh.from_pydata(vertices.tolist(), [], faces.tolist())
+    mesh.polygons.foreach_set("use_smooth", np.ones(len(faces), dtype=bool))  # a body, not facets
     mesh.update()
     mesh_obj = bpy.data.objects.new(f"{name}_body", mesh)
     collection.objects.link(mesh_obj)
@@ -539,6 +540,10 @@ def key_pose(obj, frame: float) -> None:
     frame = float(frame)
     if not math.isfinite(frame):
         raise ValueError(f"frame must be a finite number, got {frame}")
+    other_modes = [n for n in JOINT_NAMES if obj.pose.bones[n].rotation_mode != "QUATERNION"]
+    if other_modes:
+        raise ValueError(f"bones {', '.join(other_modes)} are not in quaternion rotation mode; SMPL keys are "
+                         f"quaternions (apply_pose sets that mode)")
     channels = _channels(obj, f"{obj.name}_action")
     for name in JOINT_NAMES:
         pose_bone = obj.pose.bones[name]
@@ -623,8 +628,10 @@ def key_sequence(obj, poses, fps: float | None = None, start_frame: float | None
             quats[:, i] *= -1   # continue the keys already before this range without a flip
         for k, curve in enumerate(curves):
             _write_keys(curve, frame_numbers, quats[:, i, k], kind)
-    if translations is not None:
-        locations = _pelvis_location(bone_frames, translations)
+    pelvis_location_path = f'pose.bones["{JOINT_NAMES[0]}"].location'
+    if translations is not None or channels.fcurves.find(pelvis_location_path) is not None:
+        # No translations over a range of an already translated motion means "at rest", as in apply_pose.
+        locations = _pelvis_location(bone_frames, translations if translations is not None else np.zeros((count, 3)))
         for k, curve in enumerate(_location_curves(channels, JOINT_NAMES[0])):
             _write_keys(curve, frame_numbers, locations[:, k], kind)
     key_blocks = _corrective_key_blocks(obj)

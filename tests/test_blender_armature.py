@@ -399,6 +399,22 @@ def test_key_sequence_places_frames_by_time_and_keeps_other_keys(bodies):
     assert len(curve.keyframe_points) == 19
 
 
+def test_key_sequence_without_translations_puts_a_translated_motion_back_at_rest(bodies):
+    body = bodies["mannequin"]
+    obj = smpl_blender.build_armature(body)
+    rng = np.random.default_rng(24)
+    motion = _smooth_motion(rng, 6)
+    smpl_blender.key_sequence(obj, motion, start_frame=1, translations=rng.normal(0, 0.3, (6, 3)))
+    smpl_blender.key_sequence(obj, motion[:3], start_frame=3)
+    scene = bpy.context.scene
+    scene.frame_set(2)
+    assert np.abs(smpl_blender.read_translation(obj)).max() > 0.01        # kept outside the new range
+    scene.frame_set(4)
+    np.testing.assert_allclose(smpl_blender.read_translation(obj), 0.0, atol=1e-7)
+    np.testing.assert_allclose(smpl_blender.world_joint_positions(obj), fk_in_blender(body, motion[1]),
+                               atol=1e-5 * body.height)
+
+
 def test_key_pose_aligns_signs_with_the_previous_key(bodies):
     obj = smpl_blender.build_armature(bodies["mannequin"])
     axis = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])
@@ -412,6 +428,9 @@ def test_key_pose_aligns_signs_with_the_previous_key(bodies):
     assert ((quats[1:] * quats[:-1]).sum(-1) >= 0).all()
     np.testing.assert_allclose(rot.quat_wxyz_to_rotmat(quats), _bone_local(obj, np.array(poses)), atol=1e-6)
     assert _channels(obj).find('pose.bones["pelvis"].location', index=0) is None  # never translated
+    obj.pose.bones["left_elbow"].rotation_mode = "XYZ"
+    with pytest.raises(ValueError, match="left_elbow .*quaternion"):
+        smpl_blender.key_pose(obj, 5)
 
 
 def test_key_pose_keys_pelvis_location_once_translated(bodies):
