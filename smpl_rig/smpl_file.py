@@ -36,6 +36,13 @@ def _numpy_global(name: str):
     return getattr(multiarray, name)
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """The one use of ``_codecs.encode`` in array pickles, without letting a file pick any other codec."""
+    if encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1") or not isinstance(text, str):
+        raise BodyModelError(f"refusing _codecs.encode with encoding {encoding!r} in a body-model pickle")
+    return text.encode("latin1")
+
+
 class ChumpyShim:
     """Stand-in for any pickled chumpy object: keeps its state; ``.array`` is the stored value ``x``."""
 
@@ -108,8 +115,8 @@ class SafeUnpickler(pickle.Unpickler):
         ("numpy", "dtype"): lambda: np.dtype,
         ("copy_reg", "_reconstructor"): lambda: copyreg._reconstructor,   # Python 2 name
         ("copyreg", "_reconstructor"): lambda: copyreg._reconstructor,
-        # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, "latin1"): harmless.
-        ("_codecs", "encode"): lambda: __import__("codecs").encode,
+        # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, "latin1").
+        ("_codecs", "encode"): lambda: _latin1_encode,
         ("__builtin__", "object"): lambda: object,
         ("builtins", "object"): lambda: object,
         ("__builtin__", "set"): lambda: set,          # chumpy keeps a set of dirty variables in its state

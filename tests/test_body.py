@@ -280,6 +280,9 @@ def test_restricted_unpickler_refuses_code_execution(tmp_path):
         load(path)
     with pytest.raises(BodyModelError, match=r"refusing to load builtins\.eval"):
         safe_unpickle(b"cbuiltins\neval\n(S'1+1'\ntR.")
+    with pytest.raises(BodyModelError, match="refusing _codecs.encode with encoding 'rot13'"):
+        safe_unpickle(b"c_codecs\nencode\n(Vabc\nVrot13\ntR.")
+    assert safe_unpickle(b"c_codecs\nencode\n(Vab\nVlatin1\ntR.") == b"ab"
 
 
 @pytest.mark.parametrize("problem, message", [
