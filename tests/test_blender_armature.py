@@ -256,6 +256,22 @@ def test_skinned_mesh_matches_smpl_linear_blend_skinning(body):
         assert error <= 1e-5 * body.height * 3, error
 
 
+def test_each_apply_pose_with_undo_push_is_one_undo_step(bodies):
+    obj = smpl_blender.build_armature(bodies["mannequin"], name="UndoRig")
+    bpy.ops.ed.undo_push(message="built")
+    rng = np.random.default_rng(13)
+    first, second = rng.normal(0, 0.5, (2, 24, 3))
+    smpl_blender.apply_pose(obj, first, undo_push=True)
+    smpl_blender.apply_pose(obj, second, undo_push=True, translation=[0.0, 0.0, 0.4])
+    bpy.ops.ed.undo()
+    obj = bpy.data.objects["UndoRig"]          # undo reloads data: look the object up again
+    np.testing.assert_allclose(smpl_blender.read_pose(obj), rot.rotvec_to_rotmat(first), atol=ROUND_TRIP_TOL)
+    np.testing.assert_allclose(smpl_blender.read_translation(obj), 0.0, atol=ROUND_TRIP_TOL)
+    bpy.ops.ed.undo()
+    obj = bpy.data.objects["UndoRig"]
+    np.testing.assert_allclose(smpl_blender.read_pose(obj), np.broadcast_to(np.eye(3), (24, 3, 3)), atol=ROUND_TRIP_TOL)
+
+
 # --- bad input --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad, message", [
