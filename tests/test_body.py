@@ -242,8 +242,7 @@ def test_pkl_uses_shims_not_chumpy_or_scipy(smpl_files):
 def test_npz_with_a_pickled_sparse_regressor_member_loads(smpl_files, tmp_path):
     # Some converted SMPL .npz files store J_regressor as a 0-d object array holding a sparse matrix.
     raw = synthetic_smpl_arrays(num_betas=NUM_BETAS, seed=3)
-    pickled = io.BytesIO(smpl_files["pkl"].read_bytes())
-    sparse = safe_unpickle(pickled.getvalue())["J_regressor"]
+    sparse = safe_unpickle(smpl_files["pkl"].read_bytes())["J_regressor"]        # the .pkl's shim, for reference
     from smpl_fixtures import _FakeClassPickler, _FakeCscMatrix
     member = io.BytesIO()
     np.lib.format.write_array_header_1_0(member, {"descr": "|O", "fortran_order": False, "shape": ()})
