@@ -70,11 +70,10 @@ class POSEGPT_PG_scene(bpy.types.PropertyGroup):
                            default=False)
     key_step: IntProperty(name="Advance", description="Frames to advance after keying a reply",
                           default=10, min=0, soft_max=250)
-    mode: EnumProperty(name="Mode", description="Whether the model sees earlier turns",
-                       items=(("chat", "Chat", "Replies build on the conversation so far"),
-                              ("direct", "Single prompt", "Each prompt is posed on its own")),
-                       default="chat")
-
+    mode: EnumProperty(name="Mode", description="How the model answers (both remember the earlier turns)",
+                       items=(("direct", "Pose", "Every reply is a pose (one fast pass, no free text)"),
+                              ("chat", "Chat", "The model writes a reply and poses when it decides to")),
+                       default="direct")
 
 classes = (POSEGPT_PG_message, POSEGPT_PG_chat, POSEGPT_PG_scene)
 

@@ -175,8 +175,10 @@ def _undo_push(message: str) -> None:
 def _report(message: str) -> None:
     """Show ``message`` as an error report (status bar and Info log) from outside any operator."""
     print(f"PoseGPT: {message}")
-    if bpy.ops.posegpt.report_error.poll():
+    try:
         bpy.ops.posegpt.report_error("EXEC_DEFAULT", message=message)
+    except RuntimeError:
+        pass          # called from Python, an ERROR report also raises; the report itself was made
 
 
 def _redraw() -> None:

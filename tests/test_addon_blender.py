@@ -1,0 +1,338 @@
+"""The add-on inside Blender (bpy 5.0 module), driving the real operators against a real backend.
+
+A tiny random-weight LLaVA checkpoint is served on loopback by ``backend.server.serve_in_thread``.
+Timers never fire headless, so the tests call the timer callback ``session.pump()`` themselves, exactly
+as Blender would between redraws.
+"""
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))   # blender_addon/ from this checkout, whatever the editable install says
+
+import addon_utils  # noqa: E402  (ships with bpy)
+
+from smpl_rig import blender as rig  # noqa: E402
+from smpl_rig import frames  # noqa: E402
+from smpl_rig.kinematics import forward_kinematics  # noqa: E402
+
+pytestmark = [pytest.mark.bpy, pytest.mark.slow]
+
+ADDON = "blender_addon"
+REPLY_TIMEOUT_S = 30.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from backend.posegpt.tiny import build_tiny_checkpoint
+    from backend.server import serve_in_thread
+    checkpoint = build_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", family="llava", seed=0)
+    handle = serve_in_thread(checkpoint)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def addon(server):
+    module = addon_utils.enable(ADDON, default_set=True)
+    assert module is not None, "the add-on did not enable"
+    yield module
+    from blender_addon import session
+    session.disconnect()
+    addon_utils.disable(ADDON, default_set=True)
+
+
+@pytest.fixture()
+def prefs(addon, server):
+    """Fresh empty file, no connection, preferences pointing at the test server."""
+    from blender_addon import session
+    session.disconnect()
+    bpy.ops.wm.read_homefile(use_empty=True)
+    preferences = bpy.context.preferences.addons[ADDON].preferences
+    preferences.address = server.address
+    preferences.timeout_s = 10.0
+    yield preferences
+    session.disconnect()
+
+
+def create_body(name="SMPL"):
+    assert bpy.ops.posegpt.create_body(name=name) == {"FINISHED"}
+    return bpy.context.view_layer.objects.active
+
+
+class EventRecorder:
+    """Wraps the live client's pump() so a test sees the raw events the add-on received."""
+
+    def __init__(self):
+        from blender_addon import session
+        self.client = session.connection()._client
+        self.inner, self.events = self.client.pump, []
+        self.client.pump = self.pump
+
+    def pump(self):
+        events = self.inner()
+        self.events.extend(events)
+        return events
+
+    def results(self):
+        return [e for e in self.events if e.kind == "result"]
+
+
+def send_and_wait(obj, prompt, *, expect="assistant", timeout=REPLY_TIMEOUT_S):
+    """Send through the operator, then run the timer callback until a reply (or error) lands in the chat."""
+    from blender_addon import session
+    bpy.context.view_layer.objects.active = obj
+    bpy.context.scene.posegpt.prompt = prompt
+    count = len(obj.posegpt_chat.messages)
+    assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
+    assert obj.posegpt_chat.messages[count].role == "user"
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        session.pump()
+        obj = bpy.data.objects[obj.name]                     # undo/redo may have replaced the datablock
+        if len(obj.posegpt_chat.messages) > count + 1:
+            break
+        time.sleep(0.02)
+    message = obj.posegpt_chat.messages[-1]
+    assert message.role == expect, (message.role, message.text)
+    return message, time.monotonic() - start
+
+
+def stored_pose(message):
+    from blender_addon.chat_state import pose_from_json
+    return pose_from_json(message.pose_json)
+
+
+def assert_armature_shows(obj, pose, tol_frac=1e-5):
+    """FK check: every posed bone head equals smpl_rig FK of ``pose`` mapped to Blender by C."""
+    rest = rig.rest_joints(obj)
+    expected = frames.smpl_points_to_blender(forward_kinematics(rest, pose).joints)
+    height = obj["smpl_rig"]["height"]
+    error = np.abs(rig.world_joint_positions(obj) - expected).max()
+    assert error <= tol_frac * height, f"joint error {error:.3g} m > {tol_frac} × height {height:.3f}"
+
+
+def keyed_frames(obj, bone: str) -> list[int]:
+    """Frames keyed on a bone's rotation_quaternion (slotted actions on Blender ≥ 4.4, plain before)."""
+    anim = obj.animation_data
+    path = f'pose.bones["{bone}"].rotation_quaternion'
+    if hasattr(anim, "action_slot") and hasattr(anim.action, "layers"):
+        curves = [c for layer in anim.action.layers for strip in layer.strips
+                  for c in strip.channelbag(anim.action_slot).fcurves if c.data_path == path]
+    else:
+        curves = [c for c in anim.action.fcurves if c.data_path == path]
+    assert len(curves) == 4, f"{bone}: expected 4 quaternion curves, found {len(curves)}"
+    frames_ = {tuple(round(k.co[0]) for k in c.keyframe_points) for c in curves}
+    assert len(frames_) == 1, "all four channels must be keyed on the same frames"
+    return list(frames_.pop())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_send_prompt_poses_the_armature_with_the_returned_rotations(prefs):
+    from blender_addon import session
+    obj = create_body()
+    assert bpy.ops.posegpt.connect() == {"FINISHED"}
+    recorder = EventRecorder()
+    message, _ = send_and_wait(obj, "she is proposing marriage")
+    assert session.is_connected() and "Connected" in session.status_text()
+
+    (result,) = recorder.results()
+    returned = result.poses[0]
+    pose = stored_pose(message)
+    # The chat stores the SMPL-frame rotations: the server's rotmat_smpl, i.e. the camera-frame
+    # global orientation left-multiplied by Rx(180°), the body joints unchanged.
+    np.testing.assert_allclose(pose, returned["rotmat_smpl"], atol=1e-6)
+    np.testing.assert_allclose(pose[0], frames.CAMERA_TO_SMPL @ returned["rotmat"][0], atol=1e-5)
+    np.testing.assert_allclose(pose[1:], returned["rotmat"][1:], atol=1e-6)
+    np.testing.assert_allclose(rig.read_pose(obj), pose, atol=1e-5)
+    assert_armature_shows(obj, pose)
+
+
+def test_upright_option_replaces_the_global_orientation(prefs):
+    obj = create_body()
+    bpy.context.scene.posegpt.orientation = "UPRIGHT"
+    message, _ = send_and_wait(obj, "a person sitting")        # connects on its own: Send needs no Connect
+    pose = stored_pose(message)
+    upright = pose.copy()
+    upright[0] = np.eye(3)
+    np.testing.assert_allclose(rig.read_pose(obj), upright, atol=1e-5)
+    assert_armature_shows(obj, upright)
+
+
+def test_three_turns_each_keyed_give_three_keys_with_those_poses(prefs):
+    obj = create_body()
+    scene = bpy.context.scene
+    scene.posegpt.auto_key, scene.posegpt.key_step = True, 7
+    scene.frame_set(3)
+    prompts = ["she is proposing marriage", "now make her look tired", "now she waves"]
+    poses = [stored_pose(send_and_wait(obj, p)[0]) for p in prompts]
+    assert scene.frame_current == 3 + 3 * 7
+    assert not np.allclose(poses[0], poses[1], atol=1e-4), "the tiny model should vary with the chat"
+
+    for bone in ("pelvis", "left_hip", "right_wrist"):
+        assert keyed_frames(obj, bone) == [3, 10, 17]
+    messages = [m for m in obj.posegpt_chat.messages if m.role == "assistant"]
+    assert [m.keyed_frame for m in messages] == [3, 10, 17]
+    for frame, pose in zip((3, 10, 17), poses):
+        scene.frame_set(frame)
+        np.testing.assert_allclose(rig.read_pose(obj), pose, atol=1e-5)
+        assert_armature_shows(obj, pose)
+
+
+def test_no_server_gives_a_clear_error_within_the_timeout_and_leaves_the_armature(prefs):
+    from blender_addon import session
+    prefs.address, prefs.timeout_s = f"tcp://127.0.0.1:{free_port()}", 1.0
+    obj = create_body()
+    before = rig.read_pose(obj)
+    message, elapsed = send_and_wait(obj, "she is proposing marriage", expect="error", timeout=5.0)
+    assert elapsed <= prefs.timeout_s + 0.5, f"the error took {elapsed:.2f} s for a {prefs.timeout_s} s timeout"
+    assert "make serve" in message.text and prefs.address in message.text
+    assert "make serve" in session.error_text() and not session.is_connected()
+    assert obj.posegpt_chat.last_error == message.text
+    np.testing.assert_array_equal(rig.read_pose(obj), before)
+    assert obj.animation_data is None
+
+
+def test_send_without_an_armature_or_prompt_reports_what_to_do(prefs):
+    bpy.context.scene.posegpt.prompt = "hello"
+    with pytest.raises(RuntimeError, match="Create body"):
+        bpy.ops.posegpt.send_prompt()
+    obj = create_body()
+    bpy.context.scene.posegpt.prompt = "   "
+    with pytest.raises(RuntimeError, match="Type a prompt"):
+        bpy.ops.posegpt.send_prompt(armature=obj.name)
+    assert len(obj.posegpt_chat.messages) == 0
+
+
+def test_remote_address_is_refused_while_online_access_is_off(prefs):
+    from blender_addon import session
+    if getattr(bpy.app, "online_access", True):
+        pytest.skip("this Blender allows online access; the refusal needs it off (the bpy module's default)")
+    prefs.address = "tcp://192.0.2.10:5555"                      # TEST-NET-1: never contacted
+    with pytest.raises(RuntimeError, match="online access"):
+        bpy.ops.posegpt.connect()
+    assert session.connection() is None and "Network" in session.error_text()
+
+
+def test_save_and_reopen_keeps_both_chats_their_poses_and_the_image(prefs, tmp_path):
+    first, second = create_body("Alice"), create_body("Bob")
+    image = bpy.data.images.new("reference", 24, 32)
+    image.pixels = np.random.default_rng(0).random(24 * 32 * 4).astype(np.float32).tolist()
+    image.pack()
+    scene = bpy.context.scene
+    scene.posegpt.image_source, scene.posegpt.image = "BLENDER_IMAGE", image
+    alice_reply, _ = send_and_wait(first, "she is proposing marriage")
+    scene.posegpt.image_source = "NONE"
+    bob_reply, _ = send_and_wait(second, "he is jumping")
+    saved = {o.name: ([(m.role, m.text, m.pose_json) for m in o.posegpt_chat.messages], rig.read_pose(o),
+                      o.posegpt_chat.session_id) for o in (first, second)}
+    assert saved["Alice"][0] != saved["Bob"][0] and saved["Alice"][2] != saved["Bob"][2]
+
+    path = tmp_path / "chat.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    bpy.ops.wm.read_homefile(use_empty=True)
+    assert "Alice" not in bpy.data.objects
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+
+    for name, (messages, pose, session_id) in saved.items():
+        obj = bpy.data.objects[name]
+        chat = obj.posegpt_chat
+        assert [(m.role, m.text, m.pose_json) for m in chat.messages] == messages
+        assert chat.session_id == session_id
+        np.testing.assert_allclose(rig.read_pose(obj), pose, atol=1e-6)
+        np.testing.assert_allclose(rig.read_pose(obj), stored_pose(chat.messages[-1]), atol=1e-5)
+    sent = bpy.data.objects["Alice"].posegpt_chat.messages[0].image
+    assert sent is not None and sent.name == "reference" and sent.packed_file is not None
+    assert tuple(sent.size) == (24, 32)
+
+
+def test_undo_reverts_exactly_one_applied_pose_and_keeps_the_chat(prefs):
+    obj = create_body()
+    # Background Blender starts without an undo stack; an explicit push creates it (ed_undo.cc, #60934).
+    bpy.ops.ed.undo_push(message="test start")
+    first = stored_pose(send_and_wait(obj, "she is proposing marriage")[0])
+    second = stored_pose(send_and_wait(obj, "now she sits down")[0])
+    np.testing.assert_allclose(rig.read_pose(bpy.data.objects[obj.name]), second, atol=1e-5)
+
+    window = bpy.context.window_manager.windows[0]
+    area = next(a for a in window.screen.areas if a.type == "VIEW_3D")
+    with bpy.context.temp_override(window=window, screen=window.screen, area=area):
+        assert bpy.ops.ed.undo() == {"FINISHED"}
+        obj = bpy.data.objects["SMPL"]
+        np.testing.assert_allclose(rig.read_pose(obj), first, atol=1e-5)
+        assert [m.role for m in obj.posegpt_chat.messages] == ["user", "assistant"] * 2
+        assert bpy.ops.ed.redo() == {"FINISHED"}
+        np.testing.assert_allclose(rig.read_pose(bpy.data.objects["SMPL"]), second, atol=1e-5)
+
+
+def test_apply_key_export_import_operators(prefs, tmp_path):
+    obj = create_body()
+    first = stored_pose(send_and_wait(obj, "she is proposing marriage")[0])
+    second = stored_pose(send_and_wait(obj, "now she waves")[0])
+    assert bpy.ops.posegpt.apply_pose(armature=obj.name, index=1) == {"FINISHED"}
+    np.testing.assert_allclose(rig.read_pose(obj), first, atol=1e-5)
+    assert bpy.ops.posegpt.key_pose(armature=obj.name, index=3, frame=12) == {"FINISHED"}
+    assert obj.posegpt_chat.messages[3].keyed_frame == 12
+    for suffix in ("npz", "json"):
+        path = tmp_path / f"pose.{suffix}"
+        assert bpy.ops.posegpt.export_pose(filepath=str(path), file_format=suffix.upper(),
+                                           armature=obj.name) == {"FINISHED"}
+        assert bpy.ops.posegpt.apply_pose(armature=obj.name, index=1) == {"FINISHED"}
+        assert bpy.ops.posegpt.import_pose(filepath=str(path), armature=obj.name) == {"FINISHED"}
+        np.testing.assert_allclose(rig.read_pose(obj), second, atol=1e-5)
+    with pytest.raises(RuntimeError, match="carries no pose"):
+        bpy.ops.posegpt.apply_pose(armature=obj.name, index=0)          # a user message
+
+
+def test_reset_chat_clears_messages_and_starts_a_new_session(prefs):
+    obj = create_body()
+    send_and_wait(obj, "she is proposing marriage")
+    old_session = obj.posegpt_chat.session_id
+    assert bpy.ops.posegpt.reset_chat(armature=obj.name) == {"FINISHED"}
+    assert len(obj.posegpt_chat.messages) == 0 and obj.posegpt_chat.session_id != old_session
+
+
+def test_camera_render_is_small_and_restores_the_render_settings(prefs):
+    from blender_addon import capture
+    scene = bpy.context.scene
+    create_body()
+    camera = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
+    scene.collection.objects.link(camera)
+    scene.camera, camera.location, camera.rotation_euler = camera, (0, -4, 1), (1.5708, 0, 0)
+    render = scene.render
+    render.engine = "CYCLES"
+    scene.cycles.samples = 1
+    render.resolution_x, render.resolution_y, render.resolution_percentage = 1920, 1080, 50
+    render.filepath, render.image_settings.file_format = "//frames/", "JPEG"
+    data, image = capture.render_camera(scene)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert tuple(image.size) == (256, 144) and image.packed_file is not None
+    assert (render.resolution_x, render.resolution_y, render.resolution_percentage) == (1920, 1080, 50)
+    assert (render.filepath, render.image_settings.file_format, scene.cycles.samples) == ("//frames/", "JPEG", 1)
+
+
+def test_unregister_removes_everything_it_added(addon):
+    addon_utils.disable(ADDON, default_set=True)
+    try:
+        assert not hasattr(bpy.types.Object, "posegpt_chat") and not hasattr(bpy.types.Scene, "posegpt")
+        assert not hasattr(bpy.types, "POSEGPT_PT_chat") and not hasattr(bpy.types, "POSEGPT_OT_send_prompt")
+        with pytest.raises(AttributeError):
+            bpy.ops.posegpt.send_prompt()
+    finally:
+        addon_utils.enable(ADDON, default_set=True)
+    assert hasattr(bpy.types.Object, "posegpt_chat")
