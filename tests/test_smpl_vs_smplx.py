@@ -13,7 +13,7 @@ import pickle
 import numpy as np
 import pytest
 
-smplx = pytest.importorskip("smplx")
+smplx = pytest.importorskip("smplx", exc_type=ImportError)  # also skip when installed but broken
 torch = pytest.importorskip("torch")
 
 from smpl_fixtures import synthetic_smpl_arrays, write_synthetic_smpl  # noqa: E402
