@@ -18,7 +18,7 @@ import torch
 from backend.posegpt.templates import IMAGE_MARK, encode_conversation
 
 from .data.records import InstructionRecord, PoseRecord
-from .templates import POSE_PLACEHOLDER, record_turns
+from .templates import POSE_PLACEHOLDER, answer_pool, record_turns
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -39,8 +39,11 @@ class EncodedSample:
 class ChatEncoder:
     """Turns records into ``EncodedSample``s for one backbone (tokenizer, template, family)."""
 
-    def __init__(self, tokenizer, template, family, pose_token_id: int, max_length: int = 2048):
+    def __init__(self, tokenizer, template, family, pose_token_id: int, max_length: int = 2048,
+                 template_pool: int = 0):
         self.tokenizer = tokenizer
+        self.pool = template_pool
+        self.answers = answer_pool(template.direct_answer, template_pool)
         self.template = template
         self.family = family
         self.pose_token_id = int(pose_token_id)
@@ -52,7 +55,7 @@ class ChatEncoder:
                                    image_ids=lambda k: self.family.placeholder_ids(images[k]))
 
     def encode(self, record: PoseRecord | InstructionRecord, rng: random.Random) -> EncodedSample:
-        turns = record_turns(record, rng)
+        turns = record_turns(record, rng, answers=self.answers, pool=self.pool)
         if isinstance(record, InstructionRecord):
             # A literal <POSE> in instruction text would make the model emit a pose with no target.
             turns = [(r, t.replace(POSE_PLACEHOLDER, "pose")) for r, t in turns]

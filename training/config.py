@@ -47,6 +47,7 @@ class DataConfig:
     mix: dict = field(default_factory=lambda: {"image": 2, "text": 1, "instruction": 1})
     max_length: int = 2048               # tokens per sample after image expansion (longer ones are cut)
     limit_per_source: int = 0            # 0 = all; small numbers for smoke runs
+    template_pool: int = 0               # 0 = every question/answer template; n = the first n (overfit probes)
     num_workers: int = 0
 
 
@@ -79,6 +80,7 @@ class TrainConfig:
     resume: str = ""                     # a training-state folder written by this script, or "latest"
     device: str = "auto"                 # "auto" | "cpu" | "cuda"
     progress: bool = True
+    torch_threads: int = 0               # 0 = torch's default; 1 helps tiny CPU runs on a busy machine
     export_final: bool = True            # write <output_dir>/final in the backend format (LoRA merged)
 
 

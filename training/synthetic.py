@@ -21,12 +21,13 @@ WORDS = ("the person raises left right arm leg knee bends forward backward head 
          "high low side wide crossed straight slightly fully twisted").split()
 
 
-def _caption(rng: np.random.Generator) -> str:
-    return " ".join(rng.choice(WORDS, size=int(rng.integers(6, 10)))).capitalize() + "."
+def _caption(rng: np.random.Generator, words: tuple[int, int] = (6, 10)) -> str:
+    return " ".join(rng.choice(WORDS, size=int(rng.integers(*words)))).capitalize() + "."
 
 
 def write_synthetic_dataset(out: str | Path, *, text: int = 32, images: int = 16, instructions: int = 8,
-                            seed: int = 0, pose_scale: float = 0.4, image_size: int = 48) -> dict:
+                            seed: int = 0, pose_scale: float = 0.4, image_size: int = 48,
+                            caption_words: tuple[int, int] = (6, 10)) -> dict:
     """Write the files; returns the config paths ({"posescript_dir", "amass_dir", "hmr_npz", ...})."""
     from PIL import Image
 
@@ -43,7 +44,7 @@ def write_synthetic_dataset(out: str | Path, *, text: int = 32, images: int = 16
     ids = list(range(frames))
     (release / "ids_2_dataset_sequence_and_frame_index_100k.json").write_text(
         json.dumps({str(i): ["AMASS", seq, i] for i in ids}))
-    captions = {str(i): _caption(rng) for i in ids}
+    captions = {str(i): _caption(rng, caption_words) for i in ids}
     human = {k: v for k, v in captions.items() if int(k) % 2 == 0}
     auto = {k: [v, v.lower()] for k, v in captions.items() if int(k) % 2 == 1}
     (release / "posescript_human_6293.json").write_text(json.dumps(human))

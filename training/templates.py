@@ -56,27 +56,40 @@ def _describe(caption: str) -> str:
     return caption if caption.endswith((".", "!", "?")) else caption + "."
 
 
-def pose_turns(record: PoseRecord, rng: random.Random) -> list[tuple[str, str]]:
+def answer_pool(direct_answer: str | None = None, pool: int = 0) -> tuple[str, ...]:
+    """The answers to draw from: the backend template's forced direct-mode answer first (so direct mode
+    meets a prefix it was trained on), then ours; ``pool`` > 0 keeps only the first ``pool``."""
+    answers = POSE_ANSWERS
+    if direct_answer:
+        forced = direct_answer if direct_answer.rstrip().endswith(".") else direct_answer.rstrip() + "."
+        answers = (forced,) + tuple(a for a in POSE_ANSWERS if a != forced)
+    return answers[:pool] if pool else answers
+
+
+def pose_turns(record: PoseRecord, rng: random.Random, *, answers: tuple[str, ...] = POSE_ANSWERS,
+               pool: int = 0) -> list[tuple[str, str]]:
     """The (role, text) turns of a pose record: one question, one answer with ``<POSE>``.
 
     Text records ask with the caption; image records without a caption ask about the centred person;
-    image records WITH a caption (reasoning-based estimation) ask about the described person."""
-    answer = rng.choice(POSE_ANSWERS)
+    image records WITH a caption (reasoning-based estimation) ask about the described person.
+    ``pool`` > 0 restricts the questions to the first ``pool`` templates (overfitting probes)."""
+    answer = rng.choice(answers)
     if record.kind == "text":
         if not record.caption:
             raise ValueError("a text→pose record needs a caption")
-        question = rng.choice(TEXT_QUESTIONS).format(description=_describe(record.caption))
+        question = rng.choice(TEXT_QUESTIONS[:pool or None]).format(description=_describe(record.caption))
     elif record.kind == "image":
         question = (DESCRIBED_PERSON_QUESTION.format(description=_describe(record.caption)) if record.caption
-                    else rng.choice(IMAGE_QUESTIONS))
+                    else rng.choice(IMAGE_QUESTIONS[:pool or None]))
         question = IMAGE_PLACEHOLDER + "\n" + question
     else:
         raise ValueError(f"unknown pose record kind {record.kind!r}")
     return [("user", question), ("assistant", answer)]
 
 
-def record_turns(record: PoseRecord | InstructionRecord, rng: random.Random) -> list[tuple[str, str]]:
+def record_turns(record: PoseRecord | InstructionRecord, rng: random.Random, *,
+                 answers: tuple[str, ...] = POSE_ANSWERS, pool: int = 0) -> list[tuple[str, str]]:
     """Turns for any record; instruction chats are used as they are."""
     if isinstance(record, InstructionRecord):
         return list(record.turns)
-    return pose_turns(record, rng)
+    return pose_turns(record, rng, answers=answers, pool=pool)

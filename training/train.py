@@ -253,6 +253,8 @@ def train(cfg: ExperimentConfig) -> dict:
         deepspeed_plugin=_deepspeed_plugin(cfg, precision),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])  # text-only batches skip the head
     set_seed(cfg.train.seed, device_specific=True)
+    if cfg.train.torch_threads:
+        torch.set_num_threads(cfg.train.torch_threads)
     output_dir = Path(cfg.train.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -264,7 +266,8 @@ def train(cfg: ExperimentConfig) -> dict:
 
     # 2. Data: each source, the per-batch mix, the chat encoder.
     sources = build_sources(cfg)
-    encoder = ChatEncoder(tokenizer, template, family, model.pose_token_id, cfg.data.max_length)
+    encoder = ChatEncoder(tokenizer, template, family, model.pose_token_id, cfg.data.max_length,
+                          template_pool=cfg.data.template_pool)
     seed = cfg.train.seed + 7919 * accelerator.process_index          # each process draws its own samples
     make_sampler = lambda: MixSampler({k: len(v) for k, v in sources.items()}, cfg.data.mix,  # noqa: E731
                                       cfg.train.batch_size, seed=seed)

@@ -1,0 +1,126 @@
+"""Label masking, image-token expansion, batching and the loss terms of training, on tiny offline models."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend.posegpt.families import make_family
+from backend.posegpt.model import unwrap_backbone
+from backend.posegpt.templates import Template
+from backend.posegpt.tiny import build_tiny_model
+from smpl_rig.rotations import rotmat_x
+from training.collate import IGNORE, ChatEncoder, collate, pose_l1_loss
+from training.data.records import InstructionRecord, PoseRecord
+from training.train import forward_losses
+
+
+def _setup(family_name: str):
+    model, tokenizer, processor, manifest = build_tiny_model(family_name, seed=0)
+    base = unwrap_backbone(model.backbone)
+    family = make_family(family_name, base.config, processor, base.model)
+    template = Template.from_dict(manifest["template"])
+    return model, tokenizer, family, template, ChatEncoder(tokenizer, template, family, model.pose_token_id, 2048)
+
+
+def _spans(labels):
+    """Contiguous runs of labelled positions as (start, end)."""
+    spans, start = [], None
+    for i, lab in enumerate(list(labels) + [IGNORE]):
+        if lab != IGNORE and start is None:
+            start = i
+        elif lab == IGNORE and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+def _image():
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("family_name", ["llava", "qwen2_vl"])
+def test_only_assistant_tokens_carry_loss_and_images_expand(family_name):
+    model, tokenizer, family, template, encoder = _setup(family_name)
+    record = InstructionRecord(turns=[("user", "<image>\nWhat is shown?"), ("assistant", "A person waving."),
+                                      ("user", "Which hand?"), ("assistant", "The left hand.")],
+                               load_image=_image)
+    sample = encoder.encode(record, random.Random(0))
+    ids, labels = sample.input_ids, sample.labels
+    assert len(ids) == len(labels)
+    # Labels are the ids themselves where set (the model shifts them), nothing else.
+    assert all(lab == tok for tok, lab in zip(ids, labels) if lab != IGNORE)
+    spans = _spans(labels)
+    end = template.end_token + template.after_end       # the end of a turn is learned too
+    assert [tokenizer.decode(ids[a:b]) for a, b in spans] == [
+        template.answer_prefix + "A person waving." + end, template.answer_prefix + "The left hand." + end]
+    # Everything else (system, USER/ASSISTANT markers, questions, image placeholders) is masked.
+    masked_text = tokenizer.decode([t for t, lab in zip(ids, labels) if lab == IGNORE and t != family.image_token_id])
+    assert "What is shown?" in masked_text and "Which hand?" in masked_text
+    image_positions = [i for i, t in enumerate(ids) if t == family.image_token_id]
+    assert len(image_positions) == sample.images[0].num_tokens > 1
+    assert all(labels[i] == IGNORE for i in image_positions)
+    assert image_positions == list(range(image_positions[0], image_positions[-1] + 1))   # one block
+    assert sample.positions.shape == ((3 if family_name == "qwen2_vl" else 1), len(ids))
+
+
+def test_pose_sample_labels_its_answer_with_the_pose_token():
+    model, tokenizer, family, template, encoder = _setup("llava")
+    record = PoseRecord(kind="text", pose_rotmat=np.broadcast_to(np.eye(3), (24, 3, 3)).copy(), caption="arms up")
+    sample = encoder.encode(record, random.Random(1))
+    (start, stop), = _spans(sample.labels)
+    answer = sample.input_ids[start:stop]
+    assert answer.count(model.pose_token_id) == 1 and sample.input_ids.count(model.pose_token_id) == 1
+    assert tokenizer.decode(answer).endswith(template.end_token)
+
+
+def test_cross_entropy_is_over_assistant_tokens_only_and_batches_pad_cleanly():
+    model, tokenizer, family, template, encoder = _setup("llava")
+    rng = random.Random(2)
+    eye = np.broadcast_to(np.eye(3), (24, 3, 3)).copy()
+    records = [InstructionRecord(turns=[("user", "Say hi"), ("assistant", "Hi there!")]),
+               PoseRecord(kind="text", pose_rotmat=eye, caption="The person sits on the floor."),
+               PoseRecord(kind="image", pose_rotmat=eye, load_image=_image)]
+    samples = [encoder.encode(r, rng) for r in records]
+    batch = collate(samples, tokenizer.pad_token_id, family)
+    lengths = [len(s.input_ids) for s in samples]
+    for b, n in enumerate(lengths):
+        assert batch["attention_mask"][b, :n].all() and not batch["attention_mask"][b, n:].any()
+        assert (batch["labels"][b, n:] == IGNORE).all()
+    assert batch["pose_sample_index"].tolist() == [1, 2] and batch["pose_targets"].shape == (2, 24, 3, 3)
+
+    model.eval()
+    with torch.no_grad():
+        ce, pose = forward_losses(model, batch, family, torch.device("cpu"), torch.float32)
+        kwargs = family.image_kwargs(batch["images"], "cpu", torch.float32)
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+    logp = torch.log_softmax(out.logits.float(), -1)
+    terms = [-logp[b, t - 1, batch["input_ids"][b, t]] for b in range(3) for t in range(1, max(lengths))
+             if batch["labels"][b, t] != IGNORE]
+    torch.testing.assert_close(ce, torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pose, pose_l1_loss(out.pose_rotmat, batch["pose_targets"]))
+
+
+def test_pose_loss_weighs_the_root_like_all_body_joints():
+    eye = torch.eye(3).expand(1, 24, 3, 3).clone()
+    flipped_root = eye.clone()
+    flipped_root[0, 0] = torch.as_tensor(rotmat_x(np.pi), dtype=torch.float32)   # two entries differ by 2
+    torch.testing.assert_close(pose_l1_loss(eye, flipped_root), torch.tensor(4 / 9))
+    flipped_knee = eye.clone()
+    flipped_knee[0, 4] = flipped_root[0, 0]
+    torch.testing.assert_close(pose_l1_loss(eye, flipped_knee), torch.tensor(4 / (23 * 9)))
+    with pytest.raises(ValueError, match="24, 3, 3"):
+        pose_l1_loss(eye[:, :23], eye[:, :23])
+
+
+def test_encoder_rejects_mismatched_images_and_stray_pose_tokens():
+    model, tokenizer, family, template, encoder = _setup("llava")
+    with pytest.raises(ValueError, match="image"):
+        encoder.encode(InstructionRecord(turns=[("user", "<image>\nhi"), ("assistant", "ok")]), random.Random(0))
+    # A literal <POSE> in instruction text must not become a pose without a target.
+    sample = encoder.encode(InstructionRecord(turns=[("user", "write <POSE>"), ("assistant", "<POSE> here")]),
+                            random.Random(0))
+    assert model.pose_token_id not in sample.input_ids
