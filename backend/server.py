@@ -44,7 +44,7 @@ log = logging.getLogger("posegpt.server")
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 READY_TIMEOUT_S = 300.0       # a 13B checkpoint takes a while to load
-WORKER_STOP_TIMEOUT_S = 5.0   # then worker processes are terminated
+WORKER_STOP_TIMEOUT_S = 15.0  # then worker processes are terminated
 SEND_LINGER_MS = 1000         # time given to the last error replies to leave at shutdown
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 

@@ -40,6 +40,7 @@ log = logging.getLogger("posegpt.worker")
 
 POLL_MS = 100                 # how often the socket thread looks at stop flags
 PROGRESS_INTERVAL_S = 0.1     # forward at most this often the runtime's per-step progress
+MODEL_JOIN_TIMEOUT_S = 10.0   # how long stop waits for the model thread to leave the runtime
 
 
 @dataclass
@@ -158,6 +159,9 @@ class ModelWorker:
                     self.stop()
         finally:
             self.stop()
+            # the cancelled generation ends at its next step; a daemon thread still inside torch when
+            # the interpreter exits aborts the process
+            model_thread.join(MODEL_JOIN_TIMEOUT_S)
             self._outbox.close()
             inbox.close(linger=0)
             backend.close(linger=0)

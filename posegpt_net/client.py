@@ -186,12 +186,14 @@ class PoseClient:
             raise KeyError(f"no request {request_id!r} is pending")
         give_up = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
+            found = None
             for event in self._pump_new():
-                if event.request_id == request_id:
-                    if event.final:
-                        return event
-                else:
+                if event.request_id != request_id:
                     self._backlog.append(event)
+                elif event.final:
+                    found = event
+            if found is not None:
+                return found
             now = time.monotonic()
             if give_up is not None and now >= give_up:
                 raise TimeoutError(f"request {request_id} still pending after {timeout_s} s")
