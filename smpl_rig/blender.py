@@ -12,7 +12,8 @@ Frames and the bone formula (``shared/docs/conventions.md``):
 
 Public functions: ``build_armature``, ``apply_pose``, ``read_pose``, ``read_translation``, ``key_pose``,
 ``key_sequence``, ``load_amass``, ``is_smpl_armature``, ``find_smpl_armatures``, ``world_joint_positions``,
-``rest_joints``, ``body_mesh``, ``pose_bone_quaternions``, ``pose_corrective_features``. Reference and a script example: ``docs/blender_api.md``.
+``rest_joints``, ``body_mesh``, ``pose_bone_quaternions``, ``pose_corrective_features``.
+Reference and a script example: ``docs/blender_api.md``.
 """
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ def _corrective_key_blocks(obj):
     keys = mesh_obj.data.shape_keys if mesh_obj is not None else None
     if keys is None or len(keys.key_blocks) != NUM_POSE_FEATURES + 1:
         return None
-    if keys.key_blocks[1].name != _corrective_name(0) or keys.key_blocks[-1].name != _corrective_name(NUM_POSE_FEATURES - 1):
+    first, last = keys.key_blocks[1].name, keys.key_blocks[-1].name
+    if first != _corrective_name(0) or last != _corrective_name(NUM_POSE_FEATURES - 1):
         return None
     return keys.key_blocks
 
@@ -557,7 +559,8 @@ def key_pose(obj, frame: float) -> None:
             _insert_key(curve, frame, float(value))
             curve.update()
     pelvis = obj.pose.bones[JOINT_NAMES[0]]
-    if any(abs(v) > 0 for v in pelvis.location) or channels.fcurves.find(f'pose.bones["{JOINT_NAMES[0]}"].location') is not None:
+    location_animated = channels.fcurves.find(f'pose.bones["{JOINT_NAMES[0]}"].location') is not None
+    if location_animated or any(abs(v) > 0 for v in pelvis.location):
         for curve, value in zip(_location_curves(channels, JOINT_NAMES[0]), pelvis.location):
             _insert_key(curve, frame, float(value))
             curve.update()

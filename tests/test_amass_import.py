@@ -126,7 +126,8 @@ def test_hand_joints_identity_for_smpl_h_and_kept_for_smpl(tmp_path, bodies):
         bpy.context.scene.frame_set(2)
         got = smpl_blender.read_pose(obj)
         np.testing.assert_allclose(got[1:22], rot.rotvec_to_rotmat(poses[1, 3:66].reshape(21, 3)), atol=1e-6)
-        expected_hands = np.eye(3)[None].repeat(2, 0) if hands_identity else rot.rotvec_to_rotmat(poses[1, 66:72].reshape(2, 3))
+        expected_hands = (np.eye(3)[None].repeat(2, 0) if hands_identity
+                          else rot.rotvec_to_rotmat(poses[1, 66:72].reshape(2, 3)))
         np.testing.assert_allclose(got[22:], expected_hands, atol=1e-6)
 
 
