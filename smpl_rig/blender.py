@@ -84,6 +84,13 @@ def _require_smpl_armature(obj) -> None:
         raise ValueError(problem)
 
 
+def _require_poseable(obj) -> None:
+    """An SMPL armature outside Edit Mode (there, bone rest matrices lag behind the edit bones)."""
+    _require_smpl_armature(obj)
+    if obj.mode == "EDIT":
+        raise ValueError(f"armature {obj.name!r} is in Edit Mode; switch to Object or Pose Mode to pose it")
+
+
 def rest_joints(obj) -> np.ndarray:
     """The rest joints (24, 3) of the body the armature was built from, SMPL frame, metres."""
     _require_smpl_armature(obj)
@@ -366,7 +373,7 @@ def apply_pose(obj, pose, *, global_orient: str = "keep", translation=None, undo
     exactly the SMPL pose; pose-corrective shape keys get (R_i − I). Returns the rotations applied
     (24, 3, 3).
     """
-    _require_smpl_armature(obj)
+    _require_poseable(obj)
     _check_global_orient(global_orient)
     rotmats = _pose_rotmats(pose, current=read_pose(obj) if isinstance(pose, dict) else None)
     translation = _check_translation(translation)
@@ -538,7 +545,7 @@ def key_pose(obj, frame: float) -> None:
     """Keyframe the armature's current pose at ``frame``: rotation quaternions of the 24 bones (each
     sign-aligned with that bone's previous key, so interpolation takes the short way), the pelvis location
     when it is translated or already animated, and the pose-corrective shape-key values."""
-    _require_smpl_armature(obj)
+    _require_poseable(obj)
     frame = float(frame)
     if not math.isfinite(frame):
         raise ValueError(f"frame must be a finite number, got {frame}")
@@ -592,7 +599,7 @@ def key_sequence(obj, poses, fps: float | None = None, start_frame: float | None
     range are replaced, keys outside it kept. Pose-corrective shape-key values are keyed too. Everything
     is validated before any key is written. Returns the frames used (n,).
     """
-    _require_smpl_armature(obj)
+    _require_poseable(obj)
     _check_global_orient(global_orient)
     if interpolation not in _INTERPOLATION:
         raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATION)}, got {interpolation!r}")
@@ -723,7 +730,7 @@ def load_amass(path, obj, *, fps: float | None = None, start_frame: int | None =
     frame rate (slerp between neighbouring recorded poses), so its duration is kept, then keyed with
     ``key_sequence``. The armature keeps its own rest skeleton (the file's betas are returned, not applied).
     """
-    _require_smpl_armature(obj)
+    _require_poseable(obj)
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:

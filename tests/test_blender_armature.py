@@ -324,6 +324,21 @@ def test_non_smpl_armature_is_refused_untouched():
     assert tuple(arm.pose.bones["pelvis"].rotation_quaternion) == rotation and arm.animation_data is None
 
 
+def test_edit_mode_armature_is_refused_untouched(bodies):
+    obj = smpl_blender.build_armature(bodies["mannequin"])
+    smpl_blender.apply_pose(obj, random_pose(np.random.default_rng(14)))
+    before = armature_state(obj)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    with pytest.raises(ValueError, match="Edit Mode"):
+        smpl_blender.apply_pose(obj, np.zeros((24, 3)))
+    with pytest.raises(ValueError, match="Edit Mode"):
+        smpl_blender.key_sequence(obj, np.zeros((3, 24, 3)))
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert_same_state(before, armature_state(obj))
+    assert obj.animation_data is None
+
+
 def test_build_armature_rejects_a_malformed_body(bodies):
     good = bodies["mannequin"]
     bad = smpl_body.Body(rest_joints=good.rest_joints[:20], vertices=good.vertices, faces=good.faces,
@@ -515,6 +530,11 @@ SYSTEM_BLENDER_CHECK = textwrap.dedent("""
         sb.key_pose(obj, 60)
         bpy.context.scene.frame_set(60)
         assert np.abs(sb.read_translation(obj) - [0.0, 0.0, 1.0]).max() < 1e-6
+        np.savez({amass!r}, poses=rng.normal(0, 0.3, (121, 156)), trans=rng.normal(0, 0.3, (121, 3)),
+                 mocap_frame_rate=np.array(120.0))
+        bpy.context.scene.render.fps = 30
+        info = sb.load_amass({amass!r}, obj, start_frame=100)
+        assert (info.num_frames, info.end_frame) == (31, 130), info
     print("SYSTEM BLENDER OK")
 """)
 
@@ -527,7 +547,7 @@ def test_the_same_module_works_in_the_system_blender(tmp_path):
     repo = Path(__file__).resolve().parent.parent
     script = tmp_path / "check.py"
     script.write_text(SYSTEM_BLENDER_CHECK.format(repo=str(repo), tests=str(repo / "tests"),
-                                                  smpl=str(tmp_path / "smpl.npz")))
+                                                  smpl=str(tmp_path / "smpl.npz"), amass=str(tmp_path / "motion.npz")))
     run = subprocess.run(["blender", "-b", "--factory-startup", "--python-exit-code", "1", "--python", str(script)],
                          capture_output=True, text=True, timeout=300)
     if run.returncode == 3:
