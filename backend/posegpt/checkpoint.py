@@ -42,22 +42,8 @@ def save_checkpoint(model: PoseGPT, tokenizer, processor, path, manifest: dict) 
     is_adapter = base is not model.backbone
     if is_adapter and not manifest.get("base_model"):
         raise ValueError("an adapter checkpoint needs manifest['base_model'] (where its base weights live)")
+    full = complete_manifest(model, tokenizer, manifest)
     head_sd = {k: v.detach().contiguous().cpu() for k, v in model.pose_head.state_dict().items()}
-    full = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "backbone_class": type(base).__name__,
-        "weights": "adapter" if is_adapter else "merged",
-        "pose_token": tokenizer.convert_ids_to_tokens(model.pose_token_id),
-        "pose_token_id": model.pose_token_id,
-        "hidden_size": text_hidden_size(base.config),
-        "head": {"hidden": int(head_sd["0.weight"].shape[0]), "out": POSE_DIM, "layout": "24x6d_columns"},
-        "vocab_size": len(tokenizer),
-        "max_prompt_chars": 4000,
-        **manifest,
-    }
-    for key in ("family", "template"):
-        if key not in full:
-            raise ValueError(f"manifest needs {key!r}")
     model.backbone.save_pretrained(str(path))  # safetensors; peft writes only the adapter
     tokenizer.save_pretrained(str(path))
     if processor is not None:
@@ -65,6 +51,29 @@ def save_checkpoint(model: PoseGPT, tokenizer, processor, path, manifest: dict) 
     save_file(head_sd, str(path / POSE_HEAD_FILE), metadata={"format": "pt"})
     (path / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def complete_manifest(model: PoseGPT, tokenizer, manifest: dict) -> dict:
+    """``manifest`` plus the fields the model and tokenizer determine (those always win: a merged adapter is
+    "merged"); checks that family and template are given."""
+    base = unwrap_backbone(model.backbone)
+    head_in = model.pose_head[0]
+    full = {
+        "max_prompt_chars": 4000,
+        **manifest,
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "backbone_class": type(base).__name__,
+        "weights": "adapter" if base is not model.backbone else "merged",
+        "pose_token": tokenizer.convert_ids_to_tokens(model.pose_token_id),
+        "pose_token_id": model.pose_token_id,
+        "hidden_size": text_hidden_size(base.config),
+        "head": {"hidden": int(head_in.out_features), "out": POSE_DIM, "layout": "24x6d_columns"},
+        "vocab_size": len(tokenizer),
+    }
+    for key in ("family", "template"):
+        if key not in full:
+            raise ValueError(f"manifest needs {key!r}")
+    return full
 
 
 def read_manifest(path) -> dict:

@@ -105,6 +105,10 @@ class PoseGPT(nn.Module):
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         if pixel_values is not None:
             backbone_kwargs["pixel_values"] = pixel_values
+        image_token_id = getattr(unwrap_backbone(self.backbone).config, "image_token_id", None)
+        if "image_grid_thw" in backbone_kwargs and "mm_token_type_ids" not in backbone_kwargs:
+            # Qwen2-VL's multimodal RoPE needs to know which tokens are image patches.
+            backbone_kwargs["mm_token_type_ids"] = (input_ids == image_token_id).int()
         out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden)
@@ -118,4 +122,4 @@ class PoseGPT(nn.Module):
         d6, rotmat = self.pose_from_hidden(hidden[batch_index, positions - 1])
         return PoseGPTOutput(logits=logits, loss=loss, pose_d6=d6, pose_rotmat=rotmat,
                              pose_batch_index=batch_index, hidden_states=hidden,
-                             cache=getattr(out, "past_key_values", None) or getattr(out, "cache", None))
+                             cache=getattr(out, "cache", None))

@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from .checkpoint import load_checkpoint
+from .checkpoint import complete_manifest, load_checkpoint
 from .errors import PoseGPTError
 from .families import ImageInput, make_family
 from .model import PoseGPT, unwrap_backbone
@@ -83,7 +83,8 @@ class PoseRuntime:
     def __init__(self, model: PoseGPT, tokenizer, processor, manifest: dict, *, device: torch.device,
                  dtype: torch.dtype, sessions: SessionStore | None = None, warmup: bool = True):
         self.model = model.eval()
-        self.tokenizer, self.processor, self.manifest = tokenizer, processor, manifest
+        self.tokenizer, self.processor = tokenizer, processor
+        self.manifest = complete_manifest(model, tokenizer, manifest)
         self.device, self.dtype = device, dtype
         base = unwrap_backbone(model.backbone)
         self.family = make_family(manifest["family"], base.config, processor, model.decoder)

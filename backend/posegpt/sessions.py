@@ -113,6 +113,7 @@ class SessionStore:
 
     def cached_ids(self) -> list[str]:
         with self._lock:
+            self._expire()
             return [sid for sid, s in self._sessions.items() if s.cache is not None]
 
     def _expire(self) -> None:

@@ -127,3 +127,41 @@ def build_tiny_checkpoint(path, family: str = "llava", seed: int = 0, *, hidden:
 
     model, tokenizer, processor, manifest = build_tiny_model(family, seed, hidden, layers, image_size)
     return save_checkpoint(model, tokenizer, processor, path, manifest)
+
+
+def teach(model: PoseGPT, tokenizer, processor, manifest: dict, examples: list[tuple[str, list, str]],
+          steps: int = 100, lr: float = 1e-2) -> float:
+    """Fit a tiny model to reply ``answer`` to ``prompt`` (+ images) for each (prompt, images, answer), by plain
+    next-token cross-entropy on the template's encoding. Tests use it to get a model whose greedy reply is
+    known (e.g. the direct-mode answer). Returns the last loss; the model is left in eval mode."""
+    from .families import make_family
+    from .templates import Template, TurnEncoder, encode_conversation
+
+    template = Template.from_dict(manifest["template"])
+    turns = TurnEncoder(tokenizer, template)
+    family = make_family(manifest["family"], model.backbone.config, processor, model.decoder)
+    batches = []
+    for prompt, images, answer in examples:
+        encoded = [family.encode_image(im) for im in images]
+        messages = [{"role": "user", "content": turns.user_content(prompt, len(encoded))},
+                    {"role": "assistant", "content": answer}]
+        ids, labels = encode_conversation(tokenizer, template, messages,
+                                          lambda k: family.placeholder_ids(encoded[k]))
+        batches.append((torch.tensor([ids]), torch.tensor([labels]),
+                        family.image_kwargs(encoded, torch.device("cpu"), torch.float32)))
+    optimizer = torch.optim.Adam(model.backbone.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)  # decay: settles
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is faster than several fighting over a busy CPU
+    model.train()
+    try:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = sum(model(ids, labels=labels, **kwargs).loss for ids, labels, kwargs in batches)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    finally:
+        torch.set_num_threads(threads)
+        model.eval()
+    return float(loss.detach()) / len(batches)
