@@ -1,0 +1,1 @@
+"""`make demo`: the whole product in one command (backend + headless Blender driving the add-on)."""

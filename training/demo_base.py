@@ -1,0 +1,126 @@
+"""The demo's from-scratch base model: a tiny LLaVA (CLIP vision tower + Llama decoder) with a tokenizer the
+project trains itself on the pose corpus, ``<POSE>`` added, and a fresh pose head.
+
+No pretrained weights exist on the machines this must run on, so every weight starts random and the demo
+run (training/configs/demo.yaml) fine-tunes all of them. The sizes below are chosen so that run finishes
+on two shared CPU cores in under half an hour and the exported checkpoint stays well under 20 MB.
+
+    model, tokenizer, processor, manifest = build_demo_model(texts, mean_pose_rotmat=mean, seed=0)
+
+``texts`` trains the tokenizer (corpus captions and prompts plus every chat template the pipeline writes);
+``mean_pose_rotmat`` (24, 3, 3), when given, becomes the pose head's output bias, so an untrained head
+already answers the mean training pose instead of a random one.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from backend.posegpt.model import POSE_TOKEN, PoseGPT, add_pose_token
+from backend.posegpt.templates import VICUNA_V1
+from smpl_rig import rotations
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+
+@dataclass(frozen=True)
+class DemoSizes:
+    """Backbone sizes of the demo model (about 2.4 M parameters with a 1 k vocabulary)."""
+    vocab_size: int = 1024          # BPE merges learnt on the corpus; <POSE> comes on top
+    hidden: int = 160
+    layers: int = 4
+    heads: int = 5                  # head_dim 32
+    kv_heads: int = 5
+    intermediate: int = 416
+    image_size: int = 64            # the corpus renders are resized to this
+    patch_size: int = 8             # 64 image tokens per picture
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 2
+
+
+def template_texts() -> list[str]:
+    """Every fixed string the training chats and the runtime write, so the tokenizer learns them whole."""
+    from .templates import DESCRIBED_PERSON_QUESTION, IMAGE_QUESTIONS, POSE_ANSWERS, TEXT_QUESTIONS
+
+    t = VICUNA_V1
+    fixed = [t.system, t.user_prefix, t.assistant_prefix + t.answer_prefix + t.direct_answer.replace(POSE_TOKEN, "")]
+    fixed += [q.replace("{description}", "") for q in (*TEXT_QUESTIONS, DESCRIBED_PERSON_QUESTION, *IMAGE_QUESTIONS)]
+    fixed += [a.replace(POSE_TOKEN, "") for a in POSE_ANSWERS]
+    return fixed
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = DemoSizes.vocab_size):
+    """Byte-level BPE (any text encodes, no unknown bytes) trained on ``texts`` plus the chat templates;
+    LLaVA's special tokens, then ``<POSE>`` is added by ``add_pose_token``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    # The templates appear in every sample: repeat them so their words become single tokens.
+    core.train_from_iterator(list(texts) + template_texts() * 50, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>")
+
+
+def build_backbone(tokenizer, sizes: DemoSizes):
+    """(LlavaForConditionalGeneration with random weights, CLIP image processor)."""
+    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration)
+
+    if sizes.hidden % sizes.heads or sizes.image_size % sizes.patch_size:
+        raise ValueError(f"hidden must divide by heads and image_size by patch_size: {sizes}")
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=sizes.hidden, intermediate_size=sizes.intermediate,
+                       num_hidden_layers=sizes.layers, num_attention_heads=sizes.heads,
+                       num_key_value_heads=sizes.kv_heads, max_position_embeddings=2048,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    vision = CLIPVisionConfig(hidden_size=sizes.vision_hidden, intermediate_size=2 * sizes.vision_hidden,
+                              num_hidden_layers=sizes.vision_layers, num_attention_heads=sizes.vision_heads,
+                              image_size=sizes.image_size, patch_size=sizes.patch_size,
+                              projection_dim=sizes.vision_hidden)
+    patches = (sizes.image_size // sizes.patch_size) ** 2
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+                         vision_feature_select_strategy="default", projector_hidden_act="gelu",
+                         image_seq_length=patches)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": sizes.image_size},
+                                      crop_size={"height": sizes.image_size, "width": sizes.image_size})
+    return LlavaForConditionalGeneration(config), processor
+
+
+def build_demo_model(texts: Iterable[str], *, mean_pose_rotmat: np.ndarray | None = None, seed: int = 0,
+                     sizes: DemoSizes = DemoSizes()):
+    """(PoseGPT, tokenizer, image processor, manifest) with random weights from ``seed``.
+
+    mean_pose_rotmat: (24, 3, 3) camera-frame pose the untrained head should answer (output bias), or None.
+    """
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(texts, sizes.vocab_size)
+    backbone, processor = build_backbone(tokenizer, sizes)
+    pose_id = add_pose_token(backbone, tokenizer, POSE_TOKEN)
+    tokenizer.chat_template = VICUNA_V1.jinja()
+    model = PoseGPT(backbone, pose_id)
+    with torch.no_grad():
+        last = model.pose_head[2]
+        last.weight.mul_(0.1)        # start close to the bias pose; training grows what the text explains
+        if mean_pose_rotmat is not None:
+            mean = np.asarray(mean_pose_rotmat, dtype=np.float64)
+            if mean.shape != (24, 3, 3):
+                raise ValueError(f"mean_pose_rotmat must be (24, 3, 3), got {mean.shape}")
+            last.bias.copy_(torch.from_numpy(rotations.rotmat_to_d6(mean).reshape(-1)).float())
+    manifest = {"family": "llava", "template": VICUNA_V1.to_dict(), "accepts_images": True,
+                "description": "PoseGPT demo: tiny LLaVA trained from scratch on the project's pose corpus",
+                "demo_sizes": asdict(sizes)}
+    return model, tokenizer, processor, manifest
+
+
+def parameter_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
