@@ -47,6 +47,7 @@ class DataConfig:
     mix: dict = field(default_factory=lambda: {"image": 2, "text": 1, "instruction": 1})
     max_length: int = 2048               # tokens per sample after image expansion (longer ones are cut)
     limit_per_source: int = 0            # 0 = all; small numbers for smoke runs
+    synthetic_dir: str = ""              # write (once) and use the tiny synthetic dataset there (smoke runs)
     template_pool: int = 0               # 0 = every question/answer template; n = the first n (overfit probes)
     num_workers: int = 0
 

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from smpl_rig.rotations import rotmat_to_d6
 
-WORD = re.compile(r"[a-z]+")
+WORD = re.compile(r"[a-z0-9]+")
 
 
 def words(text: str) -> list[str]:

@@ -73,7 +73,6 @@ def write_synthetic_dataset(out: str | Path, *, text: int = 32, images: int = 16
         if i % 2 == 0:
             entry["image"] = names[i % len(names)]
         chats.append(entry)
-    (out / "llava_mix.json").write_text(json.dumps(chats))
 
     test_targets = canonical_text_target(smplh_to_smpl_rotmat(poses[text + 4:]))
     with open(out / "spg.jsonl", "w") as f:
@@ -84,8 +83,17 @@ def write_synthetic_dataset(out: str | Path, *, text: int = 32, images: int = 16
         for k in range(min(images, 4)):
             f.write(json.dumps({"id": f"rpe-{k}", "image": names[k], "description": "The person in the middle.",
                                 "pose": hmr_pose[k].tolist()}) + "\n")
-    return {"posescript_dir": str(release), "amass_dir": str(amass), "hmr_npz": [str(out / "hmr_train.npz")],
-            "hmr_image_root": str(out), "llava_json": str(out / "llava_mix.json"), "llava_image_root": str(out),
+    # The LLaVA file is written last on purpose: train.use_synthetic_data takes it as "the set is complete".
+    (out / "llava_mix.json").write_text(json.dumps(chats))
+    return synthetic_paths(out)
+
+
+def synthetic_paths(out: str | Path) -> dict:
+    """Config paths of a synthetic dataset folder (data.* and eval.* keys)."""
+    out = Path(out)
+    return {"posescript_dir": str(out / "posescript_release"), "amass_dir": str(out / "amass"),
+            "hmr_npz": [str(out / "hmr_train.npz")], "hmr_image_root": str(out),
+            "llava_json": str(out / "llava_mix.json"), "llava_image_root": str(out),
             "spg_jsonl": str(out / "spg.jsonl"), "rpe_jsonl": str(out / "rpe.jsonl"), "rpe_image_root": str(out)}
 
 

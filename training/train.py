@@ -124,6 +124,22 @@ class Concat:
         return self.parts[part][index - int(self.offsets[part])]
 
 
+def use_synthetic_data(cfg: ExperimentConfig) -> None:
+    """With ``data.synthetic_dir`` set: write the synthetic dataset there once, point empty paths at it."""
+    from .synthetic import synthetic_paths, write_synthetic_dataset
+
+    folder = Path(cfg.data.synthetic_dir)
+    if not (folder / "llava_mix.json").is_file():     # written last: its presence means a complete set
+        write_synthetic_dataset(folder)
+    paths = synthetic_paths(folder)
+    for key in ("posescript_dir", "amass_dir", "hmr_npz", "hmr_image_root", "llava_json", "llava_image_root"):
+        if not getattr(cfg.data, key):
+            setattr(cfg.data, key, paths[key])
+    for key in ("spg_jsonl", "rpe_jsonl", "rpe_image_root"):
+        if not getattr(cfg.eval, key):
+            setattr(cfg.eval, key, paths[key])
+
+
 def build_sources(cfg: ExperimentConfig, split: str = "train") -> dict[str, object]:
     """{"image": ..., "text": ..., "instruction": ...} for the configured files (missing ones left out)."""
     from .data.hmr import HMRNpz
@@ -257,6 +273,8 @@ def train(cfg: ExperimentConfig) -> dict:
         torch.set_num_threads(cfg.train.torch_threads)
     output_dir = Path(cfg.train.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.data.synthetic_dir:
+        use_synthetic_data(cfg)
 
     # 1. Model, tokenizer, the backbone family's image handling, the conversation template.
     model, tokenizer, processor, manifest = build_model(cfg, precision, device="cpu")
@@ -287,17 +305,24 @@ def train(cfg: ExperimentConfig) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)   # stepped by hand, once per optimizer step
 
-    # 4. Resume: weights, optimizer, scheduler and RNG states from accelerate; step and data position here.
+    # 4. Data loader, then resume: weights, optimizer, scheduler and RNG states from accelerate; step and
+    #    data position here. The loader's iterator is made first because making it draws from torch's RNG,
+    #    which a resumed run must not do after its RNG state was restored.
+    batch_order = MixedBatches(make_sampler())
+    loader = torch.utils.data.DataLoader(
+        MixedSamples(sources, encoder, cfg.train.seed), batch_sampler=batch_order,
+        collate_fn=lambda s: collate(s, tokenizer.pad_token_id or 0, family), num_workers=cfg.data.num_workers)
+    batches = iter(loader) if cfg.data.num_workers == 0 else None
     step, micro_batches = 0, 0
     resume_dir = resolve_resume(cfg)
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
         state = json.loads((resume_dir / STATE_FILE).read_text())
         step, micro_batches = int(state["step"]), int(state["micro_batches"])
+        batch_order.skip = micro_batches     # read when the first batch is drawn
         log.info("resumed from %s at step %d", resume_dir, step)
-    loader = torch.utils.data.DataLoader(
-        MixedSamples(sources, encoder, cfg.train.seed), batch_sampler=MixedBatches(make_sampler(), micro_batches),
-        collate_fn=lambda s: collate(s, tokenizer.pad_token_id or 0, family), num_workers=cfg.data.num_workers)
+    if batches is None:                      # worker processes copy the sampler when the iterator starts
+        batches = iter(loader)
 
     # 5. The loop.
     dtype = next(p for p in accelerator.unwrap_model(model).backbone.parameters()).dtype
@@ -306,7 +331,6 @@ def train(cfg: ExperimentConfig) -> dict:
     bar = tqdm(total=cfg.train.max_steps, initial=step, disable=not (cfg.train.progress and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
     model.train()
-    batches = iter(loader)
     started = time.time()
     while step < cfg.train.max_steps:
         batch = next(batches)
