@@ -1,0 +1,171 @@
+"""posegpt_net.client against a scripted ROUTER peer: non-blocking pump, per-request timeouts, heartbeats,
+lazy-pirate reconnect that resends only idempotent requests and never re-runs a generation."""
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+import zmq
+from PIL import Image
+
+from posegpt_net import wire
+from posegpt_net.client import RETRIES, PoseClient
+
+
+@pytest.fixture
+def peer():
+    """A bare ROUTER on a free loopback port, answered by hand in each test."""
+    class Peer(zmq.Socket):
+        address = ""
+
+    sock = Peer(zmq.Context.instance(), zmq.ROUTER)
+    sock.linger = 0
+    sock.address = f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"
+    yield sock
+    sock.close()
+
+
+def _receive(peer, timeout_ms=3000):
+    assert peer.poll(timeout_ms), "the client sent nothing"
+    identity, *frames = peer.recv_multipart()
+    return identity, wire.decode(frames)
+
+
+def _receive_pumping(peer, client, timeout_s=3.0):
+    """Receive while pumping the client: it only acts (resends, reconnects) inside pump()."""
+    deadline = time.monotonic() + timeout_s
+    while not peer.poll(10):
+        assert client.pump() == [] and time.monotonic() < deadline, "the client sent nothing"
+    return _receive(peer)
+
+
+def _answer(peer, identity, message):
+    peer.send_multipart([identity, *wire.encode(message)])
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_pump_never_blocks(peer):
+    with PoseClient(peer.address, timeout_s=5) as client:
+        client.chat("s", "arms up")
+        start = time.perf_counter()
+        for _ in range(100):
+            assert client.pump() == []
+        assert time.perf_counter() - start < 0.5
+
+
+def test_request_ids_are_echoed_and_results_decoded(peer):
+    with PoseClient(peer.address, timeout_s=5) as client:
+        rid = client.chat("s", "arms up", images=[_png()], mode="chat", max_new_tokens=9, seed=3)
+        identity, chat = _receive(peer)
+        assert isinstance(chat, wire.Chat) and chat.request_id == rid
+        assert (chat.session_id, chat.prompt, chat.mode, chat.max_new_tokens, chat.seed) == ("s", "arms up", "chat", 9, 3)
+        assert chat.images == [_png()]
+        pose = {name: np.full(shape, i, np.float32) for i, (name, (_f, shape)) in enumerate(wire.POSE_ARRAYS.items())}
+        _answer(peer, identity, wire.Progress(rid, "generating", {"tokens": 1}))
+        _answer(peer, identity, wire.Result(rid, "s", "Sure <POSE>", [pose], {"model_ms": 1.0}))
+        events = []
+        deadline = time.monotonic() + 3
+        while len(events) < 2 and time.monotonic() < deadline:
+            events += client.pump()
+        assert [e.kind for e in events] == ["progress", "result"]
+        assert events[1].text == "Sure <POSE>" and events[1].header["frames"]["rotmat_smpl"] == "smpl"
+        np.testing.assert_array_equal(events[1].poses[0]["quat_wxyz"], pose["quat_wxyz"])
+        assert client.pending == []
+
+
+def test_a_chat_without_answer_times_out_once_and_is_never_resent(peer):
+    with PoseClient(peer.address, timeout_s=0.4) as client:
+        start = time.monotonic()
+        event = client.request("chat", session_id="s", prompt="arms up")
+        assert (event.kind, event.error_code) == ("error", "timeout")
+        assert 0.4 <= time.monotonic() - start < 1.5
+        _receive(peer)                                            # the one chat
+        assert not peer.poll(800)                                 # nothing more: no silent re-run
+
+
+def test_heartbeats_keep_a_long_request_alive(peer):
+    with PoseClient(peer.address, timeout_s=0.5) as client:
+        rid = client.chat("s", "arms up")
+        identity, _ = _receive(peer)
+        for _ in range(8):                                        # 1.6 s of work, beats every 0.2 s
+            _answer(peer, identity, wire.Progress(rid, "running", {}))
+            time.sleep(0.2)
+            assert not [e for e in client.pump() if e.final]
+        _answer(peer, identity, wire.Error(rid, "bad_model_output", "nan"))
+        event = client.wait(rid, timeout_s=3)
+        assert (event.kind, event.error_code) == ("error", "bad_model_output")
+
+
+def test_idempotent_request_is_resent_on_a_fresh_socket(peer):
+    with PoseClient(peer.address, timeout_s=0.4) as client:
+        rid = client.ping()
+        first_identity, first = _receive(peer)                    # dropped: the "server" was restarting
+        second_identity, second = _receive_pumping(peer, client)
+        assert first.request_id == second.request_id == rid
+        assert first_identity != second_identity                  # lazy pirate: a new socket
+        _answer(peer, second_identity, wire.Pong(rid, 1.0))
+        assert client.wait(rid, timeout_s=3).kind == "pong"
+        assert client.reconnects == 1
+
+
+def test_idempotent_request_gives_up_after_retries(peer):
+    with PoseClient(peer.address, timeout_s=0.2) as client:
+        event = client.request("hello")
+        assert (event.kind, event.error_code) == ("error", "timeout")
+        seen = 0
+        while peer.poll(300):
+            peer.recv_multipart()
+            seen += 1
+        assert seen == 1 + RETRIES
+
+
+def test_reconnect_fails_chats_in_flight_with_connection_lost(peer):
+    with PoseClient(peer.address, timeout_s=30) as client:
+        chat = client.chat("s", "arms up")
+        ping = client.ping(timeout_s=0.3)                          # its silence proves the peer is gone
+        identity, _ = _receive(peer)
+        _receive(peer)
+        event = client.wait(chat, timeout_s=3)
+        assert (event.kind, event.error_code) == ("error", "connection_lost")
+        # a late result for the lost chat (on the old connection) is not delivered
+        _answer(peer, identity, wire.Result(chat, "s", "late", []))
+        time.sleep(0.2)
+        assert all(e.request_id != chat for e in client.pump())
+        assert ping in client.pending                              # the ping is retried instead
+
+
+def test_cancel_sends_cancel_for_pending_requests_only(peer):
+    with PoseClient(peer.address, timeout_s=5) as client:
+        rid = client.chat("s", "arms up")
+        _receive(peer)
+        client.cancel("not-a-request")
+        client.cancel(rid)
+        _, cancel = _receive(peer)
+        assert cancel == wire.Cancel(rid)
+        assert not peer.poll(200)
+
+
+def test_bad_input_is_refused_before_sending(peer):
+    with PoseClient(peer.address, timeout_s=5) as client:
+        with pytest.raises(ValueError, match="PNG, JPEG or WebP"):
+            client.chat("s", "arms up", images=[b"not an image"])
+        with pytest.raises(ValueError):
+            client.submit("dance")
+        with pytest.raises(ValueError):
+            PoseClient(peer.address, timeout_s=0)
+        assert not peer.poll(100)
+
+
+def test_wait_raises_when_its_own_deadline_passes(peer):
+    with PoseClient(peer.address, timeout_s=30) as client:
+        rid = client.chat("s", "arms up")
+        with pytest.raises(TimeoutError):
+            client.wait(rid, timeout_s=0.2)
+        assert rid in client.pending
