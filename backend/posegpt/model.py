@@ -37,14 +37,19 @@ def unwrap_backbone(backbone):
 def add_pose_token(backbone, tokenizer, token: str = POSE_TOKEN) -> int:
     """Add `<POSE>` to the tokenizer as a special token and grow the embeddings to match; returns its id.
 
-    Idempotent. The new rows are initialised to the mean of the old ones (a sane start for fine-tuning).
+    Idempotent. New embedding (and output) rows start at the mean of the old ones, a neutral start for
+    fine-tuning.
     """
     if token not in tokenizer.get_vocab():
-        tokenizer.add_tokens([token], special_tokens=True)
+        tokenizer.add_special_tokens({"extra_special_tokens": [token]}, replace_extra_special_tokens=False)
     vocab = len(tokenizer)
     model = unwrap_backbone(backbone)
-    if model.get_input_embeddings().weight.shape[0] < vocab:
-        model.resize_token_embeddings(vocab, mean_resizing=True)
+    old = model.get_input_embeddings().weight.shape[0]
+    if old < vocab:
+        model.resize_token_embeddings(vocab, mean_resizing=False)
+        with torch.no_grad():
+            for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m}.values():
+                layer.weight[old:] = layer.weight[:old].mean(0, keepdim=True)
     return tokenizer.convert_tokens_to_ids(token)
 
 
