@@ -76,6 +76,12 @@ class ChatMessage:
             self.pose = check_rotmats(self.pose)
 
 
+def display_text(text: str, pose_token: str = "<POSE>") -> str:
+    """A reply as the artist reads it: the model's pose token taken out (the Apply/Key row stands for it)."""
+    shown = " ".join(text.replace(pose_token, " ").split()) if pose_token else text.strip()
+    return shown.rstrip(":").strip() or "(pose)"
+
+
 def wrap_columns(region_width_px: float, ui_scale: float = 1.0, indent_px: float = 40.0) -> int:
     """How many characters fit on one sidebar line of ``region_width_px`` pixels."""
     usable = max(0.0, region_width_px - indent_px)

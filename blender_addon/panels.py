@@ -6,7 +6,7 @@ import time
 import bpy
 
 from . import session
-from .chat_state import wrap_columns, wrap_text
+from .chat_state import display_text, wrap_columns, wrap_text
 from .operators import target_armature
 
 MAX_MESSAGES_SHOWN = 40              # older messages stay in the .blend; the panel shows the latest ones
@@ -48,10 +48,15 @@ class POSEGPT_PT_main(_SidebarPanel, bpy.types.Panel):
         connected = session.is_connected()
         icon = "LINKED" if connected else ("ERROR" if session.error_text() else "UNLINKED")
         layout.label(text=session.status_text(), icon=icon)
-        if connected and conn.model_card:
+        if connected:
             card = conn.model_card
-            images = "text + images" if card.get("accepts_images") else "text only"
-            layout.label(text=f"{card.get('family', '?')} model, {images}", icon="INFO")
+            column = layout.column(align=True)
+            column.scale_y = 0.8
+            column.label(text=conn.address.removeprefix("tcp://"), icon="URL")
+            if card:
+                images = "text + images" if card.get("accepts_images") else "text only"
+                column.label(text=f"{card.get('family', '?')} model, {images}", icon="INFO")
+                column.label(text=str(card.get("backbone", "")), icon="BLANK1")
         if session.error_text():
             box = layout.box()
             box.alert = True
@@ -112,6 +117,9 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
 
     def _draw_history(self, layout, context, obj):
         messages = obj.posegpt_chat.messages
+        conn = session.connection()
+        pose_token = (conn.model_card.get("pose_token") if conn is not None else None) or "<POSE>"
+        frame = context.scene.frame_current
         first = max(0, len(messages) - MAX_MESSAGES_SHOWN)
         if first:
             layout.label(text=f"{first} earlier messages not shown")
@@ -125,16 +133,17 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
                          icon=ROLE_ICONS[message.role])
             if message.image is not None:
                 header.label(text=message.image.name, icon="IMAGE_DATA")
-            _wrapped_labels(box, context, message.text or "(no text)")
+            text = display_text(message.text, pose_token) if message.role == "assistant" else message.text
+            _wrapped_labels(box, context, text or "(no text)")
             if message.pose_json:
                 poses += 1
                 row = box.row(align=True)
                 apply = row.operator("posegpt.apply_pose", icon="POSE_HLT")
                 apply.armature, apply.index = obj.name, index
-                key = row.operator("posegpt.key_pose", icon="KEY_HLT")
+                key = row.operator("posegpt.key_pose", text=f"Key at {frame}", icon="KEY_HLT")
                 key.armature, key.index = obj.name, index
                 if message.keyed_frame >= 0:
-                    row.label(text=f"@{message.keyed_frame}")
+                    box.label(text=f"Keyed at frame {message.keyed_frame}", icon="DECORATE_KEYFRAME")
         if not len(messages):
             layout.label(text="Describe a pose and press Send")
         LAST_DRAWN.update(messages=len(messages) - first, poses=poses)

@@ -107,9 +107,7 @@ def pump() -> float | None:
 def _handle(outcome: Outcome) -> None:
     conn = _state["connection"]
     if outcome.kind == "connected":
-        card = conn.model_card
-        _state.update(status=f"Connected: {card.get('backbone') or card.get('family') or conn.address}",
-                      error="")
+        _state.update(status="Connected", error="")
     elif outcome.kind == "disconnected":
         _state.update(status="Disconnected by the server", error="")
     elif outcome.kind == "error":

@@ -149,7 +149,8 @@ def test_send_prompt_poses_the_armature_with_the_returned_rotations(prefs):
     assert bpy.ops.posegpt.connect() == {"FINISHED"}
     recorder = EventRecorder()
     message, _ = send_and_wait(obj, "she is proposing marriage")
-    assert session.is_connected() and "Connected" in session.status_text()
+    assert session.is_connected() and session.status_text() == "Connected"
+    assert session.connection().model_card["accepts_images"] is True
 
     (result,) = recorder.results()
     returned = result.poses[0]

@@ -81,6 +81,12 @@ def test_wrap_text_fits_the_columns_and_keeps_every_word():
     assert chat_state.wrap_columns(300, 1.0) > chat_state.wrap_columns(300, 2.0) >= chat_state.MIN_WRAP_COLUMNS
 
 
+def test_display_text_hides_the_pose_token():
+    assert chat_state.display_text("Sure, here is the pose: <POSE>") == "Sure, here is the pose"
+    assert chat_state.display_text("<POSE>") == "(pose)"
+    assert chat_state.display_text("Kneeling [P] now", pose_token="[P]") == "Kneeling now"
+
+
 @pytest.mark.parametrize("suffix", [".npz", ".json"])
 def test_pose_file_round_trip(tmp_path, suffix):
     pose = random_pose(2)

@@ -1,0 +1,361 @@
+"""GUI test: Debian's Blender (3.4) under Xvfb, the legacy add-on zip installed, a live backend, prompts sent.
+
+    make test-gui        # = bash scripts/install_gui_deps.sh; make addon; .venv/bin/python tests/gui/run_gui_test.py
+
+This one file plays two parts:
+- run by the project's Python (outside Blender): serves a tiny checkpoint with ``posegpt-serve``, installs
+  dist/posegpt_for_blender-*-legacy.zip into a throw-away Blender user folder (the way an artist does:
+  Preferences > Add-ons > Install), starts ``blender`` under ``xvfb-run`` with this file as ``--python``
+  script, then checks what the driver reported and the screenshot test_output/gui_panel.png;
+- run by Blender (``bpy`` already imported): the driver. Blender's own timers step it: create a body, bring
+  the "PoseGPT" sidebar tab forward (a click on the tab strip via xdotool: Blender 3.4 has no Python
+  API for the active tab), send two prompts through ``posegpt.send_prompt``, let the add-on's timer receive the replies, take
+  the screenshot and write test_output/gui_status.json: how often each panel drew and how many chat
+  messages and poses its last draw showed, plus an FK check of the posed body.
+Exit status 0 only when the panel drew the whole conversation, the body shows the last reply and the
+screenshot is not blank.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+DRIVER_TIMEOUT_S = 240.0            # the whole Blender session, replies included
+PROMPTS = ("she is proposing marriage", "now make her look tired")
+WINDOW = (1600, 1000)
+# Where the driver clicks down the sidebar's vertical tab strip (pixels): x inset from the region's right
+# edge, first y below its top, step between clicks (smaller than one tab).
+TAB_STRIP_INSET_PX, TAB_CLICK_START_PX, TAB_CLICK_STEP_PX = 14, 12, 20
+
+
+# ======================================================================================================
+# Driver: runs inside Blender
+# ======================================================================================================
+
+class Driver:
+    """A small state machine stepped by ``bpy.app.timers``; writes the status file and quits Blender."""
+
+    def __init__(self, out_dir: str, address: str):
+        import bpy
+        self.bpy, self.out_dir, self.address = bpy, out_dir, address
+        self.state, self.started, self.state_since = "setup", time.monotonic(), time.monotonic()
+        self.tab_tries, self.sent, self.notes = 0, 0, []
+        self.panels = sys.modules["posegpt_for_blender.panels"]
+        self.session = sys.modules["posegpt_for_blender.session"]
+
+    # --- helpers ---------------------------------------------------------------------------------------
+    def view3d(self):
+        window = self.bpy.context.window_manager.windows[0]
+        area = max((a for a in window.screen.areas if a.type == "VIEW_3D"), key=lambda a: a.width * a.height)
+        regions = {r.type: r for r in area.regions}
+        return window, area, regions["WINDOW"], regions["UI"]
+
+    def go(self, state):
+        self.state, self.state_since = state, time.monotonic()
+
+    def armature(self):
+        return self.bpy.data.objects.get("SMPL")
+
+    def replies(self):
+        obj = self.armature()
+        return [m for m in obj.posegpt_chat.messages if m.role == "assistant"] if obj else []
+
+    def errors(self):
+        obj = self.armature()
+        return [m.text for m in obj.posegpt_chat.messages if m.role == "error"] if obj else []
+
+    # --- steps -----------------------------------------------------------------------------------------
+    def step(self):
+        try:
+            if time.monotonic() - self.started > DRIVER_TIMEOUT_S:
+                return self.finish(f"timed out in state {self.state!r}")
+            if self.errors():
+                return self.finish(f"the add-on reported: {self.errors()[-1]}")
+            return getattr(self, f"step_{self.state}")()
+        except Exception as exc:                  # a raising timer is dropped silently: report and quit
+            import traceback
+            traceback.print_exc()
+            return self.finish(f"driver error in {self.state!r}: {exc!r}")
+
+    def step_setup(self):
+        bpy = self.bpy
+        prefs = bpy.context.preferences.addons["posegpt_for_blender"].preferences
+        prefs.address, prefs.timeout_s = self.address, 60.0
+        for obj in list(bpy.data.objects):
+            if obj.type == "MESH":
+                bpy.data.objects.remove(obj)
+        window, area, region, sidebar = self.view3d()
+        with bpy.context.temp_override(window=window, area=area, region=region):
+            assert bpy.ops.posegpt.create_body(name="SMPL") == {"FINISHED"}
+        space = area.spaces.active
+        space.show_region_ui = True
+        space.shading.type = "SOLID"
+        space.overlay.show_floor = True
+        self.go("tab")
+        return 0.5
+
+    def step_tab(self):
+        """Bring the PoseGPT tab forward: its panels only draw while their tab is the active one.
+
+        Blender 3.4 has no Python API for the active sidebar tab, so click down the tab strip at the
+        sidebar's right edge (with xdotool on the Xvfb display) until the add-on's panel has drawn."""
+        if self.panels.DRAW_COUNTS.get("POSEGPT_PT_main", 0):
+            self.notes.append(f"PoseGPT tab active after {self.tab_tries} clicks on the tab strip")
+            self.go("frame")
+            return 0.2
+        window, area, region, sidebar = self.view3d()
+        top = window.height - (sidebar.y + sidebar.height)          # X11 y of the sidebar's top edge
+        y = top + TAB_CLICK_START_PX + self.tab_tries * TAB_CLICK_STEP_PX
+        if y > top + sidebar.height:
+            return self.finish("the PoseGPT sidebar tab never drew (no click on the tab strip reached it)")
+        x = sidebar.x + sidebar.width - TAB_STRIP_INSET_PX
+        import subprocess
+        subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "1"], check=False, timeout=10)
+        self.tab_tries += 1
+        area.tag_redraw()
+        return 0.4
+
+    def step_frame(self):
+        bpy = self.bpy
+        window, area, region, sidebar = self.view3d()
+        obj = self.armature()
+        with bpy.context.temp_override(window=window, area=area, region=region, active_object=obj,
+                                       selected_objects=[obj, *obj.children]):
+            bpy.ops.view3d.view_axis(type="FRONT")
+            bpy.ops.view3d.view_selected()
+        self.go("send")
+        return 0.3
+
+    def step_send(self):
+        bpy = self.bpy
+        bpy.context.view_layer.objects.active = self.armature()
+        bpy.context.scene.posegpt.prompt = PROMPTS[self.sent]
+        assert bpy.ops.posegpt.send_prompt(armature="SMPL") == {"FINISHED"}
+        self.sent += 1
+        self.go("wait")
+        return 0.2
+
+    def step_wait(self):
+        if len(self.replies()) < self.sent:
+            return 0.2                               # the add-on's own timer receives the reply
+        if self.sent < len(PROMPTS):
+            self.go("send")
+            return 0.3
+        self.go("settle")
+        return 0.2
+
+    def step_settle(self):
+        window, area, region, sidebar = self.view3d()
+        area.tag_redraw()
+        # Let the sidebar draw the whole conversation before the picture is taken.
+        if self.panels.LAST_DRAWN["messages"] < 2 * len(PROMPTS) or time.monotonic() - self.state_since < 1.5:
+            return 0.25
+        self.go("shot")
+        return 0.3
+
+    def step_shot(self):
+        return self.finish(None)
+
+    # --- the end ---------------------------------------------------------------------------------------
+    def fk_error(self) -> float | None:
+        """Max distance between posed bone heads and smpl_rig FK of the last reply, over body height."""
+        obj = self.armature()
+        if obj is None or not self.replies():
+            return None
+        from smpl_rig import blender as rig, frames
+        from smpl_rig.kinematics import forward_kinematics
+        from posegpt_for_blender.chat_state import pose_from_json
+        pose = pose_from_json(self.replies()[-1].pose_json)
+        expected = frames.smpl_points_to_blender(forward_kinematics(rig.rest_joints(obj), pose).joints)
+        import numpy as np
+        return float(np.abs(rig.world_joint_positions(obj) - expected).max() / obj["smpl_rig"]["height"])
+
+    def screenshot(self) -> str:
+        bpy = self.bpy
+        path = os.path.join(self.out_dir, "gui_panel.png")
+        window, area, region, sidebar = self.view3d()
+        try:
+            with bpy.context.temp_override(window=window, area=area, region=region):
+                bpy.ops.screen.screenshot(filepath=path, check_existing=False)
+            return "bpy.ops.screen.screenshot"
+        except Exception as exc:                     # fall back to the X server's own picture
+            import subprocess
+            subprocess.run(["import", "-window", "root", path], check=True, timeout=30)
+            return f"import -window root ({exc!r})"
+
+    def finish(self, failure):
+        bpy = self.bpy
+        status = {"ok": failure is None, "failure": failure, "state": self.state, "notes": self.notes,
+                  "elapsed_s": round(time.monotonic() - self.started, 1),
+                  "blender": bpy.app.version_string, "draw_counts": dict(self.panels.DRAW_COUNTS),
+                  "last_drawn": dict(self.panels.LAST_DRAWN),
+                  "connection": self.session.status_text()}
+        try:
+            obj = self.armature()
+            status["messages"] = [[m.role, m.text] for m in obj.posegpt_chat.messages] if obj else []
+            status["fk_error_over_height"] = self.fk_error()
+            window, area, region, sidebar = self.view3d()
+            status["window"] = [window.width, window.height]
+            status["sidebar"] = [sidebar.x, sidebar.y, sidebar.width, sidebar.height]
+            status["screenshot_by"] = self.screenshot()
+        except Exception as exc:
+            status.setdefault("failure", None)
+            status["ok"], status["failure"] = False, status["failure"] or f"while finishing: {exc!r}"
+        with open(os.path.join(self.out_dir, "gui_status.json"), "w") as fh:
+            json.dump(status, fh, indent=1)
+        bpy.ops.wm.quit_blender()
+        return None
+
+
+def run_driver(argv):
+    import bpy
+    out_dir, address = argv[0], argv[1]
+    driver = Driver(out_dir, address)
+    bpy.app.timers.register(driver.step, first_interval=2.0, persistent=True)
+
+
+# ======================================================================================================
+# Runner: the project's Python
+# ======================================================================================================
+
+def run_tests() -> int:
+    import glob
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out_dir = repo / "test_output"
+    out_dir.mkdir(exist_ok=True)
+    for stale in ("gui_panel.png", "gui_status.json"):
+        (out_dir / stale).unlink(missing_ok=True)
+    for tool in ("blender", "xvfb-run", "xdotool"):
+        if shutil.which(tool) is None:
+            print(f"run_gui_test: {tool} not found: run `bash scripts/install_gui_deps.sh` (make test-gui does)")
+            return 2
+    zips = sorted(glob.glob(str(repo / "dist" / "posegpt_for_blender-*-legacy.zip")))
+    if not zips:
+        print("run_gui_test: no legacy zip in dist/: run `make addon` first (make test-gui does)")
+        return 2
+    sys.path.insert(0, str(repo))
+    from backend.posegpt.tiny import build_tiny_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="posegpt_gui_") as tmp:
+        tmp = Path(tmp)
+        checkpoint = build_tiny_checkpoint(tmp / "checkpoint", family="llava", seed=0)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        address = f"tcp://127.0.0.1:{port}"
+        serve = [sys.executable, "-c", "from backend.server import main; raise SystemExit(main())",
+                 "--checkpoint", str(checkpoint), "--bind", address, "--log-level", "WARNING"]
+        server_log = open(out_dir / "gui_server.log", "w")
+        server = subprocess.Popen(serve, cwd=repo, stdout=server_log, stderr=subprocess.STDOUT)
+        try:
+            wait_for_server(address, server)
+            env = blender_env(tmp)
+            install_addon(zips[-1], env, out_dir)
+            command = ["xvfb-run", "-a", "-s", f"-screen 0 {WINDOW[0]}x{WINDOW[1]}x24",
+                       "blender", "-p", "0", "0", str(WINDOW[0]), str(WINDOW[1]),
+                       "--python", str(Path(__file__).resolve()), "--", "--driver", str(out_dir), address]
+            with open(out_dir / "gui_blender.log", "w") as log:
+                subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               timeout=DRIVER_TIMEOUT_S + 120, check=False)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            server_log.close()
+    return check_results(out_dir)
+
+
+def wait_for_server(address, server, timeout_s=180.0):
+    from posegpt_net.client import PoseClient
+    deadline = time.monotonic() + timeout_s
+    with PoseClient(address, timeout_s=5.0) as client:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise SystemExit(f"run_gui_test: posegpt-serve exited with {server.returncode} (test_output/gui_server.log)")
+            event = client.request("hello", timeout_s=5.0)
+            if event.kind == "hello":
+                return
+    raise SystemExit("run_gui_test: posegpt-serve did not answer")
+
+
+def blender_env(tmp):
+    """Blender with a throw-away user folder, so the artist's own settings are never touched."""
+    env = dict(os.environ)
+    env.update(BLENDER_USER_CONFIG=str(tmp / "config"), BLENDER_USER_SCRIPTS=str(tmp / "scripts"),
+               BLENDER_USER_DATAFILES=str(tmp / "datafiles"))
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def install_addon(zip_path, env, out_dir):
+    """Preferences > Add-ons > Install… and enable, then save preferences (splash off), in background."""
+    import subprocess
+    code = ("import bpy\n"
+            f"bpy.ops.preferences.addon_install(filepath={zip_path!r}, overwrite=True)\n"
+            "bpy.ops.preferences.addon_enable(module='posegpt_for_blender')\n"
+            "assert 'posegpt_for_blender' in bpy.context.preferences.addons\n"
+            "import zmq, smpl_rig\n"
+            "print('VENDORED', zmq.__file__, smpl_rig.__file__)\n"
+            "bpy.context.preferences.view.show_splash = False\n"
+            "bpy.ops.wm.save_userpref()\n")
+    result = subprocess.run(["blender", "-b", "--python-expr", code], env=env, capture_output=True, text=True,
+                            timeout=300)
+    (out_dir / "gui_install.log").write_text(result.stdout + result.stderr)
+    vendored = [line for line in result.stdout.splitlines() if line.startswith("VENDORED")]
+    if result.returncode != 0 or not vendored or "/_vendor/" not in vendored[0]:
+        raise SystemExit("run_gui_test: installing the legacy zip failed (test_output/gui_install.log)")
+
+
+def check_results(out_dir) -> int:
+    import numpy as np
+    from PIL import Image
+
+    failures = []
+    status_path, shot_path = out_dir / "gui_status.json", out_dir / "gui_panel.png"
+    if not status_path.is_file():
+        print("run_gui_test: Blender wrote no status (see test_output/gui_blender.log)")
+        return 1
+    status = json.loads(status_path.read_text())
+    if not status["ok"]:
+        failures.append(f"driver: {status['failure']}")
+    counts, drawn = status["draw_counts"], status["last_drawn"]
+    for panel in ("POSEGPT_PT_main", "POSEGPT_PT_body", "POSEGPT_PT_chat"):
+        if counts.get(panel, 0) < 1:
+            failures.append(f"{panel} never drew")
+    if drawn.get("messages", 0) < 2 * len(PROMPTS) or drawn.get("poses", 0) < len(PROMPTS):
+        failures.append(f"the chat panel's last draw showed {drawn}, not the {len(PROMPTS)}-turn conversation")
+    fk = status.get("fk_error_over_height")
+    if fk is None or fk > 1e-5:
+        failures.append(f"the body does not show the last reply (FK error / height = {fk})")
+    if not shot_path.is_file():
+        failures.append("no screenshot")
+    else:
+        image = np.asarray(Image.open(shot_path).convert("RGB"), dtype=np.float64)
+        colours = len(np.unique(image.reshape(-1, 3), axis=0))
+        if image.std() < 8 or colours < 64:
+            failures.append(f"the screenshot looks blank (std {image.std():.1f}, {colours} colours)")
+        x, y, w, h = status["sidebar"]
+        height = image.shape[0]
+        sidebar = image[height - (y + h): height - y, x: x + w]
+        if sidebar.size == 0 or sidebar.std() < 5:
+            failures.append("the sidebar area of the screenshot is empty")
+    print(json.dumps({k: status.get(k) for k in ("blender", "elapsed_s", "notes", "draw_counts", "last_drawn",
+                                                 "fk_error_over_height", "screenshot_by", "connection")}, indent=1))
+    for failure in failures:
+        print(f"run_gui_test: FAIL: {failure}")
+    print(f"run_gui_test: {'passed' if not failures else 'failed'}; screenshot: {shot_path}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    if "bpy" in sys.modules and "--driver" in sys.argv:       # inside Blender
+        run_driver(sys.argv[sys.argv.index("--driver") + 1:])
+    else:
+        raise SystemExit(run_tests())
