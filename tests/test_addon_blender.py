@@ -337,3 +337,34 @@ def test_unregister_removes_everything_it_added(addon):
     finally:
         addon_utils.enable(ADDON, default_set=True)
     assert hasattr(bpy.types.Object, "posegpt_chat")
+
+
+@pytest.fixture(scope="module")
+def curve_server(tmp_path_factory, server):
+    from backend.keys import generate_keys
+    from backend.server import serve_in_thread
+    keys = tmp_path_factory.mktemp("keys")
+    written = generate_keys(keys, clients=["artist"])
+    handle = serve_in_thread(server.server.options.checkpoint, curve=True, keys_dir=str(keys))
+    yield handle, written, keys
+    handle.stop()
+
+
+def test_curve_keys_from_the_preferences_connect_and_a_wrong_key_is_explained(prefs, curve_server, tmp_path):
+    import zmq.auth
+    from blender_addon import session
+    handle, written, _ = curve_server
+    prefs.address, prefs.timeout_s = handle.address, 3.0
+    prefs.server_public_key = str(written["server"])
+    prefs.client_public_key = str(written["client:artist"])
+    prefs.client_secret_key = str(written["client_secret:artist"])
+    obj = create_body()
+    message, _ = send_and_wait(obj, "she is proposing marriage")
+    assert message.pose_json and session.is_connected()
+
+    session.disconnect()
+    stranger_public, stranger_secret = zmq.auth.create_certificates(str(tmp_path), "stranger")  # not allowed
+    prefs.client_public_key, prefs.client_secret_key = stranger_public, stranger_secret
+    message, elapsed = send_and_wait(obj, "now she waves", expect="error", timeout=10.0)
+    assert "client key pair" in message.text and elapsed <= prefs.timeout_s + 0.5, (message.text, elapsed)
+    assert not session.is_connected()
