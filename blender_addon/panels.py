@@ -103,7 +103,7 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
         self._draw_history(layout, context, obj)
         self._draw_waiting(layout, obj)
         layout.separator()
-        layout.prop(settings, "prompt", text="")
+        layout.prop(settings, "prompt", text="", icon="GREASEPENCIL")
         layout.prop(settings, "image_source")
         if settings.image_source == "FILE":
             layout.prop(settings, "image_path", text="")

@@ -41,7 +41,7 @@ class Driver:
         import bpy
         self.bpy, self.out_dir, self.address = bpy, out_dir, address
         self.state, self.started, self.state_since = "setup", time.monotonic(), time.monotonic()
-        self.tab_tries, self.sent, self.notes = 0, 0, []
+        self.tab_tries, self.sent, self.notes, self.undo_check = 0, 0, [], {}
         self.panels = sys.modules["posegpt_for_blender.panels"]
         self.session = sys.modules["posegpt_for_blender.session"]
 
@@ -143,6 +143,26 @@ class Driver:
         if self.sent < len(PROMPTS):
             self.go("send")
             return 0.3
+        self.go("undo")
+        return 0.5
+
+    def step_undo(self):
+        """Ctrl+Z after the last reply takes back exactly its pose and keeps the chat; Shift+Ctrl+Z redoes."""
+        bpy = self.bpy
+        from smpl_rig import blender as rig
+        from posegpt_for_blender.chat_state import pose_from_json
+        import numpy as np
+        first, last = (pose_from_json(m.pose_json) for m in self.replies()[-2:])
+        window, area, region, sidebar = self.view3d()
+        with bpy.context.temp_override(window=window, area=area, region=region):
+            bpy.ops.ed.undo()
+            undone = rig.read_pose(self.armature())          # undo reloads data: look the body up again
+            kept = len(self.armature().posegpt_chat.messages)
+            bpy.ops.ed.redo()
+        redone = rig.read_pose(self.armature())
+        self.undo_check = {"undo_restores_previous_reply": float(np.abs(undone - first).max()),
+                           "redo_restores_last_reply": float(np.abs(redone - last).max()),
+                           "messages_after_undo": kept}
         self.go("settle")
         return 0.2
 
@@ -191,7 +211,7 @@ class Driver:
                   "elapsed_s": round(time.monotonic() - self.started, 1),
                   "blender": bpy.app.version_string, "draw_counts": dict(self.panels.DRAW_COUNTS),
                   "last_drawn": dict(self.panels.LAST_DRAWN),
-                  "connection": self.session.status_text()}
+                  "connection": self.session.status_text(), "undo": self.undo_check}
         try:
             obj = self.armature()
             status["messages"] = [[m.role, m.text] for m in obj.posegpt_chat.messages] if obj else []
@@ -331,6 +351,10 @@ def check_results(out_dir) -> int:
             failures.append(f"{panel} never drew")
     if drawn.get("messages", 0) < 2 * len(PROMPTS) or drawn.get("poses", 0) < len(PROMPTS):
         failures.append(f"the chat panel's last draw showed {drawn}, not the {len(PROMPTS)}-turn conversation")
+    undo = status.get("undo") or {}
+    if not (undo.get("undo_restores_previous_reply", 1) < 1e-5 and undo.get("redo_restores_last_reply", 1) < 1e-5
+            and undo.get("messages_after_undo") == 2 * len(PROMPTS)):
+        failures.append(f"one undo step did not take back exactly the last reply's pose: {undo}")
     fk = status.get("fk_error_over_height")
     if fk is None or fk > 1e-5:
         failures.append(f"the body does not show the last reply (FK error / height = {fk})")
@@ -347,7 +371,7 @@ def check_results(out_dir) -> int:
         if sidebar.size == 0 or sidebar.std() < 5:
             failures.append("the sidebar area of the screenshot is empty")
     print(json.dumps({k: status.get(k) for k in ("blender", "elapsed_s", "notes", "draw_counts", "last_drawn",
-                                                 "fk_error_over_height", "screenshot_by", "connection")}, indent=1))
+                                                 "fk_error_over_height", "undo", "screenshot_by", "connection")}, indent=1))
     for failure in failures:
         print(f"run_gui_test: FAIL: {failure}")
     print(f"run_gui_test: {'passed' if not failures else 'failed'}; screenshot: {shot_path}")
