@@ -1,0 +1,1 @@
+"""The project's own pose corpus: procedural poses, captions, speculative prompts, renders, fixed splits."""
