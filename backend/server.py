@@ -46,6 +46,7 @@ DEFAULT_BIND = "tcp://127.0.0.1:5555"
 READY_TIMEOUT_S = 300.0       # a 13B checkpoint takes a while to load
 WORKER_STOP_TIMEOUT_S = 15.0  # then worker processes are terminated
 SEND_LINGER_MS = 1000         # time given to the last error replies to leave at shutdown
+SWITCH_INTERVAL_S = 0.0005    # broker and worker threads hand frames over often: don't wait 5 ms for the GIL
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
@@ -113,6 +114,7 @@ class Server:
 
     def start(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         opts = self.options
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.frontend = self.context.socket(zmq.ROUTER)
         self.frontend.linger = SEND_LINGER_MS
         # frames beyond the image limit are refused by libzmq itself, before Python sees them

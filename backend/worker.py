@@ -4,10 +4,10 @@ Run by ``posegpt-serve`` itself, as a thread (``--workers 1``) or one process pe
 
     python -m backend.worker --connect ipc:///tmp/x/workers.ipc --identity worker-1 --checkpoint CKPT
 
-Two threads: the socket thread owns the DEALER (jobs and cancels in, replies out) and never waits on the
-model; the model thread runs ``runtime.chat`` and reports through an inproc PUSH socket guarded by a lock
-(the runtime may call ``on_progress`` from any thread). Cancel sets the running job's event, which the
-runtime's ``should_stop`` reads at every decoding step.
+One thread owns the DEALER and runs the model: no hand-off between threads on the way in or out (each
+costs up to a GIL switch interval). While the model generates, the runtime's ``should_stop`` callback,
+called at every decoding step, reads the broker's waiting messages without blocking, so a CANCEL stops
+the generation at the next step. The broker, not this loop, is what never waits on the model.
 
 Broker ↔ worker messages (internal; the client never sees them):
     worker → broker   [b"READY", json{model_card, pid}] | [b"FAILED", json{code, message}]
@@ -23,11 +23,10 @@ import json
 import logging
 import math
 import os
-import queue
 import signal
 import threading
 import time
-import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -40,7 +39,6 @@ log = logging.getLogger("posegpt.worker")
 
 POLL_MS = 100                 # how often the socket thread looks at stop flags
 PROGRESS_INTERVAL_S = 0.1     # forward at most this often the runtime's per-step progress
-MODEL_JOIN_TIMEOUT_S = 10.0   # how long stop waits for the model thread to leave the runtime
 
 
 @dataclass
@@ -50,27 +48,6 @@ class _Job:
     spec: dict
     images: list[bytes]
     cancel: threading.Event = field(default_factory=threading.Event)
-
-
-class _Outbox:
-    """A PUSH socket any thread may send on: the lock gives ZeroMQ the memory barrier it asks for."""
-
-    def __init__(self, context: zmq.Context, endpoint: str):
-        self._socket = context.socket(zmq.PUSH)
-        self._socket.linger = 0
-        self._socket.connect(endpoint)
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def send(self, frames: list[bytes]) -> None:
-        with self._lock:
-            if not self._closed:      # after shutdown a late reply has nobody to go to
-                self._socket.send_multipart(frames)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._socket.close(linger=0)
 
 
 def json_safe(value: Any) -> Any:
@@ -115,104 +92,91 @@ class ModelWorker:
         self.identity = identity
         self.parent_pid = parent_pid
         self._context = context or zmq.Context.instance()
-        self._jobs: queue.Queue[_Job] = queue.Queue()
+        self._jobs: deque[_Job] = deque()
         self._active: dict[tuple[bytes, str], _Job] = {}   # jobs received and not yet answered
         self._stopping = threading.Event()
-        self._outbox: _Outbox | None = None
+        self._socket: zmq.Socket | None = None
+        self._owner: int | None = None                      # the thread that may touch the socket
         self._draft_size: int | None = None
 
     def stop(self) -> None:
+        """Stop after the current step (any thread; the runtime's should_stop sees it)."""
         self._stopping.set()
         for job in list(self._active.values()):
             job.cancel.set()
 
-    # --- socket thread -------------------------------------------------------------------------------
-
     def run(self) -> None:
-        backend = self._context.socket(zmq.DEALER)
-        backend.identity = self.identity
-        backend.linger = 0
-        backend.connect(self.connect)
-        inbox = self._context.socket(zmq.PULL)
-        endpoint = f"inproc://posegpt-worker-out-{uuid.uuid4().hex}"
-        inbox.bind(endpoint)
-        self._outbox = _Outbox(self._context, endpoint)
-        model_thread = threading.Thread(target=self._model_loop, name=f"{self.identity.decode()}-model",
-                                        daemon=True)
-        model_thread.start()
-        poller = zmq.Poller()
-        poller.register(backend, zmq.POLLIN)
-        poller.register(inbox, zmq.POLLIN)
+        self._owner = threading.get_ident()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.identity = self.identity
+        self._socket.linger = 0
+        self._socket.connect(self.connect)
         try:
-            while not self._stopping.is_set():
-                ready = dict(poller.poll(POLL_MS))
-                if inbox in ready:
-                    while True:
-                        try:
-                            backend.send_multipart(inbox.recv_multipart(zmq.NOBLOCK))
-                        except zmq.Again:
-                            break
-                if backend in ready:
-                    self._on_broker(backend.recv_multipart())
-                if self.parent_pid is not None and os.getppid() != self.parent_pid:
-                    log.warning("%s: the server process is gone; stopping", self.identity.decode())
-                    self.stop()
+            runtime = self._load()
+            while runtime is not None and not self._stopping.is_set():
+                if not self._jobs:
+                    if self._socket.poll(POLL_MS):
+                        self._read_commands()
+                    if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                        log.warning("%s: the server process is gone; stopping", self.identity.decode())
+                        self.stop()
+                    continue
+                job = self._jobs.popleft()
+                reply = self._answer(runtime, job)
+                self._active.pop((job.identity, job.request_id), None)
+                self._socket.send_multipart([b"OUT", job.identity, *wire.encode(reply)])
         finally:
             self.stop()
-            # the cancelled generation ends at its next step; a daemon thread still inside torch when
-            # the interpreter exits aborts the process
-            model_thread.join(MODEL_JOIN_TIMEOUT_S)
-            self._outbox.close()
-            inbox.close(linger=0)
-            backend.close(linger=0)
+            self._socket.close(linger=0)
 
-    def _on_broker(self, frames: list[bytes]) -> None:
-        command, *rest = frames
-        if command == b"JOB":
-            identity, request_id, spec, *images = rest
-            job = _Job(identity, request_id.decode(), json.loads(spec), images)
-            self._active[(identity, job.request_id)] = job
-            self._jobs.put(job)
-        elif command == b"CANCEL":
-            identity, request_id = rest
-            job = self._active.get((identity, request_id.decode()))
-            if job is not None:     # may still sit in the queue: its event is read before it starts
-                job.cancel.set()
-        elif command == b"STOP":
-            self.stop()
-
-    # --- model thread --------------------------------------------------------------------------------
-
-    def _model_loop(self) -> None:
+    def _load(self):
         try:
             runtime = self.runtime_factory()
             card = json_safe(dict(runtime.model_card))
         except Exception as exc:
             code = getattr(exc, "code", "bad_checkpoint")
             log.exception("%s: the model could not be loaded", self.identity.decode())
-            self._outbox.send([b"FAILED", json.dumps({"code": code, "message": str(exc)[:500]}).encode()])
-            return
+            self._socket.send_multipart([b"FAILED", json.dumps({"code": code, "message": str(exc)[:500]}).encode()])
+            return None
         size = card.get("image_size")
         self._draft_size = size if isinstance(size, int) and size > 0 else None
-        self._outbox.send([b"READY", json.dumps({"model_card": card, "pid": os.getpid()}).encode()])
-        while not self._stopping.is_set():
+        self._socket.send_multipart([b"READY", json.dumps({"model_card": card, "pid": os.getpid()}).encode()])
+        return runtime
+
+    def _read_commands(self) -> None:
+        """Take every waiting broker message without blocking (only from the socket's own thread)."""
+        while True:
             try:
-                job = self._jobs.get(timeout=POLL_MS / 1000)
-            except queue.Empty:
-                continue
-            try:
-                if job.cancel.is_set():
-                    raise wire.WireError("cancelled", "the request was cancelled before it started")
-                reply = self._run(runtime, job)
-            except Exception as exc:
-                code = getattr(exc, "code", None)
-                if code not in wire.ERROR_CODES:
-                    log.exception("%s: request %s failed", self.identity.decode(), job.request_id)
-                    code = "internal"
-                reply = wire.Error(job.request_id, code, getattr(exc, "message", str(exc))[:500])
-            finally:
-                self._active.pop((job.identity, job.request_id), None)
-            self._outbox.send([b"OUT", job.identity, *wire.encode(reply)])
+                command, *rest = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if command == b"JOB":
+                identity, request_id, spec, *images = rest
+                job = _Job(identity, request_id.decode(), json.loads(spec), images)
+                self._active[(identity, job.request_id)] = job
+                self._jobs.append(job)
+            elif command == b"CANCEL":
+                identity, request_id = rest
+                job = self._active.get((identity, request_id.decode()))
+                if job is not None:
+                    job.cancel.set()
+            elif command == b"STOP":
+                self.stop()
+
+    def _in_owner_thread(self) -> bool:
+        return threading.get_ident() == self._owner
+
+    def _answer(self, runtime, job: _Job) -> wire.Message:
+        try:
+            if job.cancel.is_set():
+                raise wire.WireError("cancelled", "the request was cancelled before it started")
+            return self._run(runtime, job)
+        except Exception as exc:
+            code = getattr(exc, "code", None)
+            if code not in wire.ERROR_CODES:
+                log.exception("%s: request %s failed", self.identity.decode(), job.request_id)
+                code = "internal"
+            return wire.Error(job.request_id, code, getattr(exc, "message", str(exc))[:500])
 
     def _run(self, runtime, job: _Job) -> wire.Message:
         spec = job.spec
@@ -227,17 +191,23 @@ class ModelWorker:
         decoded = time.perf_counter()
         last_progress = [0.0]
 
+        def should_stop() -> bool:
+            # the runtime asks between steps: the moment to read cancels the broker has sent since
+            if self._in_owner_thread():
+                self._read_commands()
+            return job.cancel.is_set() or self._stopping.is_set()
+
         def on_progress(info: dict) -> None:
             now = time.monotonic()
-            if now - last_progress[0] >= PROGRESS_INTERVAL_S:
+            if self._in_owner_thread() and now - last_progress[0] >= PROGRESS_INTERVAL_S:
                 last_progress[0] = now
                 message = wire.Progress(job.request_id, "generating", json_safe(dict(info)))
-                self._outbox.send([b"OUT", job.identity, *wire.encode(message)])
+                self._socket.send_multipart([b"OUT", job.identity, *wire.encode(message)])
 
         options = spec["options"]
         result = runtime.chat(spec["session_id"], spec["prompt"], images=images, mode=spec["mode"],
                               max_new_tokens=options["max_new_tokens"], temperature=options["temperature"],
-                              top_p=options["top_p"], seed=options["seed"], should_stop=job.cancel.is_set,
+                              top_p=options["top_p"], seed=options["seed"], should_stop=should_stop,
                               on_progress=on_progress)
         finished = time.perf_counter()
         if job.cancel.is_set():

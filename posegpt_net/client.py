@@ -164,6 +164,12 @@ class PoseClient:
         self._socket.send_multipart(wire.encode(wire.Cancel(request_id)), zmq.NOBLOCK)
 
     @property
+    def socket(self) -> zmq.Socket:
+        """The current DEALER, for a ``zmq.Poller`` in scripts that sleep until any client has news
+        (it changes after a reconnect; register it again each time)."""
+        return self._socket
+
+    @property
     def pending(self) -> list[str]:
         """Ids of the requests still waiting for their final event."""
         return list(self._pending)
