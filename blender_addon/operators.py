@@ -112,8 +112,10 @@ class POSEGPT_OT_send_prompt(bpy.types.Operator):
             obj = _armature_by_name(self, context)
             if not prompt:
                 raise ConnectionProblem("empty_prompt", "the prompt is empty")
-            images, image, image_path = capture.gather_image(context.scene)
             conn = session.ensure_connection(context)
+            if settings.image_source != "NONE" and conn.model_card.get("accepts_images") is False:
+                raise ConnectionProblem("images_not_supported", "this model does not read images")
+            images, image, image_path = capture.gather_image(context.scene)
             chat = obj.posegpt_chat
             if not chat.session_id:
                 chat.session_id = new_session_id()
@@ -250,7 +252,8 @@ class POSEGPT_OT_export_pose(bpy.types.Operator, ExportHelper):
     bl_label = "Export pose"
 
     filename_ext = ".npz"
-    filter_glob: StringProperty(default="*.npz;*.json", options={"HIDDEN"})
+    filter_glob: StringProperty(name="Filter", description="Pose files shown in the browser",
+                                default="*.npz;*.json", options={"HIDDEN"})
     file_format: EnumProperty(name="Format", description="File format of the pose", items=POSE_FILE_FORMATS,
                               default="NPZ")
     armature: StringProperty(name="Armature", description="Armature to export (empty: the active one)",
@@ -283,7 +286,8 @@ class POSEGPT_OT_import_pose(bpy.types.Operator, ImportHelper):
     bl_label = "Import pose"
     bl_options = {"REGISTER", "UNDO"}
 
-    filter_glob: StringProperty(default="*.npz;*.json", options={"HIDDEN"})
+    filter_glob: StringProperty(name="Filter", description="Pose files shown in the browser",
+                                default="*.npz;*.json", options={"HIDDEN"})
     armature: StringProperty(name="Armature", description="Armature to pose (empty: the active one)",
                              default="", options={"SKIP_SAVE"})
 

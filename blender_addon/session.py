@@ -76,7 +76,8 @@ def fail(message: str) -> None:
 
 def start_timer() -> None:
     if not bpy.app.timers.is_registered(pump):
-        bpy.app.timers.register(pump, first_interval=PUMP_INTERVAL_S)
+        # persistent: a reply still arrives after File > Open (the armature is then looked up by name).
+        bpy.app.timers.register(pump, first_interval=PUMP_INTERVAL_S, persistent=True)
 
 
 def stop_timer() -> None:
@@ -122,19 +123,15 @@ def _chat_of(outcome: Outcome):
 
 
 def _on_error(outcome: Outcome) -> None:
-    if outcome.pending is None or outcome.pending.kind == "hello" or conn_failed():
-        fail(outcome.error_text)
+    conn = _state["connection"]
+    if outcome.pending is None or outcome.pending.kind == "hello" or conn is None or conn.state != "connected":
+        fail(outcome.error_text)                  # the connection itself failed: say so in the status line
     obj, chat = _chat_of(outcome)
     if chat is not None and outcome.pending.kind == "chat":
         message = chat.messages.add()
         message.role, message.text = "error", outcome.error_text
         chat.last_error = outcome.error_text
     _report(outcome.error_text)
-
-
-def conn_failed() -> bool:
-    conn = _state["connection"]
-    return conn is None or conn.state in ("error", "closed")
 
 
 def _on_result(outcome: Outcome) -> None:

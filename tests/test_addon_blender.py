@@ -368,3 +368,27 @@ def test_curve_keys_from_the_preferences_connect_and_a_wrong_key_is_explained(pr
     message, elapsed = send_and_wait(obj, "now she waves", expect="error", timeout=10.0)
     assert "client key pair" in message.text and elapsed <= prefs.timeout_s + 0.5, (message.text, elapsed)
     assert not session.is_connected()
+
+
+def test_names_tooltips_and_property_metadata_follow_blender_conventions(addon):
+    import blender_addon
+    from blender_addon import operators
+    for cls in blender_addon._classes():
+        assert (cls.__doc__ or "").strip(), f"{cls.__name__} needs a docstring (its tooltip)"
+        if issubclass(cls, bpy.types.Operator):
+            prefix, _, verb_noun = cls.__name__.partition("_OT_")
+            assert prefix == "POSEGPT" and cls.bl_idname == f"posegpt.{verb_noun}", cls.__name__
+            rna = getattr(bpy.ops.posegpt, verb_noun).get_rna_type()
+        elif issubclass(cls, bpy.types.Panel):
+            assert cls.__name__.startswith("POSEGPT_PT_") and cls.bl_idname == cls.__name__
+            continue
+        else:
+            rna = cls.bl_rna
+        own = [p for p in rna.properties if p.identifier not in ("rna_type", "name", "bl_idname")]
+        for prop in own:
+            assert prop.name and prop.description, f"{cls.__name__}.{prop.identifier} lacks a name/description"
+    assert operators.POSEGPT_OT_apply_pose.bl_options >= {"REGISTER", "UNDO"}
+    assert operators.POSEGPT_OT_key_pose.bl_options >= {"REGISTER", "UNDO"}
+    secret = bpy.context.preferences.addons[ADDON].preferences.bl_rna.properties["client_secret_key"]
+    assert secret.subtype == "PASSWORD"
+    assert bpy.context.preferences.addons[ADDON].preferences.bl_rna.properties["smpl_model_path"].subtype == "FILE_PATH"
