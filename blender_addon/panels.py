@@ -132,7 +132,7 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
             header.label(text={"user": "You", "assistant": "PoseGPT", "error": "Error"}[message.role],
                          icon=ROLE_ICONS[message.role])
             if message.image is not None:
-                header.label(text=message.image.name, icon="IMAGE_DATA")
+                box.label(text=message.image.name, icon="IMAGE_DATA")
             text = display_text(message.text, pose_token) if message.role == "assistant" else message.text
             _wrapped_labels(box, context, text or "(no text)")
             if message.pose_json:

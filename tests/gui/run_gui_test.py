@@ -7,13 +7,14 @@ This one file plays two parts:
   dist/posegpt_for_blender-*-legacy.zip into a throw-away Blender user folder (the way an artist does:
   Preferences > Add-ons > Install), starts ``blender`` under ``xvfb-run`` with this file as ``--python``
   script, then checks what the driver reported and the screenshot test_output/gui_panel.png;
-- run by Blender (``bpy`` already imported): the driver. Blender's own timers step it: create a body, bring
-  the "PoseGPT" sidebar tab forward (a click on the tab strip via xdotool: Blender 3.4 has no Python
-  API for the active tab), send two prompts through ``posegpt.send_prompt``, let the add-on's timer receive the replies, take
-  the screenshot and write test_output/gui_status.json: how often each panel drew and how many chat
-  messages and poses its last draw showed, plus an FK check of the posed body.
-Exit status 0 only when the panel drew the whole conversation, the body shows the last reply and the
-screenshot is not blank.
+- run by Blender (``bpy`` already imported): the driver. Blender's own timers step it: create a body,
+  bring the "PoseGPT" sidebar tab forward (a click on the tab strip via xdotool: Blender 3.4 has no
+  Python API for the active tab), send two prompts through ``posegpt.send_prompt`` (the second with a
+  small render of the scene camera), let the add-on's timer receive the replies, undo/redo the last
+  pose, take the screenshot and write test_output/gui_status.json: how often each panel drew, how many
+  chat messages and poses its last draw showed, the undo check and an FK check of the posed body.
+Exit status 0 only when the panel drew the whole conversation, the body shows the last reply, one undo
+took back exactly that pose, the camera render went with the second prompt and the screenshot is not blank.
 """
 from __future__ import annotations
 
@@ -130,8 +131,12 @@ class Driver:
 
     def step_send(self):
         bpy = self.bpy
+        scene = bpy.context.scene
         bpy.context.view_layer.objects.active = self.armature()
-        bpy.context.scene.posegpt.prompt = PROMPTS[self.sent]
+        scene.posegpt.prompt = PROMPTS[self.sent]
+        if self.sent == 1:          # the follow-up also sends a small render of the scene's camera
+            scene.render.engine = "BLENDER_WORKBENCH"
+            scene.posegpt.image_source = "CAMERA"
         assert bpy.ops.posegpt.send_prompt(armature="SMPL") == {"FINISHED"}
         self.sent += 1
         self.go("wait")
@@ -214,7 +219,9 @@ class Driver:
                   "connection": self.session.status_text(), "undo": self.undo_check}
         try:
             obj = self.armature()
-            status["messages"] = [[m.role, m.text] for m in obj.posegpt_chat.messages] if obj else []
+            status["messages"] = [[m.role, m.text, m.image.name if m.image else None,
+                                   list(m.image.size) if m.image else None]
+                                  for m in obj.posegpt_chat.messages] if obj else []
             status["fk_error_over_height"] = self.fk_error()
             window, area, region, sidebar = self.view3d()
             status["window"] = [window.width, window.height]
@@ -351,6 +358,9 @@ def check_results(out_dir) -> int:
             failures.append(f"{panel} never drew")
     if drawn.get("messages", 0) < 2 * len(PROMPTS) or drawn.get("poses", 0) < len(PROMPTS):
         failures.append(f"the chat panel's last draw showed {drawn}, not the {len(PROMPTS)}-turn conversation")
+    sent_images = [m[2:] for m in status.get("messages", []) if m[0] == "user"]
+    if sent_images != [[None, None], ["PoseGPT camera", [256, 144]]]:
+        failures.append(f"the second prompt should carry a 256×144 camera render, the chat says {sent_images}")
     undo = status.get("undo") or {}
     if not (undo.get("undo_restores_previous_reply", 1) < 1e-5 and undo.get("redo_restores_last_reply", 1) < 1e-5
             and undo.get("messages_after_undo") == 2 * len(PROMPTS)):
