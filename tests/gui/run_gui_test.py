@@ -278,8 +278,10 @@ def run_tests() -> int:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         address = f"tcp://127.0.0.1:{port}"
-        serve = [sys.executable, "-c", "from backend.server import main; raise SystemExit(main())",
-                 "--checkpoint", str(checkpoint), "--bind", address, "--log-level", "WARNING"]
+        console_script = Path(sys.executable).parent / "posegpt-serve"      # what `make serve` runs
+        serve = [str(console_script)] if console_script.exists() else \
+            [sys.executable, "-c", "from backend.server import main; raise SystemExit(main())"]
+        serve += ["--checkpoint", str(checkpoint), "--bind", address, "--log-level", "WARNING"]
         server_log = open(out_dir / "gui_server.log", "w")
         server = subprocess.Popen(serve, cwd=repo, stdout=server_log, stderr=subprocess.STDOUT)
         try:
