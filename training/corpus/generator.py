@@ -101,11 +101,9 @@ def angles_to_rotmat(angles_deg: np.ndarray) -> np.ndarray:
     a = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
     if a.shape[-1:] != (3,):
         raise ValueError(f"angles must have a trailing size of 3 (x, y, z degrees), got shape {a.shape}")
-    zero = np.zeros_like(a[..., 0])
-    rx = rot.rotvec_to_rotmat(np.stack([a[..., 0], zero, zero], -1))
-    ry = rot.rotvec_to_rotmat(np.stack([zero, a[..., 1], zero], -1))
-    rz = rot.rotvec_to_rotmat(np.stack([zero, zero, a[..., 2]], -1))
-    return ry @ rz @ rx
+    axis_rotvecs = a[..., None, :] * np.eye(3)            # (..., 3, 3): rows are x·X, y·Y, z·Z
+    r = rot.rotvec_to_rotmat(axis_rotvecs)                # (..., 3, 3, 3): Rx, Ry, Rz
+    return r[..., 1, :, :] @ r[..., 2, :, :] @ r[..., 0, :, :]
 
 
 def mirror_angles(angles_deg: np.ndarray) -> np.ndarray:
@@ -143,7 +141,7 @@ def _arm_twist_for_bend(elevation: float, azimuth: float, bend_dir) -> float:
     The upper arm is Ry(−azimuth)·Rz(elevation) applied to +X; with twist τ the forearm folds toward
     cos τ·e_z − sin τ·e_y, e_* being the untwisted upper-arm frame's axes.
     """
-    frame = angles_to_rotmat(np.array([0.0, -azimuth, elevation]))
+    frame = rot.rotmat_y(math.radians(-azimuth)) @ rot.rotmat_z(math.radians(elevation))
     v = np.asarray(bend_dir, dtype=np.float64)
     return math.degrees(math.atan2(-float(v @ frame[:, 1]), float(v @ frame[:, 2])))
 
@@ -262,7 +260,7 @@ LEG_RECIPES = {
     # The kneeling leg's shin slopes up behind the knee with the foot on its instep, so the knee is the
     # lowest point; the front leg's shin is near vertical, which puts its sole at the same floor.
     "kneel_down": LegRecipe((-5, 10), (100, 115), ankle=(40, 60)),
-    "kneel_up": LegRecipe((95, 105), (-8, 2), knee_from_flexion=True),
+    "kneel_up": LegRecipe((101, 110), (-10, 0), knee_from_flexion=True),
     "sit": LegRecipe((80, 95), (75, 100), abduction=(0, 10)),
     "squat": LegRecipe((88, 100), (115, 135), abduction=(8, 18), rotation=(5, 20)),
     "raised": LegRecipe((60, 95), (60, 100), ankle=(0, 30)),
@@ -360,29 +358,31 @@ def capsule_segments(joints: np.ndarray) -> dict:
     return out
 
 
-def segment_distance(p1, q1, p2, q2) -> float:
-    """Shortest distance between segments p1–q1 and p2–q2 (points (3,)), degenerate segments included."""
+def segment_distance(p1, q1, p2, q2) -> np.ndarray:
+    """Shortest distance between segments p1–q1 and p2–q2, points (..., 3) → (...); degenerate segments
+    (points) included. Closest points by clamped line parameters, in the manner of Ericson's
+    Real-Time Collision Detection, §5.1.9."""
+    p1, q1, p2, q2 = (np.asarray(x, dtype=np.float64) for x in (p1, q1, p2, q2))
     d1, d2, r = q1 - p1, q2 - p2, p1 - p2
-    a, e, f = d1 @ d1, d2 @ d2, d2 @ r
+    a, e = (d1 * d1).sum(-1), (d2 * d2).sum(-1)
+    b, c, f = (d1 * d2).sum(-1), (d1 * r).sum(-1), (d2 * r).sum(-1)
     eps = 1e-12
-    if a < eps and e < eps:
-        return float(np.linalg.norm(r))
-    if a < eps:
-        s, t = 0.0, float(np.clip(f / e, 0, 1))
-    else:
-        c = d1 @ r
-        if e < eps:
-            s, t = float(np.clip(-c / a, 0, 1)), 0.0
-        else:
-            b = d1 @ d2
-            denom = a * e - b * b
-            s = float(np.clip((b * f - c * e) / denom, 0, 1)) if denom > eps else 0.0
-            t = (b * s + f) / e
-            if t < 0:
-                s, t = float(np.clip(-c / a, 0, 1)), 0.0
-            elif t > 1:
-                s, t = float(np.clip((b - c) / a, 0, 1)), 1.0
-    return float(np.linalg.norm((p1 + d1 * s) - (p2 + d2 * t)))
+    safe_a, safe_e = np.maximum(a, eps), np.maximum(e, eps)
+    denom = a * e - b * b
+    s = np.where(denom > eps, np.clip((b * f - c * e) / np.maximum(denom, eps), 0, 1), 0.0)
+    t = (b * s + f) / safe_e
+    s = np.where(t < 0, np.clip(-c / safe_a, 0, 1), np.where(t > 1, np.clip((b - c) / safe_a, 0, 1), s))
+    t = np.clip(t, 0, 1)
+    s = np.where(a < eps, 0.0, s)                                   # first segment is a point
+    t = np.where(a < eps, np.clip(f / safe_e, 0, 1), t)
+    t = np.where(e < eps, 0.0, t)                                   # second segment is a point
+    s = np.where((e < eps) & (a >= eps), np.clip(-c / safe_a, 0, 1), s)
+    return np.linalg.norm((p1 + d1 * s[..., None]) - (p2 + d2 * t[..., None]), axis=-1)
+
+
+_PAIR_A = [a for a, _ in COLLISION_PAIRS]
+_PAIR_B = [b for _, b in COLLISION_PAIRS]
+_PAIR_ALLOWANCE = np.array([CONTACT_ALLOWANCE.get(pair, 0.0) for pair in COLLISION_PAIRS])
 
 
 def worst_penetration(joints: np.ndarray) -> tuple[float, tuple[str, str]]:
@@ -390,14 +390,11 @@ def worst_penetration(joints: np.ndarray) -> tuple[float, tuple[str, str]]:
     press into the torso capsule by ``CONTACT_ALLOWANCE`` more than two forearms) over
     ``COLLISION_PAIRS``, and the pair."""
     caps = capsule_segments(joints)
-    worst, pair = -np.inf, ("", "")
-    for a, b in COLLISION_PAIRS:
-        pa, qa, ra = caps[a]
-        pb, qb, rb = caps[b]
-        overlap = ra + rb - segment_distance(pa, qa, pb, qb) - CONTACT_ALLOWANCE.get((a, b), 0.0)
-        if overlap > worst:
-            worst, pair = overlap, (a, b)
-    return float(worst), pair
+    pa, qa, ra = (np.array([caps[n][k] for n in _PAIR_A]) for k in range(3))
+    pb, qb, rb = (np.array([caps[n][k] for n in _PAIR_B]) for k in range(3))
+    overlap = ra + rb - segment_distance(pa, qa, pb, qb) - _PAIR_ALLOWANCE
+    i = int(np.argmax(overlap))
+    return float(overlap[i]), COLLISION_PAIRS[i]
 
 
 # --- the pose -------------------------------------------------------------------------------------------

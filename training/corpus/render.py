@@ -72,42 +72,41 @@ def _unit_capsule(n_lat: int = 7, n_lon: int = 10):
 _CAPSULE_VERTS, _CAPSULE_FACES, _CAPSULE_UPPER = _unit_capsule()
 
 
-def _capsule(p: np.ndarray, q: np.ndarray, radius: float):
-    """Capsule mesh between points p and q (3,): vertices (V, 3) and faces (F, 3)."""
+def _capsules(p: np.ndarray, q: np.ndarray, radius: np.ndarray):
+    """Capsule meshes between points p and q (B, 3) with radii (B,): vertices (B·V, 3), faces (B·F, 3),
+    outward winding (counter-clockwise seen from outside)."""
     axis = q - p
-    length = float(np.linalg.norm(axis))
-    z = axis / length if length > 1e-9 else np.array([0.0, 1.0, 0.0])
-    helper = np.array([1.0, 0, 0]) if abs(z[0]) < 0.9 else np.array([0.0, 1, 0])
+    length = np.linalg.norm(axis, axis=1)
+    z = np.where(length[:, None] > 1e-9, axis / np.maximum(length, 1e-9)[:, None], [0.0, 1.0, 0.0])
+    helper = np.where(np.abs(z[:, :1]) < 0.9, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0])
     x = np.cross(helper, z)
-    x /= np.linalg.norm(x)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
     y = np.cross(z, x)
-    local = _CAPSULE_VERTS * radius
-    local[:, 2] = np.where(_CAPSULE_UPPER, local[:, 2] + length, local[:, 2])
-    return p + local @ np.stack([x, y, z]), _CAPSULE_FACES
+    local = _CAPSULE_VERTS[None] * radius[:, None, None]                      # (B, V, 3)
+    local[..., 2] += np.where(_CAPSULE_UPPER, 1.0, 0.0)[None] * length[:, None]
+    frame = np.stack([x, y, z], 1)                                           # (B, 3, 3) rows
+    verts = p[:, None, :] + local @ frame                                   # (B, V, 3)
+    nv = len(_CAPSULE_VERTS)
+    faces = _CAPSULE_FACES[None] + (np.arange(len(p)) * nv)[:, None, None]
+    return verts.reshape(-1, 3), faces.reshape(-1, 3)
 
 
 def capsule_mesh(joints: np.ndarray):
     """A capsule figure around posed joints (24, 3): vertices (V, 3), faces (F, 3), face colours (F, 3)."""
-    verts, faces, colours = [], [], []
-    offset = 0
-
-    def add(p, q, radius, colour):
-        nonlocal offset
-        v, f = _capsule(p, q, radius)
-        verts.append(v)
-        faces.append(f + offset)
-        colours.append(np.tile(COLOURS[colour], (len(f), 1)))
-        offset += len(v)
-
-    for a, b, radius, colour, ext in BONES:
-        p, q = joints[J[a]], joints[J[b]]
-        add(p, q + ext * (q - p), radius, colour)
-    # Head: a sphere above the head joint along the neck direction, and a nose on the face (+Z of the head).
+    starts = np.array([joints[J[a]] for a, *_ in BONES])
+    ends = np.array([joints[J[b]] for _, b, *_ in BONES])
+    ext = np.array([e for *_, e in BONES])[:, None]
+    ends = ends + ext * (ends - starts)
+    radius = np.array([r for _, _, r, _, _ in BONES])
+    keys = [c for _, _, _, c, _ in BONES]
+    # Head: a sphere above the head joint, along the neck direction.
     up = joints[J["head"]] - joints[J["neck"]]
-    up /= np.linalg.norm(up) + 1e-12
-    centre = joints[J["head"]] + 0.05 * up
-    add(centre, centre, 0.105, "head")
-    return np.concatenate(verts), np.concatenate(faces), np.concatenate(colours).astype(np.float64)
+    centre = joints[J["head"]] + 0.05 * up / (np.linalg.norm(up) + 1e-12)
+    starts, ends = np.vstack([starts, centre]), np.vstack([ends, centre])
+    radius, keys = np.append(radius, 0.105), keys + ["head"]
+    verts, faces = _capsules(starts, ends, radius)
+    colours = np.repeat(np.array([COLOURS[k] for k in keys], dtype=np.float64), len(_CAPSULE_FACES), axis=0)
+    return verts, faces, colours
 
 
 def add_nose(verts, faces, colours, head_rotation: np.ndarray, head_joint: np.ndarray, neck_joint: np.ndarray):
@@ -116,7 +115,7 @@ def add_nose(verts, faces, colours, head_rotation: np.ndarray, head_joint: np.nd
     up = head_joint - neck_joint
     up /= np.linalg.norm(up) + 1e-12
     tip = head_joint + 0.04 * up + 0.095 * head_rotation[:, 2]
-    v, f = _capsule(tip, tip, 0.03)
+    v, f = _capsules(tip[None], tip[None], np.array([0.03]))
     return (np.concatenate([verts, v]), np.concatenate([faces, f + len(verts)]),
             np.concatenate([colours, np.tile(COLOURS["nose"], (len(f), 1))]))
 
@@ -177,10 +176,17 @@ def framing_camera(world_to_camera: np.ndarray, centre: np.ndarray, points: np.n
 # --- rasteriser -----------------------------------------------------------------------------------------
 
 def rasterize(verts_cam: np.ndarray, faces: np.ndarray, colours: np.ndarray, camera: Camera,
-              background=BACKGROUND):
-    """Z-buffered, flat-shaded triangles. verts_cam: (V, 3) camera-frame vertices (z > 0); faces: (F, 3);
-    colours: (F, 3) 0–255. Returns (rgb (H, W, 3) uint8, depth (H, W) float with inf for background)."""
+              background=BACKGROUND, cull_back_faces: bool = True):
+    """Z-buffered, flat-shaded triangles. verts_cam: (V, 3) camera-frame vertices (z > 0); faces: (F, 3)
+    wound counter-clockwise seen from outside (needed only for ``cull_back_faces``, which skips the faces
+    turned away from the camera: half the work for a closed mesh); colours: (F, 3) 0–255.
+    Returns (rgb (H, W, 3) uint8, depth (H, W) float with inf for background)."""
     size = camera.size
+    if cull_back_faces:
+        e1 = verts_cam[faces[:, 1]] - verts_cam[faces[:, 0]]
+        e2 = verts_cam[faces[:, 2]] - verts_cam[faces[:, 0]]
+        front = (np.cross(e1, e2) * verts_cam[faces[:, 0]]).sum(1) < 0
+        faces, colours = faces[front], colours[front]
     uv = np.stack([camera.fx * verts_cam[:, 0] / verts_cam[:, 2] + camera.cx,
                    camera.fy * verts_cam[:, 1] / verts_cam[:, 2] + camera.cy], -1)
     tri_uv, tri_z = uv[faces], verts_cam[faces][..., 2]                    # (F, 3, 2), (F, 3)
@@ -196,35 +202,41 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, colours: np.ndarray, cam
     shade = 0.35 + 0.65 * np.clip(normal @ light, 0, 1)
     face_rgb = np.clip(colours * shade[:, None], 0, 255)
 
+    # Per face, the barycentric coordinates l0, l1 and the depth as planes over the pixel: a·x + b·y + c.
+    a, b, c = tri_uv[:, 0], tri_uv[:, 1], tri_uv[:, 2]                      # (F, 2) each
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    keep = (np.abs(area) > 1e-9) & (tri_z.min(1) > 1e-3)
+    keep &= (tri_uv.max(1) >= 0).all(1) & (tri_uv.min(1) <= size).all(1)
+    a, b, c, area, tri_uv, tri_z, face_rgb = (x[keep] for x in (a, b, c, area, tri_uv, tri_z, face_rgb))
+    l0 = np.stack([b[:, 1] - c[:, 1], c[:, 0] - b[:, 0], b[:, 0] * c[:, 1] - b[:, 1] * c[:, 0]], 1) / area[:, None]
+    l1 = np.stack([c[:, 1] - a[:, 1], a[:, 0] - c[:, 0], c[:, 0] * a[:, 1] - c[:, 1] * a[:, 0]], 1) / area[:, None]
+    l2 = np.array([0.0, 0.0, 1.0]) - l0 - l1
+    depth_plane = l0 * tri_z[:, :1] + l1 * tri_z[:, 1:2] + l2 * tri_z[:, 2:]
+    planes = np.concatenate([l0, l1, l2, depth_plane], 1)                   # (F, 12)
+
     # Candidate pixels: every pixel centre inside each face's bounding box.
     lo = np.clip(np.floor(tri_uv.min(1) - 0.5), 0, size - 1).astype(np.int64)
     hi = np.clip(np.ceil(tri_uv.max(1) - 0.5), 0, size - 1).astype(np.int64)
-    visible = (tri_z.min(1) > 1e-3) & (tri_uv.max(1) >= 0).all(1) & (tri_uv.min(1) <= size).all(1)
-    w, h = (hi - lo + 1)[:, 0] * visible, (hi - lo + 1)[:, 1] * visible
+    w, h = (hi - lo + 1)[:, 0], (hi - lo + 1)[:, 1]
     counts = w * h
-    face_of = np.repeat(np.arange(len(faces)), counts)
-    start = np.cumsum(counts) - counts
-    k = np.arange(counts.sum()) - np.repeat(start, counts)
-    px = lo[face_of, 0] + k % np.maximum(w[face_of], 1)
-    py = lo[face_of, 1] + k // np.maximum(w[face_of], 1)
-    p = np.stack([px + 0.5, py + 0.5], -1)
-
-    # Barycentric coordinates from edge functions; inside when all three share the triangle's sign.
-    a, b, c = tri_uv[face_of, 0], tri_uv[face_of, 1], tri_uv[face_of, 2]
-    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-    w0 = (b[:, 0] - p[:, 0]) * (c[:, 1] - p[:, 1]) - (b[:, 1] - p[:, 1]) * (c[:, 0] - p[:, 0])
-    w1 = (c[:, 0] - p[:, 0]) * (a[:, 1] - p[:, 1]) - (c[:, 1] - p[:, 1]) * (a[:, 0] - p[:, 0])
-    w2 = area - w0 - w1
-    safe = np.where(np.abs(area) < 1e-12, 1.0, area)
-    l0, l1, l2 = w0 / safe, w1 / safe, w2 / safe
-    inside = (np.abs(area) > 1e-12) & (l0 >= 0) & (l1 >= 0) & (l2 >= 0)
-    z = l0 * tri_z[face_of, 0] + l1 * tri_z[face_of, 1] + l2 * tri_z[face_of, 2]
-    pix, z, face_of = (py * size + px)[inside], z[inside], face_of[inside]
+    face_of = np.repeat(np.arange(len(planes)), counts)
+    k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    wf = w[face_of]
+    px = lo[face_of, 0] + k % wf
+    py = lo[face_of, 1] + k // wf
+    q = planes[face_of]                                                     # (N, 12)
+    x, y = px + 0.5, py + 0.5
+    bary0 = q[:, 0] * x + q[:, 1] * y + q[:, 2]
+    bary1 = q[:, 3] * x + q[:, 4] * y + q[:, 5]
+    bary2 = q[:, 6] * x + q[:, 7] * y + q[:, 8]
+    inside = (bary0 >= 0) & (bary1 >= 0) & (bary2 >= 0)
+    z = (q[:, 9] * x + q[:, 10] * y + q[:, 11])[inside]
+    pix, face_of = (py * size + px)[inside], face_of[inside]
 
     # Z-buffer: the nearest fragment per pixel.
     order = np.lexsort((z, pix))
     pix, z, face_of = pix[order], z[order], face_of[order]
-    first = np.unique(pix, return_index=True)[1]
+    first = np.flatnonzero(np.diff(pix, prepend=-1))
     rgb = np.empty((size * size, 3), dtype=np.uint8)
     rgb[:] = background
     depth = np.full(size * size, np.inf)
@@ -244,6 +256,12 @@ def load_default_body():
         return None
 
 
+def _signed_volume(verts: np.ndarray, faces: np.ndarray) -> float:
+    """Signed volume of a closed mesh: positive when faces wind counter-clockwise seen from outside."""
+    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    return float((a * np.cross(b, c)).sum() / 6)
+
+
 def _mesh_colours(body, faces: np.ndarray) -> np.ndarray:
     """Face colours for a skinned body from each face's dominant joint (left warm, right cool)."""
     from smpl_rig.skeleton import JOINT_NAMES
@@ -260,6 +278,8 @@ def posed_mesh(rotmats: np.ndarray, body=None):
     if body is not None:
         verts, joints = body.pose(rotmats)
         faces = np.asarray(body.faces, dtype=np.int64)
+        if _signed_volume(np.asarray(body.vertices, dtype=np.float64), faces) < 0:  # make the winding outward
+            faces = faces[:, ::-1]
         colours = _mesh_colours(body, faces)
     else:
         joints = forward_kinematics(REST_JOINTS, rotmats).joints
