@@ -283,7 +283,9 @@ def run_tests() -> int:
             [sys.executable, "-c", "from backend.server import main; raise SystemExit(main())"]
         serve += ["--checkpoint", str(checkpoint), "--bind", address, "--log-level", "WARNING"]
         server_log = open(out_dir / "gui_server.log", "w")
-        server = subprocess.Popen(serve, cwd=repo, stdout=server_log, stderr=subprocess.STDOUT)
+        # posegpt_net is not (yet) in pyproject's package list, so the console script needs the tree on the path.
+        server_env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+        server = subprocess.Popen(serve, cwd=repo, env=server_env, stdout=server_log, stderr=subprocess.STDOUT)
         try:
             wait_for_server(address, server)
             env = blender_env(tmp)
