@@ -62,9 +62,10 @@ def disconnect() -> None:
 
 
 def ensure_connection(context=None) -> Connection:
-    """The open connection, or a new one (chats sent while it connects go out once the server answers)."""
+    """The open connection, or a new one (chats sent while it connects go out once the server answers).
+    A changed backend address in the preferences reconnects."""
     conn = _state["connection"]
-    if conn is None or conn.state in ("closed", "error"):
+    if conn is None or conn.state in ("closed", "error") or conn.address != get_preferences(context).address.strip():
         conn = connect(context)
     return conn
 

@@ -162,6 +162,11 @@ def test_send_prompt_poses_the_armature_with_the_returned_rotations(prefs):
     np.testing.assert_allclose(pose[1:], returned["rotmat"][1:], atol=1e-6)
     np.testing.assert_allclose(rig.read_pose(obj), pose, atol=1e-5)
     assert_armature_shows(obj, pose)
+    # Idle: the timer callback asks Blender to stop calling it; a new Send registers it again.
+    assert session.pump() is None
+    bpy.context.scene.posegpt.prompt = "now she waves"
+    bpy.ops.posegpt.send_prompt(armature=obj.name)
+    assert bpy.app.timers.is_registered(session.pump) and session.pump() == session.PUMP_INTERVAL_S
 
 
 def test_upright_option_replaces_the_global_orientation(prefs):

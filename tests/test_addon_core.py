@@ -193,3 +193,14 @@ def test_no_server_fails_hello_and_queued_chat_within_the_timeout():
     assert conn.state == "error" and "make serve" in conn.error_text and conn.poll() == []
     with pytest.raises(connection.ConnectionProblem, match="press Connect"):
         conn.send_chat("SMPL", "s1", "again")
+
+
+def test_a_chat_cancelled_while_connecting_is_never_sent():
+    pytest.importorskip("zmq")
+    conn = connection.Connection("tcp://127.0.0.1:9", timeout_s=5.0)
+    queued = conn.send_chat("SMPL", "s1", "she is proposing marriage")
+    assert [p.kind for p in conn.pending.values()] == ["hello", "chat"] and conn.chats_for("SMPL")
+    conn.cancel(queued)
+    assert [p.kind for p in conn.pending.values()] == ["hello"] and not conn.chats_for("SMPL")
+    conn.close()
+    assert not conn.busy and conn.poll() == []
