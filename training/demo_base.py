@@ -28,15 +28,15 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 @dataclass(frozen=True)
 class DemoSizes:
-    """Backbone sizes of the demo model (about 2.4 M parameters with a 1 k vocabulary)."""
+    """Backbone sizes of the demo model (about 1.1 M parameters with a 1 k vocabulary)."""
     vocab_size: int = 1024          # BPE merges learnt on the corpus; <POSE> comes on top
-    hidden: int = 160
+    hidden: int = 128
     layers: int = 4
-    heads: int = 5                  # head_dim 32
-    kv_heads: int = 5
-    intermediate: int = 416
-    image_size: int = 64            # the corpus renders are resized to this
-    patch_size: int = 8             # 64 image tokens per picture
+    heads: int = 4                  # head_dim 32
+    kv_heads: int = 2
+    intermediate: int = 320
+    image_size: int = 64            # the corpus renders are made at this size
+    patch_size: int = 16            # 16 image tokens per picture: cheap enough for CPU training
     vision_hidden: int = 64
     vision_layers: int = 2
     vision_heads: int = 2
@@ -124,3 +124,41 @@ def build_demo_model(texts: Iterable[str], *, mean_pose_rotmat: np.ndarray | Non
 
 def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# --- from a training config ---------------------------------------------------------------------------
+
+DEFAULT_CORPUS_BUILD = {"n": 8000, "seed": 0, "images": 2000, "size": 64}
+
+
+def ensure_corpus(corpus_dir, build: dict | None = None):
+    """The corpus folder, generated first (``training.corpus.build.build_corpus``) when it holds none."""
+    from pathlib import Path
+
+    from .corpus.build import build_corpus
+
+    corpus_dir = Path(corpus_dir)
+    if not (corpus_dir / "manifest.json").is_file():
+        build_corpus(corpus_dir, **(build or DEFAULT_CORPUS_BUILD))
+    return corpus_dir
+
+
+def build_from_config(cfg):
+    """``model.base_builder`` entry point: the demo base model for a training config.
+
+    Builds the pose corpus at ``data.corpus_dir`` first when it is missing (DEFAULT_CORPUS_BUILD: fixed
+    seed and splits). The tokenizer learns the train split's captions and speculative prompts; the head's
+    bias is the mean train pose (text targets: joint 0 in the canonical camera frame). Returns (PoseGPT,
+    tokenizer, processor, manifest)."""
+    from demo.evaluation import mean_pose
+
+    from .corpus.build import load_corpus
+
+    if not cfg.data.corpus_dir:
+        raise ValueError("the demo base model learns its tokenizer from the corpus: set data.corpus_dir")
+    samples = load_corpus(ensure_corpus(cfg.data.corpus_dir), "train")
+    texts = [t for s in samples for t in s.captions]
+    mean = mean_pose(np.stack([s.text_target_rotmat() for s in samples]))
+    model, tokenizer, processor, manifest = build_demo_model(texts, mean_pose_rotmat=mean, seed=cfg.train.seed)
+    manifest["corpus"] = {"dir": str(cfg.data.corpus_dir), "train_samples": len(samples)}
+    return model, tokenizer, processor, manifest
