@@ -25,6 +25,7 @@ log = logging.getLogger("posegpt.server")
 HEARTBEAT_S = 0.5          # a held request hears from the server at least this often
 POLL_MS = 50               # loop tick when idle: heartbeats and stop flag
 MAX_BATCH_RECV = 256       # messages taken from one socket per tick, so neither side starves
+MAX_JOB_BATCH = 8          # direct-mode turns of distinct sessions handed to a worker together
 SERVER_NAME = "posegpt-serve/0.1.0"
 
 
@@ -34,6 +35,7 @@ class _Request:
     request_id: str
     kind: str                         # chat | reset | close
     session_id: str
+    batchable: bool                   # a direct-mode chat: may share one padded forward pass
     worker: "WorkerSlot"
     job: list[bytes]                  # the frames sent to the worker
     received: float = field(default_factory=time.monotonic)
@@ -49,12 +51,12 @@ class WorkerSlot:
     dead: bool = False
     model_card: dict | None = None
     queue: deque = field(default_factory=deque)      # request keys waiting for this worker
-    current: tuple[bytes, str] | None = None
+    running: list = field(default_factory=list)      # request keys the worker holds now
     served: int = 0
 
     @property
     def load(self) -> int:
-        return len(self.queue) + (self.current is not None)
+        return len(self.queue) + len(self.running)
 
 
 class Broker:
@@ -184,7 +186,8 @@ class Broker:
             return
         spec = {"kind": "chat", "session_id": message.session_id, "prompt": message.prompt,
                 "mode": message.mode, "options": message.options()}
-        self._enqueue(identity, message.request_id, "chat", message.session_id, spec, message.images)
+        self._enqueue(identity, message.request_id, "chat", message.session_id, spec, message.images,
+                      batchable=message.mode == "direct")
 
     def _on_session_op(self, identity: bytes, message: wire.Reset | wire.Close) -> None:
         kind = "reset" if isinstance(message, wire.Reset) else "close"
@@ -218,7 +221,7 @@ class Broker:
     # --- queues --------------------------------------------------------------------------------------
 
     def _enqueue(self, identity: bytes, request_id: str, kind: str, session_id: str, spec: dict,
-                 images: list[bytes]) -> None:
+                 images: list[bytes], batchable: bool = False) -> None:
         key = (identity, request_id)
         if key in self.requests:
             self._reply(identity, wire.Error(request_id, "duplicate_request",
@@ -229,7 +232,7 @@ class Broker:
             self._reply(identity, wire.Error(request_id, "not_ready", "no model worker is ready"))
             return
         job = [worker.identity, b"JOB", identity, request_id.encode(), json.dumps(spec).encode(), *images]
-        self.requests[key] = _Request(identity, request_id, kind, session_id, worker, job)
+        self.requests[key] = _Request(identity, request_id, kind, session_id, batchable, worker, job)
         worker.queue.append(key)
         self._dispatch(worker)
 
@@ -245,14 +248,28 @@ class Broker:
         return worker
 
     def _dispatch(self, worker: WorkerSlot) -> None:
-        if worker.current is not None or not worker.queue or worker.dead:
+        """Hand an idle worker its next job: the queue head, joined by later direct-mode turns of other
+        sessions (the runtime runs those as one padded batch), never overtaking a session's own turn."""
+        if worker.running or not worker.queue or worker.dead:
             return
-        key = worker.queue.popleft()
-        request = self.requests[key]
-        request.started = time.monotonic()
-        worker.current = key
-        self.backend.send_multipart(request.job)
-        request.job = []           # the images are the worker's now
+        batch = [worker.queue.popleft()]
+        if self.requests[batch[0]].batchable:
+            sessions = {self.requests[batch[0]].session_id}
+            for key in list(worker.queue):
+                if len(batch) >= MAX_JOB_BATCH:
+                    break
+                request = self.requests[key]
+                if request.batchable and request.session_id not in sessions:
+                    worker.queue.remove(key)
+                    batch.append(key)
+                sessions.add(request.session_id)      # later turns of a skipped session wait their turn
+        now = time.monotonic()
+        for key in batch:
+            request = self.requests[key]
+            request.started = now
+            worker.running.append(key)
+            self.backend.send_multipart(request.job)
+            request.job = []           # the images are the worker's now
 
     # --- workers -------------------------------------------------------------------------------------
 
@@ -290,7 +307,8 @@ class Broker:
                 header["worker"] = worker.identity.decode()
                 frames[3] = json.dumps(header, separators=(",", ":")).encode()
             del self.requests[key]
-            worker.current = None
+            if key in worker.running:
+                worker.running.remove(key)
             worker.served += 1
             self.served += 1
             if kind == b"closed" and request.kind == "close":
@@ -310,9 +328,9 @@ class Broker:
 
     def _fail_worker(self, worker: WorkerSlot, code: str, message: str) -> None:
         worker.dead = True
-        keys = list(worker.queue) + ([worker.current] if worker.current else [])
+        keys = list(worker.queue) + list(worker.running)
         worker.queue.clear()
-        worker.current = None
+        worker.running.clear()
         for key in keys:
             request = self.requests.pop(key)
             self._reply(request.identity, wire.Error(request.request_id, code, message))
@@ -324,8 +342,8 @@ class Broker:
     def _heartbeat(self, now: float) -> None:
         for worker in self.workers.values():
             positions = {key: i for i, key in enumerate(worker.queue)}
-            for key in [worker.current, *worker.queue]:
-                request = self.requests.get(key) if key else None
+            for key in [*worker.running, *worker.queue]:
+                request = self.requests.get(key)
                 if request is None or now - request.last_sent < HEARTBEAT_S:
                     continue
                 request.last_sent = now

@@ -121,10 +121,11 @@ class ModelWorker:
                         log.warning("%s: the server process is gone; stopping", self.identity.decode())
                         self.stop()
                     continue
-                job = self._jobs.popleft()
-                reply = self._answer(runtime, job)
-                self._active.pop((job.identity, job.request_id), None)
-                self._socket.send_multipart([b"OUT", job.identity, *wire.encode(reply)])
+                jobs = self._next_jobs()
+                replies = self._answer_batch(runtime, jobs) if len(jobs) > 1 else [self._answer(runtime, jobs[0])]
+                for job, reply in zip(jobs, replies):
+                    self._active.pop((job.identity, job.request_id), None)
+                    self._socket.send_multipart([b"OUT", job.identity, *wire.encode(reply)])
         finally:
             self.stop()
             self._socket.close(linger=0)
@@ -163,6 +164,50 @@ class ModelWorker:
             elif command == b"STOP":
                 self.stop()
 
+    def _next_jobs(self) -> list[_Job]:
+        """The next job, with the direct-mode turns of other sessions the broker sent along with it."""
+        jobs = [self._jobs.popleft()]
+        if _is_direct(jobs[0]):
+            sessions = {jobs[0].spec["session_id"]}
+            while self._jobs and _is_direct(self._jobs[0]) and self._jobs[0].spec["session_id"] not in sessions:
+                sessions.add(self._jobs[0].spec["session_id"])
+                jobs.append(self._jobs.popleft())
+        return jobs
+
+    def _answer_batch(self, runtime, jobs: list[_Job]) -> list[wire.Message]:
+        """Direct-mode turns of distinct sessions as one padded forward pass (``runtime.chat_batch``)."""
+        replies: list[wire.Message | None] = [None] * len(jobs)
+        requests, slots = [], []
+        start = time.perf_counter()
+        for index, job in enumerate(jobs):
+            try:
+                images = [decode_image(blob, self._draft_size) for blob in job.images]
+            except wire.WireError as err:
+                replies[index] = wire.Error(job.request_id, err.code, err.message)
+                continue
+            options = job.spec["options"]
+            requests.append(dict(session_id=job.spec["session_id"], prompt=job.spec["prompt"], images=images,
+                                 mode="direct", max_new_tokens=options["max_new_tokens"],
+                                 temperature=options["temperature"], top_p=options["top_p"], seed=options["seed"],
+                                 should_stop=job.cancel.is_set))
+            slots.append(index)
+        decoded = time.perf_counter()
+        try:
+            outcomes = runtime.chat_batch(requests) if requests else []
+        except Exception as exc:                      # the whole batch failed: every turn says why
+            outcomes = [exc] * len(requests)
+        finished = time.perf_counter()
+        extra = {"image_decode_ms": (decoded - start) * 1e3, "model_ms": (finished - decoded) * 1e3}
+        for index, outcome in zip(slots, outcomes):
+            job = jobs[index]
+            if job.cancel.is_set():
+                replies[index] = wire.Error(job.request_id, "cancelled", "the request was cancelled")
+            elif isinstance(outcome, Exception):
+                replies[index] = self._error_reply(job, outcome)
+            else:
+                replies[index] = self._result(job, outcome, extra)
+        return replies
+
     def _in_owner_thread(self) -> bool:
         return threading.get_ident() == self._owner
 
@@ -172,11 +217,14 @@ class ModelWorker:
                 raise wire.WireError("cancelled", "the request was cancelled before it started")
             return self._run(runtime, job)
         except Exception as exc:
-            code = getattr(exc, "code", None)
-            if code not in wire.ERROR_CODES:
-                log.exception("%s: request %s failed", self.identity.decode(), job.request_id)
-                code = "internal"
-            return wire.Error(job.request_id, code, getattr(exc, "message", str(exc))[:500])
+            return self._error_reply(job, exc)
+
+    def _error_reply(self, job: _Job, exc: Exception) -> wire.Error:
+        code = getattr(exc, "code", None)
+        if code not in wire.ERROR_CODES:
+            log.error("%s: request %s failed", self.identity.decode(), job.request_id, exc_info=exc)
+            code = "internal"
+        return wire.Error(job.request_id, code, getattr(exc, "message", str(exc))[:500])
 
     def _run(self, runtime, job: _Job) -> wire.Message:
         spec = job.spec
@@ -212,12 +260,21 @@ class ModelWorker:
         finished = time.perf_counter()
         if job.cancel.is_set():
             return wire.Error(job.request_id, "cancelled", "the request was cancelled")
+        return self._result(job, result, {"image_decode_ms": (decoded - start) * 1e3,
+                                          "model_ms": (finished - decoded) * 1e3})
+
+    @staticmethod
+    def _result(job: _Job, result, extra_timings: dict) -> wire.Result:
         poses = [{name: np.asarray(getattr(pose, name), dtype=np.float32) for name in wire.POSE_ARRAYS}
                  for pose in result.poses]
         timings = {k: float(v) for k, v in dict(result.timings).items()
                    if isinstance(v, (int, float, np.generic)) and math.isfinite(float(v))}
-        timings.update(image_decode_ms=(decoded - start) * 1e3, model_ms=(finished - decoded) * 1e3)
-        return wire.Result(job.request_id, spec["session_id"], result.text, poses, timings)
+        timings.update(extra_timings)
+        return wire.Result(job.request_id, job.spec["session_id"], result.text, poses, timings)
+
+
+def _is_direct(job: _Job) -> bool:
+    return job.spec["kind"] == "chat" and job.spec["mode"] == "direct"
 
 
 def runtime_loader(checkpoint: str, device: str = "auto", dtype: str = "auto") -> Callable[[], Any]:

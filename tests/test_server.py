@@ -175,6 +175,8 @@ def test_eight_concurrent_clients_get_their_own_answers(server, reference):
         event = finals[rid]
         assert event.kind == "result", event.message
         np.testing.assert_allclose(event.poses[0]["rotmat"], want, atol=1e-4)
+    # turns that queued up together ran as one padded batch, and still got their own poses
+    assert max(finals[rid].header["timings"].get("batch_size", 1) for _, rid in ids) > 1
 
 
 def test_errors_come_back_for_bad_requests_not_silence(server, client):
