@@ -272,15 +272,26 @@ def _mesh_colours(body, faces: np.ndarray) -> np.ndarray:
     return np.array([COLOURS[k] for k in keys[part]], dtype=np.float64)
 
 
+_BODY_FACES: dict = {}
+
+
+def _body_faces(body):
+    """Faces wound outward and their colours for a body, computed once per body object."""
+    key = id(body)
+    if key not in _BODY_FACES or _BODY_FACES[key][0] is not body:
+        faces = np.asarray(body.faces, dtype=np.int64)
+        if _signed_volume(np.asarray(body.vertices, dtype=np.float64), faces) < 0:
+            faces = faces[:, ::-1].copy()
+        _BODY_FACES[key] = (body, faces, _mesh_colours(body, faces))
+    return _BODY_FACES[key][1], _BODY_FACES[key][2]
+
+
 def posed_mesh(rotmats: np.ndarray, body=None):
     """Mesh of a pose (24, 3, 3) in the SMPL frame: (vertices (V, 3), faces (F, 3), colours (F, 3),
     joints (24, 3)). Uses ``body`` (a ``smpl_rig.body.Body``) when given, else capsules on ``REST_JOINTS``."""
     if body is not None:
         verts, joints = body.pose(rotmats)
-        faces = np.asarray(body.faces, dtype=np.int64)
-        if _signed_volume(np.asarray(body.vertices, dtype=np.float64), faces) < 0:  # make the winding outward
-            faces = faces[:, ::-1]
-        colours = _mesh_colours(body, faces)
+        faces, colours = _body_faces(body)
     else:
         joints = forward_kinematics(REST_JOINTS, rotmats).joints
         verts, faces, colours = capsule_mesh(joints)
