@@ -51,19 +51,35 @@ class ChatResult:
     token_ids: list[int] = field(default_factory=list)
 
 
-def pose_result(head_d6: torch.Tensor, token_index: int = -1) -> PoseResult:
-    """(24, 6) or (144,) raw head output → PoseResult; NaN/inf → PoseGPTError("bad_model_output")."""
-    d6 = head_d6.detach().float().cpu().reshape(24, 6)
-    if not torch.isfinite(d6).all():
-        raise PoseGPTError("bad_model_output", "the pose head produced NaN or infinite values")
-    rotmat = rotations.d6_to_rotmat(d6.double()).numpy()
-    if not np.isfinite(rotmat).all():  # degenerate (parallel) 6D columns cannot be orthonormalised
-        raise PoseGPTError("bad_model_output", "the pose head produced a degenerate rotation")
+def pose_results(head_d6: torch.Tensor, token_indices: list[int] | None = None) -> list[PoseResult | PoseGPTError]:
+    """(N, 24, 6) or (N, 144) raw head outputs → one PoseResult per row, every form computed for all rows at
+    once; a row with NaN/inf (or degenerate 6D columns) gets PoseGPTError("bad_model_output") instead."""
+    d6 = head_d6.detach().float().cpu().reshape(-1, 24, 6).double()
+    finite = torch.isfinite(d6).flatten(1).all(1)
+    rotmat = rotations.d6_to_rotmat(torch.where(finite[:, None, None], d6, torch.zeros_like(d6))).numpy()
+    good = finite.numpy() & np.isfinite(rotmat).reshape(len(rotmat), -1).all(1)
+    rotmat = np.where(good[:, None, None, None], rotmat, np.eye(3))
     smpl = rotmat.copy()
-    smpl[0] = frames.camera_to_smpl_orient(rotmat[0])
+    smpl[:, 0] = frames.camera_to_smpl_orient(rotmat[:, 0])
     upright = rotmat.copy()
-    upright[0] = np.eye(3)
+    upright[:, 0] = np.eye(3)
+    rotvec, quat, d6_clean = (rotations.rotmat_to_rotvec(rotmat), rotations.rotmat_to_quat_wxyz(rotmat),
+                              rotations.rotmat_to_d6(rotmat))
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    return PoseResult(rotmat=f32(rotmat), rotvec=f32(rotations.rotmat_to_rotvec(rotmat)),
-                      d6=f32(rotations.rotmat_to_d6(rotmat)), quat_wxyz=f32(rotations.rotmat_to_quat_wxyz(rotmat)),
-                      rotmat_smpl=f32(smpl), rotmat_upright=f32(upright), token_index=token_index)
+    out: list[PoseResult | PoseGPTError] = []
+    for n in range(len(rotmat)):
+        if not good[n]:
+            out.append(PoseGPTError("bad_model_output", "the pose head produced NaN, infinite or degenerate values"))
+            continue
+        out.append(PoseResult(rotmat=f32(rotmat[n]), rotvec=f32(rotvec[n]), d6=f32(d6_clean[n]),
+                              quat_wxyz=f32(quat[n]), rotmat_smpl=f32(smpl[n]), rotmat_upright=f32(upright[n]),
+                              token_index=-1 if token_indices is None else int(token_indices[n])))
+    return out
+
+
+def pose_result(head_d6: torch.Tensor, token_index: int = -1) -> PoseResult:
+    """(24, 6) or (144,) raw head output → PoseResult; NaN/inf → raises PoseGPTError("bad_model_output")."""
+    result = pose_results(head_d6.reshape(1, -1), [token_index])[0]
+    if isinstance(result, PoseGPTError):
+        raise result
+    return result

@@ -30,7 +30,7 @@ from .checkpoint import complete_manifest, load_checkpoint
 from .errors import PoseGPTError
 from .families import ImageInput, make_family
 from .model import PoseGPT, unwrap_backbone
-from .results import ChatResult, PoseResult, pose_result
+from .results import ChatResult, pose_results
 from .sessions import Session, SessionStore, cache_to_list
 from .templates import IMAGE_MARK, Template, TurnEncoder
 
@@ -314,12 +314,11 @@ class PoseRuntime:
         forward_s = time.perf_counter() - t0
         d6, _ = self.model.pose_from_hidden(hidden[:, -2])  # the position before the trailing <POSE>
         text = self.tokenizer.decode(self.direct_answer_ids, skip_special_tokens=False).strip()
+        poses = pose_results(d6, [len(self.direct_answer_ids) - 1] * len(turns))
         results = []
-        for r, turn in enumerate(turns):
-            try:
-                pose = pose_result(d6[r], token_index=len(self.direct_answer_ids) - 1)
-            except PoseGPTError as exc:
-                results.append(exc)
+        for r, (turn, pose) in enumerate(zip(turns, poses)):
+            if isinstance(pose, PoseGPTError):
+                results.append(pose)
                 continue
             self._commit(turn, turn.ids + self.turns.end_of_answer(), cache, mask[r], r)
             results.append(ChatResult(text=text, poses=[pose], session_id=turn.session.session_id,
@@ -374,7 +373,10 @@ class PoseRuntime:
         poses = []
         if pose_states:
             d6, _ = self.model.pose_from_hidden(torch.stack([h for _, h in pose_states]))
-            poses = [pose_result(d6[k], token_index=index) for k, (index, _) in enumerate(pose_states)]
+            poses = pose_results(d6, [index for index, _ in pose_states])
+            for pose in poses:
+                if isinstance(pose, PoseGPTError):
+                    raise pose
         # History: the real reply ids (`<POSE>` included) and a well-formed end, whatever stopped decoding.
         # The cache covers every token fed so far: the prompt and all reply tokens but the last one.
         self._commit(turn, turn.ids + reply + self.turns.end_of_answer(), cache, None)

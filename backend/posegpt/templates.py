@@ -75,12 +75,22 @@ class TurnEncoder:
     def __init__(self, tokenizer, template: Template):
         self.tokenizer = tokenizer
         self.template = template
+        self._fixed = {template.system, template.user_prefix, template.user_suffix, template.assistant_prefix,
+                       template.after_end, template.answer_prefix + template.direct_answer, template.image_text}
+        self._pieces: dict[str, list[int]] = {}
         self.end_id = tokenizer.convert_tokens_to_ids(template.end_token)
         if self.end_id is None or self.end_id == tokenizer.unk_token_id:
             raise ValueError(f"the tokenizer has no token {template.end_token!r} that ends assistant turns")
 
     def text(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        if not text:
+            return []
+        cached = self._pieces.get(text)
+        if cached is None:
+            cached = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if text in self._fixed:  # template pieces recur every turn; user text does not
+                self._pieces[text] = cached
+        return list(cached)
 
     def start(self) -> list[int]:
         bos = [self.tokenizer.bos_token_id] if self.template.add_bos and self.tokenizer.bos_token_id is not None else []
