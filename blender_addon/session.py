@@ -107,7 +107,6 @@ def pump() -> float | None:
 
 
 def _handle(outcome: Outcome) -> None:
-    conn = _state["connection"]
     if outcome.kind == "connected":
         _state.update(status="Connected", error="")
     elif outcome.kind == "disconnected":
