@@ -30,8 +30,8 @@ def fact_agrees(fact, label) -> bool:
     legs = label["legs"]
     if k == "kneel":
         return legs == "kneeling_both" if side == "both" else legs in (f"kneeling_{side}", "kneeling_both")
-    if k in ("sit", "squat", "wide_stance"):
-        return legs == {"sit": "sitting", "squat": "squatting", "wide_stance": "wide_stance"}[k]
+    if k in ("sit", "squat", "wide_stance", "crouch"):
+        return legs == {"sit": "sitting", "squat": "squatting", "wide_stance": "wide_stance", "crouch": "crouching"}[k]
     if k in ("lunge", "raise"):
         return legs == f"{k}_{side}"
     if k == "step":
@@ -81,7 +81,7 @@ def test_every_fact_of_a_full_description_agrees_often(captioned):
 def test_the_configuration_is_recognised_from_the_joints(captioned):
     """Recall: the caption's leg fact names the leg configuration the generator chose."""
     leg_fact = {"standing": "stand", "wide_stance": "wide_stance", "sitting": "sit", "squatting": "squat",
-                "kneeling_both": "kneel"}
+                "kneeling_both": "kneel", "crouching": "crouch"}
     hits = []
     for p, _ in captioned:
         facts = [f for f in c.extract_facts(c.measure(p.rotmat)) if f.part == "legs"]

@@ -200,6 +200,13 @@ def test_squatting_lowers_the_pelvis_with_deeply_bent_knees():
         assert min(p.label["left_knee_deg"], p.label["right_knee_deg"]) > 110
 
 
+def test_crouching_bends_the_knees_and_lowers_the_pelvis_less_than_a_squat():
+    for p in poses(legs="crouching"):
+        assert 0.6 < p.joints[J["pelvis"], 1] < 0.9
+        b = body_frame(p)
+        assert b[J["left_knee"], 2] > b[J["left_ankle"], 2] + 0.1         # knees ahead of the feet
+
+
 def test_lunge_step_raise_and_wide_stance_by_fk():
     for p in poses(legs="lunge_left"):
         b = body_frame(p)

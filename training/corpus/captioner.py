@@ -168,6 +168,8 @@ def _leg_facts(m: Measures) -> list[Fact]:
             return [Fact("squat", "both", 3.5, min(knee.values()), "legs")]
         if all(55 < knee[s] < 105 for s in SIDES):
             return [Fact("sit", "both", 3.5, float(np.mean(list(knee.values()))), "legs")]
+    if all(35 < knee[s] < 110 and 15 < thigh[s] <= 55 for s in SIDES):
+        return [Fact("crouch", "both", 3.0, float(np.mean(list(knee.values()))), "legs")]
     for s, o in (("left", "right"), ("right", "left")):
         behind = p[f"{o}_knee"][2] < p[f"{o}_hip"][2] - 0.05
         if thigh[s] > 50 and 55 < knee[s] < 115 and behind and knee[o] < 45:
@@ -309,6 +311,9 @@ PHRASES = {
                  ["in a seated position", "seated with the thighs level"]),
     "squat:both": (["{be} squatting", "{be} crouching down in a deep squat", "{be} squatting low with {poss} knees bent {deg}"],
                    ["in a deep squat", "crouched low on {poss} heels"]),
+    "crouch:both": (["{be} crouching with {poss} knees bent {deg}", "{be} standing with bent knees",
+                     "{have} {poss} knees bent in a half squat"],
+                    ["with the knees bent", "in a half crouch"]),
     "lunge": (["{be} lunging forward on {poss} {side} leg", "{be} in a lunge with the {side} knee bent {deg}",
                "{have} {poss} {side} leg forward in a deep lunge"],
               ["with the {side} leg forward in a lunge", "in a lunge, {side} foot forward"]),

@@ -263,6 +263,7 @@ LEG_RECIPES = {
     "kneel_up": LegRecipe((101, 110), (-10, 0), knee_from_flexion=True),
     "sit": LegRecipe((80, 95), (75, 100), abduction=(0, 10)),
     "squat": LegRecipe((88, 100), (115, 135), abduction=(8, 18), rotation=(5, 20)),
+    "crouch": LegRecipe((45, 65), (50, 80), abduction=(4, 12), rotation=(0, 15)),
     "raised": LegRecipe((60, 95), (60, 100), ankle=(0, 30)),
 }
 
@@ -270,7 +271,7 @@ LEG_RECIPES = {
 LEG_PAIRS = {
     "standing": ("stand", "stand", 10, (0, 0)), "wide_stance": ("wide", "wide", 3, (0, 0)),
     "kneeling_both": ("kneel_down", "kneel_down", 3, (0, 5)), "sitting": ("sit", "sit", 4, (0, 0)),
-    "squatting": ("squat", "squat", 3, (20, 35)),
+    "squatting": ("squat", "squat", 3, (20, 35)), "crouching": ("crouch", "crouch", 3, (10, 20)),
 }
 ONE_LEG = {  # expanded to name_left / name_right: the first recipe goes on that side
     "step": ("step_front", "step_back", 3, (0, 0)), "lunge": ("lunge_front", "lunge_back", 3, (0, 10)),

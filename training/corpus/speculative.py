@@ -130,6 +130,14 @@ SITUATIONS = {
         PoseFamily(arms=_both("one_up") + _both("reach"), legs=("standing",), head_nod=(-30, -12)),
         ("{S} reaches for the top shelf.", "{S} is trying to grab something high up.",
          "{S} reaches up to pick an apple from a tree.")),
+    "sneaking": Situation(
+        PoseFamily(arms=("front_bent", "both_down"), legs=("crouching",), lean=("forward",), lean_deg=(10, 25)),
+        ("{S} is sneaking up on someone.", "{S} tiptoes quietly, crouched low.", "{S} creeps forward like a thief.")),
+    "goalkeeper": Situation(
+        PoseFamily(arms=("t_pose", "both_forward"), legs=("crouching", "wide_stance"), lean=("forward",),
+                   lean_deg=(8, 20)),
+        ("{S} is a goalkeeper waiting for the penalty kick.", "{S} gets ready to catch the ball.",
+         "{S} guards the goal, ready to dive.")),
     "hailing_taxi": Situation(
         PoseFamily(arms=_both("one_up") + _both("waving"), legs=("standing",) + _both("step"), head_turn=(-40, 40)),
         ("{S} is hailing a taxi.", "{S} tries to get a cab's attention.", "{S} flags down a taxi on the street.")),
