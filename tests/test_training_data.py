@@ -301,3 +301,27 @@ def test_sampler_state_round_trip_continues_identically():
     b = make()
     b.load_state_dict(state)
     assert [a.next_batch() for _ in range(20)] == [b.next_batch() for _ in range(20)]
+
+
+# --- the project's own corpus --------------------------------------------------------------------------
+
+def test_corpus_records_give_text_and_image_targets(tmp_path):
+    from training.corpus.build import build_corpus, load_corpus
+    from training.data.corpus import CorpusRecords
+
+    build_corpus(tmp_path / "corpus", n=24, seed=0, images=6, body="capsules")
+    samples = {s.index: s for s in load_corpus(tmp_path / "corpus", "all")}
+    text = CorpusRecords(tmp_path / "corpus", "train", "text")
+    assert len(text) > 0
+    for i in range(len(text)):
+        record = text[i]
+        sample = samples[record.meta["index"]]
+        assert record.caption in sample.captions
+        np.testing.assert_allclose(record.pose_rotmat, sample.text_target_rotmat(), atol=1e-6)
+    images = CorpusRecords(tmp_path / "corpus", "train", "image")
+    for i in range(len(images)):
+        record = images[i]
+        np.testing.assert_allclose(record.pose_rotmat, samples[record.meta["index"]].image_target_rotmat(), atol=1e-6)
+        assert record.load_image().mode == "RGB"
+    with pytest.raises(ValueError, match="split"):
+        CorpusRecords(tmp_path / "corpus", "dev", "text")

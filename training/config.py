@@ -24,12 +24,16 @@ class ConfigError(ValueError):
 class ModelConfig:
     checkpoint: str = ""                 # project checkpoint to start from (backend format, e.g. a converted LLaVA)
     tiny_family: str = ""                # or build a tiny random model offline: "llava" | "qwen2_vl" | "text"
-    lora_r: int = 128
+    base_builder: str = ""               # or "module:function", called with the config → (model, tokenizer,
+                                         # image processor, manifest); such builders initialise their own head
+    lora_r: int = 128                    # 0 = full fine-tuning of the language model (small backbones)
     lora_alpha: int = 256
     lora_dropout: float = 0.05
     lora_targets: list = field(default_factory=lambda: ["q_proj", "v_proj"])  # the paper: query and value
     train_lm_head: bool = True           # the published run trained the output layer (new-token row)
-    freeze_vision: bool = True           # vision tower and projector stay frozen (paper)
+    init_pose_head: bool = True          # fresh head starting at the rest pose; false to keep a trained head
+    freeze_vision: bool = True           # vision tower and projector stay frozen (paper); false trains them
+                                         # fully (models trained from scratch; merged export only)
     gradient_checkpointing: bool = True
     load_in_4bit: bool = False           # QLoRA on one 24 GB GPU (bitsandbytes, CUDA only)
 
@@ -44,6 +48,7 @@ class DataConfig:
     tars: list = field(default_factory=list)         # 4D-Humans webdataset tar shards
     llava_json: str = ""                 # LLaVA instruction mix (e.g. llava_v1_5_mix665k.json)
     llava_image_root: str = ""
+    corpus_dir: str = ""                 # the project's own pose corpus (training/corpus): text and image records
     mix: dict = field(default_factory=lambda: {"image": 2, "text": 1, "instruction": 1})
     max_length: int = 2048               # tokens per sample after image expansion (longer ones are cut)
     limit_per_source: int = 0            # 0 = all; small numbers for smoke runs
@@ -222,5 +227,9 @@ def validate(cfg: ExperimentConfig) -> None:
     unknown = set(cfg.data.mix) - {"image", "text", "instruction"}
     if unknown:
         raise ConfigError(f"data.mix: unknown source(s) {sorted(unknown)}; use image, text, instruction")
-    if not cfg.model.checkpoint and not cfg.model.tiny_family:
-        raise ConfigError("set model.checkpoint (a project checkpoint) or model.tiny_family (offline tiny model)")
+    chosen = [k for k in ("checkpoint", "tiny_family", "base_builder") if getattr(cfg.model, k)]
+    if len(chosen) != 1:
+        raise ConfigError("set exactly one of model.checkpoint (a project checkpoint), model.tiny_family "
+                          f"(offline tiny model) or model.base_builder (module:function); got {chosen or 'none'}")
+    if cfg.model.base_builder and ":" not in cfg.model.base_builder:
+        raise ConfigError("model.base_builder must look like package.module:function")
