@@ -7,9 +7,21 @@
 - ``splits``: ``assign_splits(n, seed)``.
 - ``build``: ``python -m training.corpus.build --out DIR --n 20000 --seed 0 [--images N]``;
   ``load_corpus(directory, split, kind=None)`` → list of ``CorpusSample``.
-"""
-from .build import CorpusSample, build_corpus, load_corpus  # noqa: F401
-from .generator import GeneratedPose, PoseFamily, PoseGenerator, generate, mirror, mirror_pose  # noqa: F401
 
-__all__ = ["CorpusSample", "build_corpus", "load_corpus", "GeneratedPose", "PoseFamily", "PoseGenerator",
-           "generate", "mirror", "mirror_pose"]
+The names below are imported on first use, so ``python -m training.corpus.build`` does not load its own
+module twice.
+"""
+import importlib
+
+_EXPORTS = {
+    "CorpusSample": "build", "build_corpus": "build", "load_corpus": "build",
+    "GeneratedPose": "generator", "PoseFamily": "generator", "PoseGenerator": "generator",
+    "generate": "generator", "mirror": "generator", "mirror_pose": "generator",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
