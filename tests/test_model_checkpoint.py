@@ -150,3 +150,15 @@ def test_posegpt_forward_loss_and_pose_positions():
     assert model(ids[:, :3]).loss is None
     with pytest.raises(ValueError):
         model(torch.tensor([[pose, 1, 2]]))
+
+
+def test_adapter_on_a_hub_id_never_reaches_the_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = build_tiny_checkpoint(tmp_path / "t", "text")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest.update(weights="adapter", base_model="nobody/not-a-local-model")
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    start = time.perf_counter()
+    with pytest.raises(PoseGPTError) as err:
+        load_checkpoint(path, local_files_only=False)  # HF_HUB_OFFLINE wins over the caller
+    assert err.value.code == "bad_checkpoint" and time.perf_counter() - start < 30

@@ -232,3 +232,14 @@ def test_sampling_is_reproducible_with_a_seed(taught):
     a = rt.chat("x", "two poses please", mode="chat", temperature=1.5, top_p=0.9, seed=7, max_new_tokens=10)
     b = rt.chat("y", "two poses please", mode="chat", temperature=1.5, top_p=0.9, seed=7, max_new_tokens=10)
     assert a.token_ids == b.token_ids and len(a.token_ids) <= 10
+
+
+def test_batch_rejects_unknown_fields_and_counts_tokens_against_the_context(text_runtime):
+    out = text_runtime.chat_batch([dict(session_id="u", prompt="hi", colour="red"), dict(session_id="v", prompt="hi")])
+    assert isinstance(out[0], PoseGPTError) and out[0].code == "bad_request"
+    assert out[1].poses[0].rotmat.shape == (24, 3, 3)
+    # 4096 positions in the tiny config: a long conversation is refused before it runs, not truncated.
+    with pytest.raises(PoseGPTError) as err:
+        for _ in range(40):
+            text_runtime.chat("long", "describe the pose in detail " * 20)
+    assert err.value.code == "prompt_too_long"

@@ -17,6 +17,7 @@ across a reused cache (``generate`` keeps those in mutable model state).
 """
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -167,11 +168,16 @@ class PoseRuntime:
         already in the batch, first flushes it, so each session sees its turns in order. A request that fails
         gets its PoseGPTError in its slot instead of a ChatResult."""
         results: list = [None] * len(requests)
+        allowed = set(inspect.signature(self.chat).parameters)
         with self._lock:
             batch: list[tuple[int, _Turn]] = []
             for index, request in enumerate(requests):
                 request = dict(request)
+                unknown = set(request) - allowed
                 mode = request.get("mode", "direct")
+                if unknown:
+                    results[index] = PoseGPTError("bad_request", f"unknown request fields {sorted(unknown)}")
+                    continue
                 sid = request.get("session_id")
                 if mode != "direct" or any(t.session.session_id == sid for _, t in batch) or len(batch) >= MAX_BATCH:
                     self._flush(batch, results)
@@ -190,8 +196,6 @@ class PoseRuntime:
                     batch.append((index, turn))
                 except PoseGPTError as exc:
                     results[index] = exc
-                except TypeError as exc:  # an unknown keyword in a request
-                    results[index] = PoseGPTError("bad_request", str(exc))
             self._flush(batch, results)
         return results
 
