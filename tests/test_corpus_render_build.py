@@ -189,3 +189,11 @@ def test_build_rejects_bad_arguments(tmp_path):
         build.build_corpus(tmp_path, n=0)
     with pytest.raises(ValueError):
         build.build_corpus(tmp_path, n=5, images=6)
+
+
+def test_mannequin_renders_carry_its_licence_notice(tmp_path):
+    if render.load_default_body() is None:
+        pytest.skip("smpl_rig.body.load('mannequin') is not available here")
+    manifest = build.build_corpus(tmp_path, n=3, seed=0, images=1, size=48, body="mannequin")
+    assert manifest["body"] == "mannequin"
+    assert "Apache" in (tmp_path / manifest["files"]["licence"]).read_text()
