@@ -172,6 +172,45 @@ def test_waving_thinking_and_one_arm_up_use_the_named_side():
         assert p.joints[J["left_wrist"], 1] < p.joints[J["pelvis"], 1] + 0.12
 
 
+def test_v_reaching_front_bent_and_flexing_arms():
+    for p in poses("v_up"):
+        b = body_frame(p)
+        for s, sign in (("left", 1), ("right", -1)):
+            assert b[J[f"{s}_wrist"], 1] > b[J["head"], 1] + 0.05
+            assert sign * (b[J[f"{s}_wrist"], 0] - b[J[f"{s}_shoulder"], 0]) > 0.25
+    for p in poses("reaching"):
+        b = body_frame(p)
+        for s in ("left", "right"):
+            assert b[J[f"{s}_wrist"], 2] > b[J[f"{s}_shoulder"], 2] + 0.25
+            assert b[J[f"{s}_wrist"], 1] > b[J[f"{s}_shoulder"], 1] + 0.15
+    for p in poses("front_bent"):
+        b = body_frame(p)
+        for s in ("left", "right"):
+            assert b[J[f"{s}_wrist"], 2] > 0.2 and 0 < b[J[f"{s}_wrist"], 1] < b[J[f"{s}_shoulder"], 1]
+            assert p.label[f"{s}_elbow_deg"] >= 60
+    for p in poses("flexing"):
+        for s in ("left", "right"):
+            assert p.joints[J[f"{s}_wrist"], 1] > p.joints[J[f"{s}_elbow"], 1] + 0.12
+            assert abs(p.joints[J[f"{s}_elbow"], 1] - p.joints[J[f"{s}_shoulder"], 1]) < 0.15
+
+
+def test_one_arm_configurations_move_only_the_named_arm():
+    for p in poses("one_sideways_left"):
+        b = body_frame(p)
+        assert b[J["left_wrist"], 0] > 0.55 and b[J["right_wrist"], 1] < 0.12
+    for p in poses("one_forward_right"):
+        b = body_frame(p)
+        assert b[J["right_wrist"], 2] > b[J["right_shoulder"], 2] + 0.35 and b[J["left_wrist"], 1] < 0.12
+    for p in poses("hand_on_hip_left"):
+        b = body_frame(p)
+        assert np.linalg.norm(b[J["left_wrist"]] - [0.14, 0.1, 0.0]) < 0.15 and b[J["right_wrist"], 1] < 0.12
+    for p in poses("reach_right"):
+        b = body_frame(p)
+        assert b[J["right_wrist"], 2] > b[J["right_shoulder"], 2] + 0.25 and b[J["left_wrist"], 1] < 0.12
+    for p in poses("mixed", n=20):
+        assert p.label["left_arm"] != p.label["right_arm"]
+
+
 def test_standing_keeps_the_legs_straight_and_the_pelvis_high():
     for p in poses(legs="standing"):
         assert p.joints[J["pelvis"], 1] > 0.85
