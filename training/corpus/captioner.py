@@ -160,9 +160,9 @@ def _leg_facts(m: Measures) -> list[Fact]:
     on_floor = {s: p[f"{s}_knee"][1] - m.floor < 0.12 and knee[s] > 60 for s in SIDES}
     if on_floor["left"] and on_floor["right"]:
         return [Fact("kneel", "both", 3.5, None, "legs")]
-    for s in SIDES:
+    for s, o in (("left", "right"), ("right", "left")):
         if on_floor[s]:
-            return [Fact("kneel", s, 3.5, knee[s], "legs")]
+            return [Fact("kneel", s, 3.5, knee[o], "legs")]     # degrees: the front (other) knee
     if all(thigh[s] > 55 for s in SIDES):
         if all(knee[s] >= 105 for s in SIDES):
             return [Fact("squat", "both", 3.5, min(knee.values()), "legs")]
@@ -230,9 +230,10 @@ def extract_facts(m: Measures) -> list[Fact]:
 
 # --- 3. words -------------------------------------------------------------------------------------------
 
-# Phrasings per fact: predicates ("{be} kneeling …") and with-phrases ("with … "). Placeholders: {be}
-# is/are, {have} has/have, {poss} his/her/their, {side} left/right, {other} the other side, {deg} a degree
-# phrase. Keys ending in ":both" are the two-sided forms.
+# Phrasings per fact: predicates ("{be} kneeling …") and with-phrases ("with …"). Placeholders: {be}
+# is/are, {have} has/have, {poss} his/her/their, {side} left/right, {other} the other side, {deg} how far
+# a joint bends, {lean} how far the body leans (words or degrees), {by} " by about N degrees" or nothing.
+# Keys ending in ":both" are the two-sided forms.
 PHRASES = {
     "arm_up": (["{be} raising {poss} {side} arm above {poss} head", "{have} {poss} {side} hand up in the air",
                 "{be} holding {poss} {side} arm straight up"],
@@ -254,7 +255,7 @@ PHRASES = {
     "arm_sideways": (["{be} holding {poss} {side} arm out to the side", "{have} {poss} {side} arm stretched out sideways at shoulder height"],
                      ["with the {side} arm extended to the side", "with {poss} {side} arm out level with the shoulder"]),
     "arm_sideways:both": (["{be} holding both arms out to the sides in a T", "{have} {poss} arms spread wide at shoulder height",
-                           "{be} standing with arms outstretched like the letter T"],
+                           "{be} holding {poss} arms outstretched like the letter T"],
                           ["with both arms stretched out sideways", "with {poss} arms spread wide"]),
     "arm_reach": (["{be} reaching forward and up with {poss} {side} arm", "{have} {poss} {side} arm raised in front, reaching upward"],
                   ["with the {side} arm reaching up and forward"]),
@@ -262,7 +263,7 @@ PHRASES = {
                        ["with both arms reaching up and forward"]),
     "arm_on_hip": (["{be} resting {poss} {side} hand on {poss} hip", "{have} {poss} {side} hand on {poss} hip"],
                    ["with the {side} hand on the hip", "with {poss} {side} fist planted on {poss} hip"]),
-    "arm_on_hip:both": (["{be} standing with both hands on {poss} hips", "{have} {poss} hands on {poss} hips, elbows out",
+    "arm_on_hip:both": (["{be} resting both hands on {poss} hips", "{have} {poss} hands on {poss} hips, elbows out",
                          "{be} resting both fists on {poss} hips"],
                         ["with both hands on the hips", "with {poss} hands on {poss} hips and elbows out"]),
     "arm_crossed:both": (["{be} crossing {poss} arms over {poss} chest", "{have} {poss} arms folded across the chest",
@@ -286,12 +287,14 @@ PHRASES = {
     "arm_behind_back:both": (["{be} holding both hands behind {poss} back", "{have} {poss} hands clasped behind {poss} back"],
                              ["with both hands behind the back", "with {poss} arms behind {poss} back"]),
     "arm_forearm_up": (["{be} raising {poss} {side} hand with the elbow bent, as if waving",
+                        "{have} {poss} {side} elbow bent {deg} with the hand up",
                         "{have} {poss} {side} forearm up and the hand at head height", "{be} waving with {poss} {side} hand"],
                        ["with the {side} forearm raised and the elbow bent", "with {poss} {side} hand up as if waving"]),
     "arm_forearm_up:both": (["{be} flexing both arms with the fists up by {poss} head", "{have} both elbows bent and both hands raised",
                              "{be} holding both forearms upright like a bodybuilder"],
                             ["with both forearms raised and the elbows bent", "with {poss} fists up beside {poss} head"]),
     "arm_front_bent": (["{be} holding {poss} {side} forearm out in front with the elbow bent",
+                        "{have} {poss} {side} elbow bent {deg} with the forearm forward",
                         "{have} {poss} {side} elbow bent and the hand in front of {poss} body"],
                        ["with the {side} forearm held forward"]),
     "arm_front_bent:both": (["{be} holding both forearms out in front as if typing", "{have} both elbows bent with the hands in front",
@@ -300,9 +303,10 @@ PHRASES = {
     "arm_down": (["{be} letting {poss} {side} arm hang at {poss} side", "{have} {poss} {side} arm down by {poss} side"],
                  ["with the {side} arm relaxed at the side"]),
     "arm_down:both": (["{be} keeping both arms at {poss} sides", "{have} {poss} arms hanging relaxed",
-                       "{be} standing with arms down by {poss} sides"],
+                       "{be} keeping {poss} arms down by {poss} sides"],
                       ["with both arms at the sides", "with {poss} arms hanging down"]),
-    "kneel": (["{be} kneeling on {poss} {side} knee", "{be} down on {poss} {side} knee",
+    "kneel": (["{be} kneeling on {poss} {side} knee",
+               "{be} kneeling on {poss} {side} knee with the {other} knee bent {deg}", "{be} down on {poss} {side} knee",
                "{have} {poss} {side} knee on the ground and the other foot planted in front"],
               ["with the {side} knee on the floor", "with {poss} {side} knee resting on the ground"]),
     "kneel:both": (["{be} kneeling on both knees", "{be} down on {poss} knees", "{be} kneeling upright"],
@@ -328,16 +332,16 @@ PHRASES = {
                          ["with the feet wide apart", "in a wide stance"]),
     "stand:both": (["{be} standing straight", "{be} standing upright", "{be} standing on both feet"],
                    ["standing upright", "with both feet on the ground"]),
-    "lean_forward": (["{be} leaning forward {deg}", "{be} bending forward at the waist", "{have} {poss} upper body tilted forward"],
+    "lean_forward": (["{be} leaning forward {lean}", "{be} bending forward at the waist", "{have} {poss} upper body tilted forward"],
                      ["with the torso leaning forward", "bent forward at the waist"]),
-    "lean_back": (["{be} leaning back", "{be} arching {poss} back", "{have} {poss} upper body tilted backward"],
+    "lean_back": (["{be} leaning back {lean}", "{be} arching {poss} back", "{have} {poss} upper body tilted backward"],
                   ["with the torso leaning back", "leaning backward slightly"]),
-    "lean_side": (["{be} leaning to {poss} {side}", "{be} bending sideways to the {side}", "{have} {poss} torso tilted to the {side}"],
+    "lean_side": (["{be} leaning to {poss} {side} {lean}", "{be} bending sideways to the {side}", "{have} {poss} torso tilted to the {side}"],
                   ["with the torso leaning to the {side}", "bent sideways toward the {side}"]),
-    "twist": (["{be} twisting {poss} upper body to the {side}", "{have} {poss} chest turned to the {side}",
+    "twist": (["{be} twisting {poss} upper body to the {side}{by}", "{have} {poss} chest turned to the {side}",
                "{be} rotating {poss} torso toward {poss} {side}"],
               ["with the torso twisted to the {side}", "with {poss} shoulders turned to the {side}"]),
-    "head_turn": (["{be} looking to {poss} {side}", "{be} turning {poss} head to the {side}",
+    "head_turn": (["{be} looking to {poss} {side}", "{have} {poss} head turned to the {side}{by}", "{be} turning {poss} head to the {side}",
                    "{have} {poss} head turned toward the {side}"],
                   ["with the head turned to the {side}", "looking over to the {side}"]),
     "head_down": (["{be} looking down", "{be} bowing {poss} head", "{have} {poss} chin tucked down"],
@@ -355,22 +359,36 @@ PRONOUN = {"their": "They", "his": "He", "her": "She", "its": "It"}
 PLURAL = {"They": ("are", "have")}
 
 
-def _degree_phrase(deg: float | None) -> str:
+def _bend_phrase(deg: float | None, numeric: bool) -> str:
+    """How far a joint is bent: words, or "to about N degrees" rounded to 15°."""
     if deg is None:
         return ""
+    if numeric:
+        return f"to about {int(round(deg / 15) * 15)} degrees"
     if deg < 20:
         return "slightly"
     if deg < 60:
-        return "noticeably"
+        return "partway"
     if deg < 110:
-        return "to about a right angle" if deg > 75 else "partway"
+        return "to about a right angle" if deg > 75 else "halfway"
     return "sharply"
 
 
-def _fill(template: str, fact: Fact, be: str, have: str, poss: str) -> str:
+def _lean_phrase(deg: float | None, numeric: bool) -> str:
+    """How far the torso leans: words, or "by about N degrees" rounded to 5°."""
+    if deg is None:
+        return ""
+    if numeric:
+        return f"by about {int(round(deg / 5) * 5)} degrees"
+    return "slightly" if deg < 20 else "noticeably" if deg < 35 else "deeply"
+
+
+def _fill(template: str, fact: Fact, be: str, have: str, poss: str, numeric: bool = False) -> str:
     side = fact.side if fact.side in SIDES else ""
     other = {"left": "right", "right": "left"}.get(side, "")
-    text = template.format(be=be, have=have, poss=poss, side=side, other=other, deg=_degree_phrase(fact.degrees))
+    text = template.format(be=be, have=have, poss=poss, side=side, other=other,
+                           deg=_bend_phrase(fact.degrees, numeric), lean=_lean_phrase(fact.degrees, numeric),
+                           by=f" by about {int(round(fact.degrees / 5) * 5)} degrees" if numeric and fact.degrees else "")
     return " ".join(text.split())
 
 
@@ -402,15 +420,17 @@ def compose(facts: list[Fact], rng) -> str:
     preds = [PHRASES[phrase_key(f)][0] for f in facts]
     withs = [PHRASES[phrase_key(f)][1] for f in facts]
     pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
-    first = _fill(pick(preds[0]), facts[0], be, have, poss)
+    numeric = bool(rng.random() < 0.3)                # some captions give angles in degrees
+    fill = lambda template, fact, b=be, h=have: _fill(template, fact, b, h, poss, numeric)  # noqa: E731
+    first = fill(pick(preds[0]), facts[0])
     style = int(rng.integers(4))
     if len(facts) == 1:
         text = f"{subject} {first}."
     elif style == 0:   # one sentence, the rest as with-phrases
-        rest = [_fill(pick(w), f, be, have, poss) for w, f in zip(withs[1:], facts[1:])]
+        rest = [fill(pick(w), f) for w, f in zip(withs[1:], facts[1:])]
         text = f"{subject} {first}, " + (", ".join(rest[:-1]) + " and " if len(rest) > 1 else "") + rest[-1] + "."
     elif style == 1:   # predicates joined by "and", or "while" before an "-ing" predicate
-        parts = [first] + [_fill(pick(p), f, be, have, poss) for p, f in zip(preds[1:], facts[1:])]
+        parts = [first] + [fill(pick(p), f) for p, f in zip(preds[1:], facts[1:])]
         verb, _, rest_of_second = parts[1].partition(" ")
         if len(parts) == 2 and verb == be and rng.random() < 0.5:
             body = f"{parts[0]} while {rest_of_second}"
@@ -420,11 +440,11 @@ def compose(facts: list[Fact], rng) -> str:
     elif style == 2:   # two sentences, the second with a pronoun
         pron = PRONOUN[poss] if subject not in ("They",) else "They"
         be2, have2 = PLURAL.get(pron, ("is", "has"))
-        rest = [_fill(pick(p), f, be2, have2, poss) for p, f in zip(preds[1:], facts[1:])]
+        rest = [fill(pick(p), f, be2, have2) for p, f in zip(preds[1:], facts[1:])]
         text = f"{subject} {first}. {pron} " + (", ".join(rest[:-1]) + " and " if len(rest) > 1 else "") + rest[-1] + "."
     else:              # a with-phrase first, then the subject
-        lead = _fill(pick(withs[0]), facts[0], be, have, poss)
-        rest = [_fill(pick(p), f, be, have, poss) for p, f in zip(preds[1:], facts[1:])]
+        lead = fill(pick(withs[0]), facts[0])
+        rest = [fill(pick(p), f) for p, f in zip(preds[1:], facts[1:])]
         tail = ", ".join(rest[:-1]) + " and " + rest[-1] if len(rest) > 1 else rest[0]
         text = f"{lead[0].upper()}{lead[1:]}, {subject[0].lower()}{subject[1:]} {tail}."
     return text
