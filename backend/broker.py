@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -26,6 +26,7 @@ HEARTBEAT_S = 0.5          # a held request hears from the server at least this 
 POLL_MS = 50               # loop tick when idle: heartbeats and stop flag
 MAX_BATCH_RECV = 256       # messages taken from one socket per tick, so neither side starves
 MAX_JOB_BATCH = 8          # direct-mode turns of distinct sessions handed to a worker together
+MAX_PINNED_SESSIONS = 100_000   # least recently used pins beyond this are forgotten (bounded memory)
 SERVER_NAME = "posegpt-serve/0.1.0"
 
 
@@ -70,7 +71,7 @@ class Broker:
         self.limits = limits
         self.max_queue = max_queue
         self.requests: dict[tuple[bytes, str], _Request] = {}
-        self.sessions: dict[str, WorkerSlot] = {}
+        self.sessions: OrderedDict[str, WorkerSlot] = OrderedDict()    # session → worker, LRU order
         self.rejected = 0
         self.served = 0
 
@@ -239,12 +240,15 @@ class Broker:
     def _pin(self, session_id: str) -> WorkerSlot | None:
         worker = self.sessions.get(session_id)
         if worker is not None and not worker.dead:
+            self.sessions.move_to_end(session_id)
             return worker
         live = [w for w in self.workers.values() if w.ready and not w.dead]
         if not live:
             return None
         worker = min(live, key=lambda w: (w.load, w.served))
         self.sessions[session_id] = worker
+        if len(self.sessions) > MAX_PINNED_SESSIONS:
+            self.sessions.popitem(last=False)     # the runtime has long evicted that session's cache too
         return worker
 
     def _dispatch(self, worker: WorkerSlot) -> None:

@@ -161,7 +161,10 @@ class PoseClient:
         pending = self._pending.get(request_id)
         if pending is None:
             return
-        self._socket.send_multipart(wire.encode(wire.Cancel(request_id)), zmq.NOBLOCK)
+        try:
+            self._socket.send_multipart(wire.encode(wire.Cancel(request_id)), zmq.NOBLOCK)
+        except zmq.Again:
+            pass        # nothing reaches the server now; the request's own timeout ends it
 
     @property
     def socket(self) -> zmq.Socket:
