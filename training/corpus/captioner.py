@@ -235,121 +235,169 @@ def extract_facts(m: Measures) -> list[Fact]:
 # a joint bends, {lean} how far the body leans (words or degrees), {by} " by about N degrees" or nothing.
 # Keys ending in ":both" are the two-sided forms.
 PHRASES = {
-    "arm_up": (["{be} raising {poss} {side} arm above {poss} head", "{have} {poss} {side} hand up in the air",
-                "{be} holding {poss} {side} arm straight up"],
-               ["with {poss} {side} arm raised above {poss} head", "with the {side} hand high above the head"]),
-    "arm_up:both": (["{be} raising both arms above {poss} head", "{have} both hands up in the air",
-                     "{be} stretching both arms straight up overhead"],
-                    ["with both arms raised above {poss} head", "with {poss} hands high above the head"]),
-    "arm_v_up": (["{be} raising {poss} {side} arm up and out to the side", "{have} {poss} {side} arm lifted diagonally upward"],
-                 ["with the {side} arm raised diagonally up and out"]),
-    "arm_v_up:both": (["{be} throwing both arms up and out in a V", "{have} both arms raised in a wide V above {poss} shoulders",
-                       "{be} lifting both arms diagonally upward"],
-                      ["with both arms spread up in a V", "with {poss} arms raised wide above {poss} shoulders"]),
-    "arm_forward": (["{be} pointing {poss} {side} arm straight ahead", "{be} stretching {poss} {side} arm out in front",
-                     "{have} {poss} {side} arm extended forward at shoulder height"],
-                    ["with the {side} arm pointing forward", "with {poss} {side} arm held straight out in front"]),
-    "arm_forward:both": (["{be} holding both arms straight out in front", "{have} both arms extended forward at shoulder height",
-                          "{be} stretching {poss} arms out ahead like a sleepwalker"],
-                         ["with both arms stretched out in front", "with {poss} arms reaching straight ahead"]),
-    "arm_sideways": (["{be} holding {poss} {side} arm out to the side", "{have} {poss} {side} arm stretched out sideways at shoulder height"],
-                     ["with the {side} arm extended to the side", "with {poss} {side} arm out level with the shoulder"]),
-    "arm_sideways:both": (["{be} holding both arms out to the sides in a T", "{have} {poss} arms spread wide at shoulder height",
-                           "{be} holding {poss} arms outstretched like the letter T"],
-                          ["with both arms stretched out sideways", "with {poss} arms spread wide"]),
-    "arm_reach": (["{be} reaching forward and up with {poss} {side} arm", "{have} {poss} {side} arm raised in front, reaching upward"],
-                  ["with the {side} arm reaching up and forward"]),
-    "arm_reach:both": (["{be} reaching forward and upward with both arms", "{have} both arms raised in front, reaching up"],
-                       ["with both arms reaching up and forward"]),
-    "arm_on_hip": (["{be} resting {poss} {side} hand on {poss} hip", "{have} {poss} {side} hand on {poss} hip"],
-                   ["with the {side} hand on the hip", "with {poss} {side} fist planted on {poss} hip"]),
-    "arm_on_hip:both": (["{be} resting both hands on {poss} hips", "{have} {poss} hands on {poss} hips, elbows out",
-                         "{be} resting both fists on {poss} hips"],
-                        ["with both hands on the hips", "with {poss} hands on {poss} hips and elbows out"]),
-    "arm_crossed:both": (["{be} crossing {poss} arms over {poss} chest", "{have} {poss} arms folded across the chest",
-                          "{be} holding {poss} arms crossed in front of {poss} body"],
-                         ["with arms crossed over the chest", "with {poss} arms folded"]),
-    "arm_hands_together:both": (["{be} pressing {poss} palms together in front of {poss} chest",
-                                 "{have} both hands joined in front of the chest", "{be} holding {poss} hands together at chest height"],
-                                ["with the hands pressed together in front of the chest", "with {poss} palms joined"]),
-    "arm_behind_head": (["{be} putting {poss} {side} hand behind {poss} head", "{have} {poss} {side} hand at the back of {poss} head"],
-                        ["with the {side} hand behind the head"]),
-    "arm_behind_head:both": (["{be} clasping both hands behind {poss} head", "{have} {poss} hands behind {poss} head, elbows out",
-                              "{be} resting {poss} head in {poss} hands from behind"],
-                             ["with both hands behind the head", "with {poss} hands laced behind {poss} head"]),
-    "arm_to_face": (["{be} raising {poss} {side} hand to {poss} chin", "{have} {poss} {side} hand at {poss} face",
-                     "{be} touching {poss} face with {poss} {side} hand"],
-                    ["with the {side} hand at the chin", "with {poss} {side} hand up to {poss} face"]),
-    "arm_to_face:both": (["{be} holding both hands to {poss} face", "{have} both hands at {poss} chin"],
-                         ["with both hands at the face"]),
-    "arm_behind_back": (["{be} holding {poss} {side} hand behind {poss} back", "{have} {poss} {side} arm tucked behind {poss} back"],
-                        ["with the {side} hand behind the back"]),
-    "arm_behind_back:both": (["{be} holding both hands behind {poss} back", "{have} {poss} hands clasped behind {poss} back"],
-                             ["with both hands behind the back", "with {poss} arms behind {poss} back"]),
-    "arm_forearm_up": (["{be} raising {poss} {side} hand with the elbow bent, as if waving",
-                        "{have} {poss} {side} elbow bent {deg} with the hand up",
-                        "{have} {poss} {side} forearm up and the hand at head height", "{be} waving with {poss} {side} hand"],
-                       ["with the {side} forearm raised and the elbow bent", "with {poss} {side} hand up as if waving"]),
-    "arm_forearm_up:both": (["{be} flexing both arms with the fists up by {poss} head", "{have} both elbows bent and both hands raised",
-                             "{be} holding both forearms upright like a bodybuilder"],
-                            ["with both forearms raised and the elbows bent", "with {poss} fists up beside {poss} head"]),
-    "arm_front_bent": (["{be} holding {poss} {side} forearm out in front with the elbow bent",
-                        "{have} {poss} {side} elbow bent {deg} with the forearm forward",
-                        "{have} {poss} {side} elbow bent and the hand in front of {poss} body"],
-                       ["with the {side} forearm held forward"]),
-    "arm_front_bent:both": (["{be} holding both forearms out in front as if typing", "{have} both elbows bent with the hands in front",
-                             "{be} holding {poss} hands in front of {poss} waist"],
-                            ["with both forearms held forward", "with {poss} hands out in front, elbows bent"]),
-    "arm_down": (["{be} letting {poss} {side} arm hang at {poss} side", "{have} {poss} {side} arm down by {poss} side"],
-                 ["with the {side} arm relaxed at the side"]),
-    "arm_down:both": (["{be} keeping both arms at {poss} sides", "{have} {poss} arms hanging relaxed",
-                       "{be} keeping {poss} arms down by {poss} sides"],
-                      ["with both arms at the sides", "with {poss} arms hanging down"]),
-    "kneel": (["{be} kneeling on {poss} {side} knee",
-               "{be} kneeling on {poss} {side} knee with the {other} knee bent {deg}", "{be} down on {poss} {side} knee",
-               "{have} {poss} {side} knee on the ground and the other foot planted in front"],
-              ["with the {side} knee on the floor", "with {poss} {side} knee resting on the ground"]),
-    "kneel:both": (["{be} kneeling on both knees", "{be} down on {poss} knees", "{be} kneeling upright"],
-                   ["with both knees on the floor", "kneeling on both knees"]),
-    "sit:both": (["{be} sitting as if on a chair", "{be} seated with {poss} knees bent {deg}", "{be} sitting down"],
-                 ["in a seated position", "seated with the thighs level"]),
-    "squat:both": (["{be} squatting", "{be} crouching down in a deep squat", "{be} squatting low with {poss} knees bent {deg}"],
-                   ["in a deep squat", "crouched low on {poss} heels"]),
-    "crouch:both": (["{be} crouching with {poss} knees bent {deg}", "{be} standing with bent knees",
-                     "{have} {poss} knees bent in a half squat"],
-                    ["with the knees bent", "in a half crouch"]),
-    "lunge": (["{be} lunging forward on {poss} {side} leg", "{be} in a lunge with the {side} knee bent {deg}",
-               "{have} {poss} {side} leg forward in a deep lunge"],
-              ["with the {side} leg forward in a lunge", "in a lunge, {side} foot forward"]),
-    "raise": (["{be} lifting {poss} {side} knee", "{be} standing on one leg with the {side} knee raised",
-               "{be} balancing on the {other} leg with the {side} leg up"],
-              ["with the {side} knee lifted", "on one leg, the {side} knee raised"]),
-    "step": (["{be} stepping forward with {poss} {side} foot", "{have} {poss} {side} foot in front of the other",
-              "{be} taking a step with the {side} leg"],
-             ["with the {side} foot forward", "mid-step with the {side} foot in front"]),
-    "wide_stance:both": (["{be} standing with {poss} feet wide apart", "{be} standing in a wide stance",
-                          "{have} {poss} legs spread apart"],
-                         ["with the feet wide apart", "in a wide stance"]),
-    "stand:both": (["{be} standing straight", "{be} standing upright", "{be} standing on both feet"],
-                   ["standing upright", "with both feet on the ground"]),
-    "lean_forward": (["{be} leaning forward {lean}", "{be} bending forward at the waist", "{have} {poss} upper body tilted forward"],
-                     ["with the torso leaning forward", "bent forward at the waist"]),
-    "lean_back": (["{be} leaning back {lean}", "{be} arching {poss} back", "{have} {poss} upper body tilted backward"],
-                  ["with the torso leaning back", "leaning backward slightly"]),
-    "lean_side": (["{be} leaning to {poss} {side} {lean}", "{be} bending sideways to the {side}", "{have} {poss} torso tilted to the {side}"],
-                  ["with the torso leaning to the {side}", "bent sideways toward the {side}"]),
-    "twist": (["{be} twisting {poss} upper body to the {side}{by}", "{have} {poss} chest turned to the {side}",
-               "{be} rotating {poss} torso toward {poss} {side}"],
-              ["with the torso twisted to the {side}", "with {poss} shoulders turned to the {side}"]),
-    "head_turn": (["{be} looking to {poss} {side}", "{have} {poss} head turned to the {side}{by}", "{be} turning {poss} head to the {side}",
-                   "{have} {poss} head turned toward the {side}"],
-                  ["with the head turned to the {side}", "looking over to the {side}"]),
-    "head_down": (["{be} looking down", "{be} bowing {poss} head", "{have} {poss} chin tucked down"],
-                  ["with the head bowed", "looking downward"]),
-    "head_up": (["{be} looking up", "{be} tilting {poss} head back", "{have} {poss} face turned upward"],
-                ["with the head tipped back", "gazing upward"]),
-    "head_tilt": (["{be} tilting {poss} head to the {side}", "{have} {poss} head cocked toward {poss} {side} shoulder"],
-                  ["with the head tilted to the {side}"]),
+    "arm_up": (
+        ["{be} raising {poss} {side} arm above {poss} head", "{have} {poss} {side} hand up in the air",
+         "{be} holding {poss} {side} arm straight up"],
+        ["with {poss} {side} arm raised above {poss} head", "with the {side} hand high above the head"]),
+    "arm_up:both": (
+        ["{be} raising both arms above {poss} head", "{have} both hands up in the air",
+         "{be} stretching both arms straight up overhead"],
+        ["with both arms raised above {poss} head", "with {poss} hands high above the head"]),
+    "arm_v_up": (
+        ["{be} raising {poss} {side} arm up and out to the side", "{have} {poss} {side} arm lifted diagonally upward"],
+        ["with the {side} arm raised diagonally up and out"]),
+    "arm_v_up:both": (
+        ["{be} throwing both arms up and out in a V", "{have} both arms raised in a wide V above {poss} shoulders",
+         "{be} lifting both arms diagonally upward"],
+        ["with both arms spread up in a V", "with {poss} arms raised wide above {poss} shoulders"]),
+    "arm_forward": (
+        ["{be} pointing {poss} {side} arm straight ahead", "{be} stretching {poss} {side} arm out in front",
+         "{have} {poss} {side} arm extended forward at shoulder height"],
+        ["with the {side} arm pointing forward", "with {poss} {side} arm held straight out in front"]),
+    "arm_forward:both": (
+        ["{be} holding both arms straight out in front", "{have} both arms extended forward at shoulder height",
+         "{be} stretching {poss} arms out ahead like a sleepwalker"],
+        ["with both arms stretched out in front", "with {poss} arms reaching straight ahead"]),
+    "arm_sideways": (
+        ["{be} holding {poss} {side} arm out to the side",
+         "{have} {poss} {side} arm stretched out sideways at shoulder height"],
+        ["with the {side} arm extended to the side", "with {poss} {side} arm out level with the shoulder"]),
+    "arm_sideways:both": (
+        ["{be} holding both arms out to the sides in a T", "{have} {poss} arms spread wide at shoulder height",
+         "{be} holding {poss} arms outstretched like the letter T"],
+        ["with both arms stretched out sideways", "with {poss} arms spread wide"]),
+    "arm_reach": (
+        ["{be} reaching forward and up with {poss} {side} arm",
+         "{have} {poss} {side} arm raised in front, reaching upward"],
+        ["with the {side} arm reaching up and forward"]),
+    "arm_reach:both": (
+        ["{be} reaching forward and upward with both arms", "{have} both arms raised in front, reaching up"],
+        ["with both arms reaching up and forward"]),
+    "arm_on_hip": (
+        ["{be} resting {poss} {side} hand on {poss} hip", "{have} {poss} {side} hand on {poss} hip"],
+        ["with the {side} hand on the hip", "with {poss} {side} fist planted on {poss} hip"]),
+    "arm_on_hip:both": (
+        ["{be} resting both hands on {poss} hips", "{have} {poss} hands on {poss} hips, elbows out",
+         "{be} resting both fists on {poss} hips"],
+        ["with both hands on the hips", "with {poss} hands on {poss} hips and elbows out"]),
+    "arm_crossed:both": (
+        ["{be} crossing {poss} arms over {poss} chest", "{have} {poss} arms folded across the chest",
+         "{be} holding {poss} arms crossed in front of {poss} body"],
+        ["with arms crossed over the chest", "with {poss} arms folded"]),
+    "arm_hands_together:both": (
+        ["{be} pressing {poss} palms together in front of {poss} chest",
+         "{have} both hands joined in front of the chest", "{be} holding {poss} hands together at chest height"],
+        ["with the hands pressed together in front of the chest", "with {poss} palms joined"]),
+    "arm_behind_head": (
+        ["{be} putting {poss} {side} hand behind {poss} head", "{have} {poss} {side} hand at the back of {poss} head"],
+        ["with the {side} hand behind the head"]),
+    "arm_behind_head:both": (
+        ["{be} clasping both hands behind {poss} head", "{have} {poss} hands behind {poss} head, elbows out",
+         "{be} resting {poss} head in {poss} hands from behind"],
+        ["with both hands behind the head", "with {poss} hands laced behind {poss} head"]),
+    "arm_to_face": (
+        ["{be} raising {poss} {side} hand to {poss} chin", "{have} {poss} {side} hand at {poss} face",
+         "{be} touching {poss} face with {poss} {side} hand"],
+        ["with the {side} hand at the chin", "with {poss} {side} hand up to {poss} face"]),
+    "arm_to_face:both": (
+        ["{be} holding both hands to {poss} face", "{have} both hands at {poss} chin"],
+        ["with both hands at the face"]),
+    "arm_behind_back": (
+        ["{be} holding {poss} {side} hand behind {poss} back", "{have} {poss} {side} arm tucked behind {poss} back"],
+        ["with the {side} hand behind the back"]),
+    "arm_behind_back:both": (
+        ["{be} holding both hands behind {poss} back", "{have} {poss} hands clasped behind {poss} back"],
+        ["with both hands behind the back", "with {poss} arms behind {poss} back"]),
+    "arm_forearm_up": (
+        ["{be} raising {poss} {side} hand with the elbow bent, as if waving",
+         "{have} {poss} {side} elbow bent {deg} with the hand up",
+         "{have} {poss} {side} forearm up and the hand at head height", "{be} waving with {poss} {side} hand"],
+        ["with the {side} forearm raised and the elbow bent", "with {poss} {side} hand up as if waving"]),
+    "arm_forearm_up:both": (
+        ["{be} flexing both arms with the fists up by {poss} head", "{have} both elbows bent and both hands raised",
+         "{be} holding both forearms upright like a bodybuilder"],
+        ["with both forearms raised and the elbows bent", "with {poss} fists up beside {poss} head"]),
+    "arm_front_bent": (
+        ["{be} holding {poss} {side} forearm out in front with the elbow bent",
+         "{have} {poss} {side} elbow bent {deg} with the forearm forward",
+         "{have} {poss} {side} elbow bent and the hand in front of {poss} body"],
+        ["with the {side} forearm held forward"]),
+    "arm_front_bent:both": (
+        ["{be} holding both forearms out in front as if typing", "{have} both elbows bent with the hands in front",
+         "{be} holding {poss} hands in front of {poss} waist"],
+        ["with both forearms held forward", "with {poss} hands out in front, elbows bent"]),
+    "arm_down": (
+        ["{be} letting {poss} {side} arm hang at {poss} side", "{have} {poss} {side} arm down by {poss} side"],
+        ["with the {side} arm relaxed at the side"]),
+    "arm_down:both": (
+        ["{be} keeping both arms at {poss} sides", "{have} {poss} arms hanging relaxed",
+         "{be} keeping {poss} arms down by {poss} sides"],
+        ["with both arms at the sides", "with {poss} arms hanging down"]),
+    "kneel": (
+        ["{be} kneeling on {poss} {side} knee",
+         "{be} kneeling on {poss} {side} knee with the {other} knee bent {deg}", "{be} down on {poss} {side} knee",
+         "{have} {poss} {side} knee on the ground and the other foot planted in front"],
+        ["with the {side} knee on the floor", "with {poss} {side} knee resting on the ground"]),
+    "kneel:both": (
+        ["{be} kneeling on both knees", "{be} down on {poss} knees", "{be} kneeling upright"],
+        ["with both knees on the floor", "kneeling on both knees"]),
+    "sit:both": (
+        ["{be} sitting as if on a chair", "{be} seated with {poss} knees bent {deg}", "{be} sitting down"],
+        ["in a seated position", "seated with the thighs level"]),
+    "squat:both": (
+        ["{be} squatting", "{be} crouching down in a deep squat", "{be} squatting low with {poss} knees bent {deg}"],
+        ["in a deep squat", "crouched low on {poss} heels"]),
+    "crouch:both": (
+        ["{be} crouching with {poss} knees bent {deg}", "{be} standing with bent knees",
+         "{have} {poss} knees bent in a half squat"],
+        ["with the knees bent", "in a half crouch"]),
+    "lunge": (
+        ["{be} lunging forward on {poss} {side} leg", "{be} in a lunge with the {side} knee bent {deg}",
+         "{have} {poss} {side} leg forward in a deep lunge"],
+        ["with the {side} leg forward in a lunge", "in a lunge, {side} foot forward"]),
+    "raise": (
+        ["{be} lifting {poss} {side} knee", "{be} standing on one leg with the {side} knee raised",
+         "{be} balancing on the {other} leg with the {side} leg up"],
+        ["with the {side} knee lifted", "on one leg, the {side} knee raised"]),
+    "step": (
+        ["{be} stepping forward with {poss} {side} foot", "{have} {poss} {side} foot in front of the other",
+         "{be} taking a step with the {side} leg"],
+        ["with the {side} foot forward", "mid-step with the {side} foot in front"]),
+    "wide_stance:both": (
+        ["{be} standing with {poss} feet wide apart", "{be} standing in a wide stance",
+         "{have} {poss} legs spread apart"],
+        ["with the feet wide apart", "in a wide stance"]),
+    "stand:both": (
+        ["{be} standing straight", "{be} standing upright", "{be} standing on both feet"],
+        ["standing upright", "with both feet on the ground"]),
+    "lean_forward": (
+        ["{be} leaning forward {lean}", "{be} bending forward at the waist",
+         "{have} {poss} upper body tilted forward"],
+        ["with the torso leaning forward", "bent forward at the waist"]),
+    "lean_back": (
+        ["{be} leaning back {lean}", "{be} arching {poss} back", "{have} {poss} upper body tilted backward"],
+        ["with the torso leaning back", "leaning backward slightly"]),
+    "lean_side": (
+        ["{be} leaning to {poss} {side} {lean}", "{be} bending sideways to the {side}",
+         "{have} {poss} torso tilted to the {side}"],
+        ["with the torso leaning to the {side}", "bent sideways toward the {side}"]),
+    "twist": (
+        ["{be} twisting {poss} upper body to the {side}{by}", "{have} {poss} chest turned to the {side}",
+         "{be} rotating {poss} torso toward {poss} {side}"],
+        ["with the torso twisted to the {side}", "with {poss} shoulders turned to the {side}"]),
+    "head_turn": (
+        ["{be} looking to {poss} {side}", "{have} {poss} head turned to the {side}{by}",
+         "{be} turning {poss} head to the {side}", "{have} {poss} head turned toward the {side}"],
+        ["with the head turned to the {side}", "looking over to the {side}"]),
+    "head_down": (
+        ["{be} looking down", "{be} bowing {poss} head", "{have} {poss} chin tucked down"],
+        ["with the head bowed", "looking downward"]),
+    "head_up": (
+        ["{be} looking up", "{be} tilting {poss} head back", "{have} {poss} face turned upward"],
+        ["with the head tipped back", "gazing upward"]),
+    "head_tilt": (
+        ["{be} tilting {poss} head to the {side}", "{have} {poss} head cocked toward {poss} {side} shoulder"],
+        ["with the head tilted to the {side}"]),
 }
 
 SUBJECTS = (("The person", "is", "has", "their"), ("A person", "is", "has", "their"), ("Someone", "is", "has", "their"),
@@ -386,9 +434,9 @@ def _lean_phrase(deg: float | None, numeric: bool) -> str:
 def _fill(template: str, fact: Fact, be: str, have: str, poss: str, numeric: bool = False) -> str:
     side = fact.side if fact.side in SIDES else ""
     other = {"left": "right", "right": "left"}.get(side, "")
-    text = template.format(be=be, have=have, poss=poss, side=side, other=other,
-                           deg=_bend_phrase(fact.degrees, numeric), lean=_lean_phrase(fact.degrees, numeric),
-                           by=f" by about {int(round(fact.degrees / 5) * 5)} degrees" if numeric and fact.degrees else "")
+    by = f" by about {int(round(fact.degrees / 5) * 5)} degrees" if numeric and fact.degrees else ""
+    text = template.format(be=be, have=have, poss=poss, side=side, other=other, by=by,
+                           deg=_bend_phrase(fact.degrees, numeric), lean=_lean_phrase(fact.degrees, numeric))
     return " ".join(text.split())
 
 
@@ -441,7 +489,8 @@ def compose(facts: list[Fact], rng) -> str:
         pron = PRONOUN[poss] if subject not in ("They",) else "They"
         be2, have2 = PLURAL.get(pron, ("is", "has"))
         rest = [fill(pick(p), f, be2, have2) for p, f in zip(preds[1:], facts[1:])]
-        text = f"{subject} {first}. {pron} " + (", ".join(rest[:-1]) + " and " if len(rest) > 1 else "") + rest[-1] + "."
+        tail = ", ".join(rest[:-1]) + " and " + rest[-1] if len(rest) > 1 else rest[0]
+        text = f"{subject} {first}. {pron} {tail}."
     else:              # a with-phrase first, then the subject
         lead = fill(pick(withs[0]), facts[0])
         rest = [fill(pick(p), f) for p, f in zip(preds[1:], facts[1:])]

@@ -266,9 +266,16 @@ def _mesh_colours(body, faces: np.ndarray) -> np.ndarray:
     """Face colours for a skinned body from each face's dominant joint (left warm, right cool)."""
     from smpl_rig.skeleton import JOINT_NAMES
     part = body.weights.argmax(1)[faces[:, 0]]
-    keys = np.array(["left" if JOINT_NAMES[j].startswith("left_") and j not in (J["left_hip"], J["left_collar"])
-                     else "right" if JOINT_NAMES[j].startswith("right_") and j not in (J["right_hip"], J["right_collar"])
-                     else "head" if j in (J["head"],) else "torso" for j in range(24)])
+    trunk = {J["left_hip"], J["right_hip"], J["left_collar"], J["right_collar"]}  # coloured with the torso
+
+    def region(j: int) -> str:
+        name = JOINT_NAMES[j]
+        if j in trunk:
+            return "torso"
+        return "left" if name.startswith("left_") else "right" if name.startswith("right_") else \
+            "head" if j == J["head"] else "torso"
+
+    keys = np.array([region(j) for j in range(24)])
     return np.array([COLOURS[k] for k in keys[part]], dtype=np.float64)
 
 
