@@ -243,3 +243,23 @@ def test_batch_rejects_unknown_fields_and_counts_tokens_against_the_context(text
         for _ in range(40):
             text_runtime.chat("long", "describe the pose in detail " * 20)
     assert err.value.code == "prompt_too_long"
+
+
+def test_qwen2_5_vl_backbone_reuses_its_cache_and_batches_exactly():
+    model, tok, proc, manifest = build_tiny_model("qwen2_5_vl", seed=0)
+    assert type(model.backbone).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    make = lambda **limits: PoseRuntime(model, tok, proc, manifest, device=torch.device("cpu"),  # noqa: E731
+                                        dtype=torch.float32, sessions=SessionStore(**limits) if limits else None)
+    reused, scratch = make(), make(max_cached=0)
+    turns = [("pose?", [0], "direct"), ("again", [1], "chat"), ("third", [], "direct"), ("fourth <image>", [2], "direct")]
+    for prompt, images, mode in turns:
+        a = reused.chat("s", prompt, [_image(i) for i in images], mode=mode, max_new_tokens=6)
+        b = scratch.chat("s", prompt, [_image(i) for i in images], mode=mode, max_new_tokens=6)
+        assert a.token_ids == b.token_ids
+        for p, q in zip(a.poses, b.poses):
+            np.testing.assert_allclose(p.rotmat, q.rotmat, atol=1e-4)
+    # A batch mixing the cached session and a new one equals one-by-one turns on the cache-less runtime.
+    requests = [dict(session_id="s", prompt="fifth"), dict(session_id="n", prompt="new", images=[_image(3)])]
+    for request, result in zip(requests, reused.chat_batch(requests)):
+        assert result.timings["batch_size"] == 2
+        np.testing.assert_allclose(result.poses[0].rotmat, scratch.chat(**request).poses[0].rotmat, atol=1e-4)

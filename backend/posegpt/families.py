@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-FAMILIES = ("llava", "qwen2_vl", "text")
+FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "text")
 
 
 @dataclass
@@ -86,7 +86,7 @@ class LlavaFamily(TextFamily):
 
 
 class Qwen2VLFamily(TextFamily):
-    """Qwen2-VL / Qwen2.5-VL: an image is ``<|vision_start|>`` + (t·h·w / merge²) ``<|image_pad|>`` +
+    """Qwen2-VL and Qwen2.5-VL: an image is ``<|vision_start|>`` + (t·h·w / merge²) ``<|image_pad|>`` +
     ``<|vision_end|>``; positions are 3-D (temporal, height, width) from the model's own ``get_rope_index``."""
 
     name = "qwen2_vl"
@@ -129,7 +129,7 @@ def make_family(name: str, config, image_processor, inner_model=None):
     """The family helper for a loaded backbone (``inner_model`` = the backbone's ``.model``, for Qwen's rope)."""
     if name == "llava":
         return LlavaFamily(config, image_processor)
-    if name == "qwen2_vl":
+    if name in ("qwen2_vl", "qwen2_5_vl"):  # same placeholders and rope_index signature
         return Qwen2VLFamily(config, image_processor, rope_index=inner_model.get_rope_index)
     if name == "text":
         return TextFamily(config, image_processor)

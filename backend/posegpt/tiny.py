@@ -35,6 +35,7 @@ SPECIALS = {
                  "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
     "text": ["<unk>", "<s>", "</s>", "<pad>"],
 }
+SPECIALS["qwen2_5_vl"] = SPECIALS["qwen2_vl"]
 
 
 def train_tiny_tokenizer(family: str = "llava", vocab_size: int = 400):
@@ -49,7 +50,7 @@ def train_tiny_tokenizer(family: str = "llava", vocab_size: int = 400):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     core.train_from_iterator(_CORPUS.splitlines(), trainer)
-    if family == "qwen2_vl":
+    if family in ("qwen2_vl", "qwen2_5_vl"):
         return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<|im_end|>",
                                        pad_token="<|endoftext|>")
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>",
@@ -80,27 +81,32 @@ def build_tiny_backbone(family: str, tokenizer, hidden: int = 64, layers: int = 
         processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                           crop_size={"height": image_size, "width": image_size})
         return LlavaForConditionalGeneration(config), processor, VICUNA_V1
-    if family == "qwen2_vl":
-        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    if family in ("qwen2_vl", "qwen2_5_vl"):
+        import transformers
         text = _text_kwargs(vocab, hidden, layers, tokenizer)
         head_dim = hidden // text["num_attention_heads"]
         quarter = head_dim // 4  # mrope sections (t, h, w) over head_dim / 2 rotary frequencies
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
                                    "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter]}
         ids = tokenizer.convert_tokens_to_ids
-        config = Qwen2VLConfig(
-            text_config=text,
-            vision_config=dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=8,
-                               spatial_merge_size=2, temporal_patch_size=2),
+        if family == "qwen2_vl":
+            config_class, model_class = transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration
+            vision = dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2)
+        else:  # Qwen2.5-VL: windowed vision attention (one window-attention block, one full)
+            config_class, model_class = transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration
+            vision = dict(depth=2, hidden_size=32, intermediate_size=64, out_hidden_size=hidden, num_heads=2,
+                          window_size=32, fullatt_block_indexes=[1])
+        config = config_class(
+            text_config=text, vision_config=dict(vision, patch_size=8, spatial_merge_size=2, temporal_patch_size=2),
             image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
             vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
         pixels = image_size * image_size
-        processor = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=8, merge_size=2,
-                                             temporal_patch_size=2)
-        return Qwen2VLForConditionalGeneration(config), processor, CHATML
+        processor = transformers.Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=8,
+                                                          merge_size=2, temporal_patch_size=2)
+        return model_class(config), processor, CHATML
     if family == "text":
         return LlamaForCausalLM(LlamaConfig(**_text_kwargs(vocab, hidden, layers, tokenizer))), None, VICUNA_V1
-    raise ValueError(f"unknown family {family!r}; expected 'llava', 'qwen2_vl' or 'text'")
+    raise ValueError(f"unknown family {family!r}; expected 'llava', 'qwen2_vl', 'qwen2_5_vl' or 'text'")
 
 
 def build_tiny_model(family: str = "llava", seed: int = 0, hidden: int = 64, layers: int = 2, image_size: int = 32):
