@@ -128,7 +128,7 @@ def parameter_count(model) -> int:
 
 # --- from a training config ---------------------------------------------------------------------------
 
-DEFAULT_CORPUS_BUILD = {"n": 8000, "seed": 0, "images": 2000, "size": 64}
+DEFAULT_CORPUS_BUILD = {"n": 8000, "seed": 0, "images": 1000, "size": 64}
 
 
 def ensure_corpus(corpus_dir, build: dict | None = None):
