@@ -182,21 +182,18 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, colours: np.ndarray, cam
     turned away from the camera: half the work for a closed mesh); colours: (F, 3) 0–255.
     Returns (rgb (H, W, 3) uint8, depth (H, W) float with inf for background)."""
     size = camera.size
+    corner = verts_cam[faces]                                               # (F, 3, 3)
+    normal = np.cross(corner[:, 1] - corner[:, 0], corner[:, 2] - corner[:, 0])
     if cull_back_faces:
-        e1 = verts_cam[faces[:, 1]] - verts_cam[faces[:, 0]]
-        e2 = verts_cam[faces[:, 2]] - verts_cam[faces[:, 0]]
-        front = (np.cross(e1, e2) * verts_cam[faces[:, 0]]).sum(1) < 0
-        faces, colours = faces[front], colours[front]
+        front = (normal * corner[:, 0]).sum(1) < 0
+        faces, colours, corner, normal = faces[front], colours[front], corner[front], normal[front]
     uv = np.stack([camera.fx * verts_cam[:, 0] / verts_cam[:, 2] + camera.cx,
                    camera.fy * verts_cam[:, 1] / verts_cam[:, 2] + camera.cy], -1)
     tri_uv, tri_z = uv[faces], verts_cam[faces][..., 2]                    # (F, 3, 2), (F, 3)
 
     # Flat shading from the face normal, turned toward the camera.
-    e1 = verts_cam[faces[:, 1]] - verts_cam[faces[:, 0]]
-    e2 = verts_cam[faces[:, 2]] - verts_cam[faces[:, 0]]
-    normal = np.cross(e1, e2)
-    normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-12
-    centroid = verts_cam[faces].mean(1)
+    normal = normal / (np.linalg.norm(normal, axis=1, keepdims=True) + 1e-12)
+    centroid = corner.mean(1)
     normal *= np.where((normal * centroid).sum(1) > 0, -1.0, 1.0)[:, None]
     light = -LIGHT_DIR / np.linalg.norm(LIGHT_DIR)
     shade = 0.35 + 0.65 * np.clip(normal @ light, 0, 1)
@@ -214,14 +211,15 @@ def rasterize(verts_cam: np.ndarray, faces: np.ndarray, colours: np.ndarray, cam
     depth_plane = l0 * tri_z[:, :1] + l1 * tri_z[:, 1:2] + l2 * tri_z[:, 2:]
     planes = np.concatenate([l0, l1, l2, depth_plane], 1)                   # (F, 12)
 
-    # Candidate pixels: every pixel centre inside each face's bounding box.
-    lo = np.clip(np.floor(tri_uv.min(1) - 0.5), 0, size - 1).astype(np.int64)
-    hi = np.clip(np.ceil(tri_uv.max(1) - 0.5), 0, size - 1).astype(np.int64)
-    w, h = (hi - lo + 1)[:, 0], (hi - lo + 1)[:, 1]
+    # Candidate pixels: the pixel centres (px + 0.5) inside each face's bounding box; a sub-pixel face that
+    # covers no centre gets none (a closed mesh leaves no gap: its neighbours cover every centre).
+    lo = np.clip(np.ceil(tri_uv.min(1) - 0.5), 0, size).astype(np.int64)
+    hi = np.clip(np.floor(tri_uv.max(1) - 0.5), -1, size - 1).astype(np.int64)
+    w, h = np.maximum(hi - lo + 1, 0)[:, 0], np.maximum(hi - lo + 1, 0)[:, 1]
     counts = w * h
     face_of = np.repeat(np.arange(len(planes)), counts)
     k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    wf = w[face_of]
+    wf = np.maximum(w[face_of], 1)
     px = lo[face_of, 0] + k % wf
     py = lo[face_of, 1] + k // wf
     q = planes[face_of]                                                     # (N, 12)
