@@ -30,9 +30,9 @@ ADDON = "blender_addon"
 
 # (prompt, frame): an explicit description, a speculative prompt, a follow-up edit of the same chat.
 CHAT = (
-    ("The person is kneeling on the right knee with both arms raised above the head.", 1),
-    ("he is surrendering to the police", 20),
-    ("Now the person is sitting, with the left hand on the hip.", 40),
+    ("She is holding both arms out to the sides in a T, with the feet wide apart.", 1),
+    ("He is surrendering.", 20),
+    ("Now she is sitting down with both hands on her hips.", 40),
 )
 SERVER_START_TIMEOUT_S = 180.0     # imports + loading the model on a busy two-core machine
 REPLY_TIMEOUT_S = 120.0
@@ -210,7 +210,7 @@ def setup_stage(mesh_obj, frames: list[int], resolution: int = 480):
 def render(frame: int, path: Path, label: str) -> Path:
     """Render ``frame`` to ``path`` and write the prompt under the picture."""
     import bpy
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     scene = bpy.context.scene
     scene.frame_set(frame)
@@ -218,17 +218,21 @@ def render(frame: int, path: Path, label: str) -> Path:
     bpy.ops.render.render(write_still=True)
     with Image.open(path) as image:
         picture = image.convert("RGB")
-    strip = 44
+    font = ImageFont.load_default(size=15)
+    lines, line = [], ""
+    for word in label.split():             # wrap to the picture's width
+        if line and font.getlength(line + " " + word) > picture.width - 12:
+            lines.append(line)
+            line = word
+        else:
+            line = (line + " " + word).strip()
+    lines.append(line)
+    strip = 10 + 19 * len(lines)
     canvas = Image.new("RGB", (picture.width, picture.height + strip), (255, 255, 255))
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    words, lines = label.split(), [""]
-    for word in words:                     # wrap to the picture's width (default bitmap font, ~6 px a char)
-        if len(lines[-1]) + len(word) + 1 > picture.width // 6 - 2:
-            lines.append("")
-        lines[-1] = (lines[-1] + " " + word).strip()
-    for k, line in enumerate(lines[:3]):
-        draw.text((6, picture.height + 4 + 13 * k), line, fill=(20, 20, 20))
+    for k, text in enumerate(lines):
+        draw.text((6, picture.height + 5 + 19 * k), text, fill=(20, 20, 20), font=font)
     canvas.save(path)
     return path
 
