@@ -141,6 +141,19 @@ def test_lru_cap_and_ttl_drop_caches_but_keep_history(taught):
     assert rt.sessions == []
 
 
+def test_token_budget_evicts_least_recently_used_caches(taught):
+    rt = _runtime(taught, max_cached=10)
+    rt.chat("a", "what is her pose?", [_image(0)])
+    one = rt.store.get("a").cache_len
+    rt.store.max_cached_tokens = 2 * one + 10
+    rt.chat("b", "what is her pose?", [_image(0)])
+    rt.chat("c", "what is her pose?", [_image(0)])
+    assert rt.store.cached_ids() == ["b", "c"]
+    assert sum(rt.store.get(s).cache_len for s in rt.store.cached_ids()) <= rt.store.max_cached_tokens
+    np.testing.assert_allclose(rt.chat("a", "and now?").poses[0].rotmat, rt.chat("b", "and now?").poses[0].rotmat,
+                               atol=1e-4)
+
+
 def test_batch_of_direct_requests_equals_one_by_one(taught):
     batched, single = _runtime(taught), _runtime(taught)
     for rt in (batched, single):  # give some sessions a history of different lengths (cached prefixes)

@@ -108,7 +108,8 @@ class PoseRuntime:
                         quantization: str | None = None, merge_adapter: bool = True, local_files_only: bool = True,
                         warmup: bool = True, **session_limits) -> "PoseRuntime":
         """Load a project checkpoint once. ``merge_adapter`` folds a LoRA adapter into the weights (faster
-        inference); ``session_limits`` go to SessionStore (max_sessions, max_cached, cache_ttl_s, session_ttl_s)."""
+        inference); ``session_limits`` go to SessionStore (max_sessions, max_cached, max_cached_tokens,
+        cache_ttl_s, session_ttl_s)."""
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         model, tokenizer, processor, manifest = load_checkpoint(
@@ -236,12 +237,7 @@ class PoseRuntime:
         ids = list(session.ids) if session.ids else self.turns.start()
         first_new = len(ids)
         content = self.turns.user_content(prompt, len(encoded))
-        starts = []
-
-        def image_ids(k):
-            return self.family.placeholder_ids(encoded[k])
-        turn_ids = self.turns.user_turn(content, image_ids)
-        ids += turn_ids
+        ids += self.turns.user_turn(content, lambda k: self.family.placeholder_ids(encoded[k]))
         starts = _image_starts(ids, first_new, encoded, self.family)
         prompt_len = len(ids)
         if mode == "direct":

@@ -2,8 +2,9 @@
 
 A session holds every token id of the conversation so far, the preprocessed images with the position of
 their placeholders, and optionally the KV cache of a prefix of those ids. Memory is bounded twice:
-- KV caches: at most ``max_cached`` sessions keep one (least recently used dropped first) and a cache
-  unused for ``cache_ttl_s`` is dropped. A session without a cache is rebuilt transparently on its next
+- KV caches: at most ``max_cached`` sessions keep one, and all caches together cover at most
+  ``max_cached_tokens`` tokens (least recently used dropped first); a cache unused for ``cache_ttl_s`` is
+  dropped. A session without a cache is rebuilt transparently on its next
   turn by encoding its stored history (same ids, same images, so the same outputs).
 - Histories: at most ``max_sessions`` sessions (LRU), each forgotten after ``session_ttl_s`` idle.
 """
@@ -52,11 +53,12 @@ class SessionStore:
     """Thread-safe map of session id → Session with the two-level LRU/TTL bounds described above."""
 
     def __init__(self, max_sessions: int = 1024, max_cached: int = 32, cache_ttl_s: float = 900.0,
-                 session_ttl_s: float = 6 * 3600.0, clock=time.monotonic):
+                 session_ttl_s: float = 6 * 3600.0, max_cached_tokens: int | None = None, clock=time.monotonic):
         if max_sessions < 1 or max_cached < 0:
             raise ValueError("max_sessions must be ≥ 1 and max_cached ≥ 0")
         self.max_sessions, self.max_cached = max_sessions, max_cached
         self.cache_ttl_s, self.session_ttl_s = cache_ttl_s, session_ttl_s
+        self.max_cached_tokens = max_cached_tokens
         self.clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.RLock()
@@ -131,7 +133,12 @@ class SessionStore:
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
         cached = [s for s in self._sessions.values() if s.cache is not None]  # LRU first
-        for s in cached[: max(0, len(cached) - self.max_cached)]:
+        total = sum(s.cache_len for s in cached)
+        for k, s in enumerate(cached):
+            over_tokens = self.max_cached_tokens is not None and total > self.max_cached_tokens
+            if len(cached) - k <= self.max_cached and not over_tokens:
+                break
+            total -= s.cache_len
             s.drop_cache()
             self.evictions += 1
 
