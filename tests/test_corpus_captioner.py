@@ -193,3 +193,15 @@ def test_speculative_poses_show_their_situation():
             _, pose = sp.sample(gen, rng, name)
             facts = {(f.key, f.side) for f in c.extract_facts(c.measure(pose.rotmat))}
             assert facts & wanted, (name, facts)
+
+
+def test_the_first_caption_states_the_legs_and_arms():
+    gen, rng = g.PoseGenerator(30), np.random.default_rng(30)
+    for _ in range(60):
+        p = gen.sample()
+        facts = c.extract_facts(c.measure(p.rotmat))
+        limbs = {(f.key, f.side) for f in facts if f.part in ("legs", "arms")}
+        first = c.captions(p.rotmat, rng, 3)[0]
+        stated = {(f.key, f.side) for f in first.facts}
+        assert limbs <= stated or len(first.facts) == 4
+        assert 1 <= len(first.facts) <= 4

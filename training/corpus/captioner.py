@@ -444,11 +444,26 @@ def phrase_key(fact: Fact) -> str:
     return f"{fact.key}:both" if fact.side == "both" else fact.key
 
 
-def choose_facts(facts: list[Fact], rng, max_facts: int | None = None) -> list[Fact]:
-    """1–4 facts: the most salient one always, the others drawn by salience; ordered legs, arms, torso, head."""
+_PART_RANK = {"legs": 0, "arms": 1, "torso": 2, "head": 3}
+
+
+def _reading_order(facts: list[Fact]) -> list[Fact]:
+    return sorted(facts, key=lambda f: (_PART_RANK.get(f.part, 4), SIDES.index(f.side) if f.side in SIDES else 2))
+
+
+def choose_facts(facts: list[Fact], rng, max_facts: int | None = None, complete: bool = False) -> list[Fact]:
+    """1–4 facts ordered legs, arms, torso, head.
+
+    complete=False: the most salient fact always, the others drawn by salience.
+    complete=True: the legs and arms first (they carry most of the pose), then the most salient of the
+    rest, up to ``max_facts`` (4 by default) — the description a benchmark prompt should be.
+    """
     if not facts:
         return []
-    k = int(max_facts if max_facts is not None else rng.choice([1, 2, 2, 3, 3, 3, 4, 4]))
+    k = int(max_facts if max_facts is not None else (4 if complete else rng.choice([1, 2, 2, 3, 3, 3, 4, 4])))
+    if complete:
+        order = sorted(facts, key=lambda f: (f.part not in ("legs", "arms"), -f.salience))
+        return _reading_order(order[:k])
     order = sorted(facts, key=lambda f: -f.salience)
     chosen = [order[0]]
     rest = order[1:]
@@ -456,8 +471,7 @@ def choose_facts(facts: list[Fact], rng, max_facts: int | None = None) -> list[F
         w = np.array([f.salience for f in rest]) ** 2
         i = int(rng.choice(len(rest), p=w / w.sum()))
         chosen.append(rest.pop(i))
-    rank = {"legs": 0, "arms": 1, "torso": 2, "head": 3}
-    return sorted(chosen, key=lambda f: (rank.get(f.part, 4), SIDES.index(f.side) if f.side in SIDES else 2))
+    return _reading_order(chosen)
 
 
 def compose(facts: list[Fact], rng) -> str:
@@ -513,11 +527,12 @@ def caption(rotmats: np.ndarray, rng, max_facts: int | None = None) -> Caption:
 
 
 def captions(rotmats: np.ndarray, rng, count: int = 3) -> list[Caption]:
-    """``count`` different captions of one pose; the first states up to four facts."""
+    """``count`` different captions of one pose; the first is the complete one (legs and arms first, up to
+    four facts), the others state 1–4 facts drawn by salience."""
     facts = extract_facts(measure(rotmats))
     out, seen = [], set()
     for i in range(count * 3):
-        chosen = choose_facts(facts, rng, 4 if i == 0 else None)
+        chosen = choose_facts(facts, rng, complete=i == 0)
         text = compose(chosen, rng)
         if text not in seen:
             seen.add(text)
