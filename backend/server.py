@@ -194,6 +194,11 @@ class Server:
             slots.append(WorkerSlot(f"worker-{i}".encode(), lambda p=process: p.poll() is None))
         return slots
 
+    @property
+    def worker_pids(self) -> dict[str, int]:
+        """Worker name → process id, for worker processes (thread workers share this process)."""
+        return {f"worker-{i}": p.pid for i, p in enumerate(self._processes)}
+
     # --- run and stop --------------------------------------------------------------------------------
 
     def serve(self, should_stop: Callable[[], bool]) -> None:

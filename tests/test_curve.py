@@ -1,11 +1,13 @@
 """CURVE: posegpt-keys writes usable key pairs; with --curve only allow-listed clients get in."""
 from __future__ import annotations
 
+import io
 import stat
 import time
 
 import pytest
 import zmq
+from PIL import Image
 
 from backend.keys import generate_keys, main as keys_main
 from backend.posegpt.tiny import build_tiny_checkpoint
@@ -54,6 +56,11 @@ def test_allow_listed_key_works(server, keys):
         assert client.request("ping").kind == "pong"
         event = client.request("chat", session_id="s", prompt="arms up")
         assert event.kind == "result" and event.poses[0]["rotmat"].shape == (24, 3, 3)
+        # this checkpoint is text-only: the broker refuses images from the model card, before any decoding
+        png = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(png, "PNG")
+        refused = client.request("chat", session_id="s", prompt="this one", images=[png.getvalue()])
+        assert (refused.kind, refused.error_code) == ("error", "images_not_supported")
 
 
 def test_unknown_key_is_refused(server, keys):

@@ -1,6 +1,8 @@
 """Two model worker processes behind the broker: both serve, and a session stays on its worker."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
@@ -60,3 +62,23 @@ def test_same_prompt_gives_the_same_pose_on_either_worker(server):
         poses = [finals[r].poses[0]["rotmat"] for r in ids]
         for pose in poses[1:]:
             np.testing.assert_allclose(pose, poses[0], atol=1e-5)
+
+
+def test_a_crashed_worker_fails_its_requests_and_the_other_keeps_serving(server):
+    """Runs last: it kills one of the two worker processes."""
+    with PoseClient(server.address, timeout_s=30) as client:
+        first = client.request("chat", session_id="victim", prompt="arms up")
+        victim_worker = first.header["worker"]
+        rid = client.chat("victim", "talk for a long time", mode="chat", max_new_tokens=1000)
+        deadline = time.monotonic() + 30
+        while not any(e.request_id == rid and e.header.get("stage") == "generating" for e in client.pump()):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(server.server.worker_pids[victim_worker], signal.SIGKILL)
+        killed = time.monotonic()
+        event = client.wait(rid, timeout_s=10)
+        assert (event.kind, event.error_code) == ("error", "worker_failed")
+        assert time.monotonic() - killed < 3.0
+        assert client.request("hello").header["capabilities"]["workers"] == 1
+        again = client.request("chat", session_id="victim", prompt="arms up")      # re-pinned
+        assert again.kind == "result" and again.header["worker"] != victim_worker
