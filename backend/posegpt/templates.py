@@ -83,6 +83,7 @@ class TurnEncoder:
             raise ValueError(f"the tokenizer has no token {template.end_token!r} that ends assistant turns")
 
     def text(self, text: str) -> list[int]:
+        """Ids of template text or of an answer: special-token names in it (`<POSE>`, `</s>`) become those tokens."""
         if not text:
             return []
         cached = self._pieces.get(text)
@@ -91,6 +92,11 @@ class TurnEncoder:
             if text in self._fixed:  # template pieces recur every turn; user text does not
                 self._pieces[text] = cached
         return list(cached)
+
+    def literal(self, text: str) -> list[int]:
+        """Ids of user text: a user typing "<POSE>" or "</s>" gets those characters, never the special tokens
+        (which would fake a pose or end the turn)."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
 
     def start(self) -> list[int]:
         bos = [self.tokenizer.bos_token_id] if self.template.add_bos and self.tokenizer.bos_token_id is not None else []
@@ -109,7 +115,7 @@ class TurnEncoder:
         for k, piece in enumerate(content.split(IMAGE_MARK)):
             if k:
                 ids += list(image_ids(k - 1))
-            ids += self.text(piece)
+            ids += self.literal(piece)
         return ids + self.text(self.template.user_suffix) + self.text(self.template.assistant_prefix)
 
     def answer(self, text: str) -> list[int]:
