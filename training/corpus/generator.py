@@ -231,9 +231,10 @@ def sample_arm(recipe_name: str, rng) -> dict:
     return {
         "collar": (_u(rng, -4, 4), -_u(rng, *r.collar_protraction), _u(rng, *r.collar_elevation)),
         "shoulder": (twist, -az, el),
-        "elbow": (_u(rng, -25, 25), -flex, 0.0),
-        "wrist": (_u(rng, -20, 20), _u(rng, -15, 15), _u(rng, -25, 25)),
-        "hand": (0.0, 0.0, _u(rng, -10, 10)),
+        # Forearm twist and wrist angles: small natural variation, since no caption or view can tell them.
+        "elbow": (_u(rng, -12, 12), -flex, 0.0),
+        "wrist": (_u(rng, -10, 10), _u(rng, -8, 8), _u(rng, -12, 12)),
+        "hand": (0.0, 0.0, _u(rng, -5, 5)),
         "flexion": flex,
     }
 
