@@ -122,6 +122,15 @@ def test_captions_have_one_to_four_facts_and_vary_in_wording(captioned):
     assert all(t[0].isupper() and t.endswith(".") and "{" not in t and "  " not in t for t in texts)
 
 
+def test_some_extra_captions_read_as_a_follow_up_turn_but_never_the_first():
+    gen, rng = g.PoseGenerator(12), np.random.default_rng(12)
+    sets = [[x.text for x in c.captions(gen.sample().rotmat, rng, 3)] for _ in range(100)]
+    assert not any(texts[0].startswith("Now ") for texts in sets)
+    follow = [t for texts in sets for t in texts[1:] if t.startswith("Now ")]
+    assert 10 <= len(follow) <= 60
+    assert all(t.split()[1][0].islower() for t in follow)
+
+
 def test_captioning_is_deterministic_by_seed():
     p = g.PoseGenerator(2).sample()
     a = [x.text for x in c.captions(p.rotmat, np.random.default_rng(5), 3)]

@@ -474,8 +474,9 @@ def choose_facts(facts: list[Fact], rng, max_facts: int | None = None, complete:
     return _reading_order(chosen)
 
 
-def compose(facts: list[Fact], rng) -> str:
-    """Write chosen facts as one or two sentences with a random subject and phrasing."""
+def compose(facts: list[Fact], rng, follow_up: bool = False) -> str:
+    """Write chosen facts as one or two sentences with a random subject and phrasing; ``follow_up`` starts
+    it the way a later turn of a chat would ("Now she is …")."""
     if not facts:
         return "The person is holding a neutral pose."
     subject, be, have, poss = SUBJECTS[int(rng.integers(len(SUBJECTS)))]
@@ -510,7 +511,12 @@ def compose(facts: list[Fact], rng) -> str:
         rest = [fill(pick(p), f) for p, f in zip(preds[1:], facts[1:])]
         tail = ", ".join(rest[:-1]) + " and " + rest[-1] if len(rest) > 1 else rest[0]
         text = f"{lead[0].upper()}{lead[1:]}, {subject[0].lower()}{subject[1:]} {tail}."
+    if follow_up and text.startswith(subject + " "):
+        text = f"Now {subject[0].lower()}{subject[1:]}{text[len(subject):]}"
     return text
+
+
+FOLLOW_UP_SHARE = 0.15  # share of the extra captions phrased as a later chat turn ("Now he is …")
 
 
 @dataclass
@@ -533,7 +539,7 @@ def captions(rotmats: np.ndarray, rng, count: int = 3) -> list[Caption]:
     out, seen = [], set()
     for i in range(count * 3):
         chosen = choose_facts(facts, rng, complete=i == 0)
-        text = compose(chosen, rng)
+        text = compose(chosen, rng, follow_up=i > 0 and rng.random() < FOLLOW_UP_SHARE)
         if text not in seen:
             seen.add(text)
             out.append(Caption(text=text, facts=chosen))
