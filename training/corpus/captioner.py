@@ -445,6 +445,7 @@ def phrase_key(fact: Fact) -> str:
 
 
 _PART_RANK = {"legs": 0, "arms": 1, "torso": 2, "head": 3}
+SHUFFLED_ORDER_SHARE = 0.4
 
 
 def _reading_order(facts: list[Fact]) -> list[Fact]:
@@ -452,7 +453,7 @@ def _reading_order(facts: list[Fact]) -> list[Fact]:
 
 
 def choose_facts(facts: list[Fact], rng, max_facts: int | None = None, complete: bool = False) -> list[Fact]:
-    """1–4 facts ordered legs, arms, torso, head.
+    """1–4 facts, in reading order (legs, arms, torso, head) or, for some incomplete captions, shuffled.
 
     complete=False: the most salient fact always, the others drawn by salience.
     complete=True: the legs and arms first (they carry most of the pose), then the most salient of the
@@ -471,6 +472,8 @@ def choose_facts(facts: list[Fact], rng, max_facts: int | None = None, complete:
         w = np.array([f.salience for f in rest]) ** 2
         i = int(rng.choice(len(rest), p=w / w.sum()))
         chosen.append(rest.pop(i))
+    if rng.random() < SHUFFLED_ORDER_SHARE:       # people do not always describe the legs first
+        return [chosen[i] for i in rng.permutation(len(chosen))]
     return _reading_order(chosen)
 
 
