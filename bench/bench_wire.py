@@ -11,7 +11,8 @@ Starts ``python -m backend.server`` as its own process (one model worker thread)
   turns of different sessions that queue up together run as one padded batch in the worker.
 
 Prints ``wire_overhead_p50_ms``, ``wire_overhead_p99_ms`` (target p50 ≤ 3), ``clients8_throughput_ratio``
-and, for context, the JPEG decode and model times.
+and, for context, the JPEG decode and model times and a ping's round trip (the machine's floor: a ping
+crosses two of the four socket hops a chat crosses, and never reaches the worker thread).
 """
 from __future__ import annotations
 
@@ -87,8 +88,14 @@ def wire_overhead(address: str, jpeg: bytes) -> dict[str, float]:
                 overheads.append(round_trip - timings["model_ms"] - timings["image_decode_ms"])
                 decode.append(timings["image_decode_ms"])
                 model.append(timings["model_ms"])
+        pings = []
+        for _ in range(REQUESTS):
+            start = time.perf_counter()
+            client.request("ping")
+            pings.append((time.perf_counter() - start) * 1e3)
     return {"wire_overhead_p50_ms": np.percentile(overheads, 50), "wire_overhead_p99_ms": np.percentile(overheads, 99),
-            "image_decode_p50_ms": np.percentile(decode, 50), "model_p50_ms": np.percentile(model, 50)}
+            "image_decode_p50_ms": np.percentile(decode, 50), "model_p50_ms": np.percentile(model, 50),
+            "ping_round_trip_p50_ms": np.percentile(pings, 50)}
 
 
 def throughput(address: str, clients: int) -> tuple[int, float]:
