@@ -181,6 +181,7 @@ class Server:
         self.backend.bind(endpoint)
         gpus = opts.devices or _gpu_slots()
         env = dict(os.environ)
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")       # see main()
         root = str(Path(posegpt_net.__file__).resolve().parents[1])   # the workers import this tree
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
         for i in range(opts.workers):
