@@ -75,7 +75,6 @@ class _Turn:
     start: int                     # tokens already in the session's KV cache
     cache: list | None
     positions: torch.Tensor        # (P, len(ids))
-    prompt_len: int                # len(ids) before any answer tokens
 
 
 class PoseRuntime:
@@ -239,7 +238,6 @@ class PoseRuntime:
         content = self.turns.user_content(prompt, len(encoded))
         ids += self.turns.user_turn(content, lambda k: self.family.placeholder_ids(encoded[k]))
         starts = _image_starts(ids, first_new, encoded, self.family)
-        prompt_len = len(ids)
         if mode == "direct":
             ids += self.direct_answer_ids
         budget = self.family.max_positions - (max_new_tokens + len(self.turns.end_of_answer()) if mode == "chat" else 0)
@@ -250,7 +248,7 @@ class PoseRuntime:
         positions = self.family.positions(ids, [im for _, im in all_images])
         start = session.cache_len if session.cache is not None else 0
         return _Turn(session=session, ids=ids, images=all_images, start=start,
-                     cache=session.cache if start else None, positions=positions, prompt_len=prompt_len)
+                     cache=session.cache if start else None, positions=positions)
 
     # ------------------------------------------------------------------ running
     @torch.inference_mode()

@@ -39,15 +39,6 @@ class Session:
     def drop_cache(self):
         self.cache, self.cache_len = None, 0
 
-    def cache_bytes(self) -> int:
-        if self.cache is None:
-            return 0
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.cache)
-
-    def images_from(self, start: int) -> list[ImageInput]:
-        """Images whose placeholders begin at or after token ``start`` (those a chunk from there must encode)."""
-        return [im for pos, im in self.images if pos >= start]
-
 
 class SessionStore:
     """Thread-safe map of session id → Session with the two-level LRU/TTL bounds described above."""
