@@ -197,3 +197,18 @@ def test_mannequin_renders_carry_its_licence_notice(tmp_path):
     manifest = build.build_corpus(tmp_path, n=3, seed=0, images=1, size=48, body="mannequin")
     assert manifest["body"] == "mannequin"
     assert "Apache" in (tmp_path / manifest["files"]["licence"]).read_text()
+
+
+def test_a_parallel_build_writes_the_same_corpus(tmp_path):
+    one = build.build_corpus(tmp_path / "one", n=24, seed=5, images=3, size=32, body="capsules", workers=1)
+    two = build.build_corpus(tmp_path / "two", n=24, seed=5, images=3, size=32, body="capsules", workers=2)
+    assert one["workers"] == 1 and two["workers"] == 2
+    assert (tmp_path / "one" / "captions.jsonl").read_text() == (tmp_path / "two" / "captions.jsonl").read_text()
+    for name in ("poses.npz", "images.npz"):
+        with np.load(tmp_path / "one" / name) as a, np.load(tmp_path / "two" / name) as b:
+            assert sorted(a.files) == sorted(b.files)
+            for k in a.files:
+                np.testing.assert_array_equal(a[k], b[k])
+    for i in range(3):
+        png = f"images/{i:06d}.png"
+        assert (tmp_path / "one" / png).read_bytes() == (tmp_path / "two" / png).read_bytes()

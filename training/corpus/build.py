@@ -76,10 +76,93 @@ def _json_safe(value):
     return value
 
 
+IMAGE_FIELDS = {"sample": (), "world_to_camera": (3, 3), "translation": (3,), "intrinsics": (4,),
+                "view_deg": (2,), "joints_2d": (24, 2), "global_orient_camera": (3, 3)}
+
+
+@dataclass
+class _Job:
+    """What one worker needs to make samples: everything but the index."""
+    out: Path
+    seed: int
+    split: np.ndarray
+    images: int
+    size: int
+    body: str                   # "mannequin" | "capsules": the resolved body
+    speculative_fraction: float
+
+
+_BODY_CACHE: dict = {}
+
+
+def _body_for(name: str):
+    if name not in _BODY_CACHE:
+        _BODY_CACHE[name] = render.load_default_body() if name == "mannequin" else None
+    return _BODY_CACHE[name]
+
+
+def make_sample(job: _Job, i: int) -> dict:
+    """Sample ``i`` of a corpus from its own random streams (seed, i, ·): the JSONL record, the pose
+    arrays and, for the first ``job.images`` samples, the render (PNG written here) and its camera."""
+    rng = np.random.default_rng([job.seed, i, 1])
+    generator = PoseGenerator([job.seed, i, 0])
+    record = {"index": i, "split": SPLITS[job.split[i]], "kind": "explicit", "prompts": [], "situation": None}
+    if rng.random() < job.speculative_fraction:
+        name, pose = speculative.sample(generator, rng)
+        record.update(kind="speculative", situation=name, prompts=speculative.prompts(name, rng, PROMPTS_PER_POSE))
+    else:
+        pose = generator.sample()
+    caps = captioner.captions(pose.rotmat, rng, CAPTIONS_PER_POSE)
+    record["captions"] = [c.text for c in caps]
+    record["facts"] = [[[f.key, f.side] for f in c.facts] for c in caps]
+    record["image"] = None
+    camera = None
+    if i < job.images:
+        yaw, pitch = render.random_view(rng)
+        view = render.render_pose(pose.rotmat, yaw, pitch, size=job.size, body=_body_for(job.body))
+        record["image"] = f"images/{i:06d}.png"
+        render.save_png(view.image, job.out / record["image"])
+        cam = view.camera
+        camera = {"sample": i, "world_to_camera": cam.world_to_camera, "translation": cam.translation,
+                  "intrinsics": [cam.fx, cam.fy, cam.cx, cam.cy], "view_deg": [yaw, pitch],
+                  "joints_2d": view.joints_2d, "global_orient_camera": view.global_orient_camera}
+    record["label"] = {k: _json_safe(v) for k, v in pose.label.items()}
+    return {"record": record, "rotvec": pose.rotvec, "orient_smpl": pose.global_orient_smpl,
+            "orient_camera": pose.global_orient_camera, "camera": camera}
+
+
+def _make_chunk(args) -> list[dict]:
+    job, indices = args
+    return [make_sample(job, i) for i in indices]
+
+
+def _samples_in_order(job: _Job, n: int, workers: int):
+    """Yield ``make_sample(job, i)`` for i = 0 … n−1 in order, on ``workers`` processes when > 1 (the
+    result does not depend on it: every sample has its own random streams)."""
+    if workers <= 1:
+        for i in range(n):
+            yield make_sample(job, i)
+        return
+    import multiprocessing
+
+    size = max(1, min(200, -(-n // (4 * workers))))     # a few chunks per worker, at most 200 samples each
+    chunks = [(job, range(a, min(a + size, n))) for a in range(0, n, size)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for chunk in pool.imap(_make_chunk, chunks):
+            yield from chunk
+
+
+def default_workers(n: int) -> int:
+    """Processes for a build of ``n`` samples: one for small corpora, else up to four CPUs."""
+    import os
+    return 1 if n < 2000 else max(1, min(4, os.cpu_count() or 1))
+
+
 def build_corpus(out: str | Path, n: int, seed: int = 0, images: int = 0, size: int = render.IMAGE_SIZE,
                  body: str = "auto", speculative_fraction: float = SPECULATIVE_FRACTION,
-                 fractions=DEFAULT_FRACTIONS, progress: bool = False) -> dict:
-    """Generate ``n`` samples (the first ``images`` of them rendered) into ``out``; returns the manifest."""
+                 fractions=DEFAULT_FRACTIONS, progress: bool = False, workers: int | None = None) -> dict:
+    """Generate ``n`` samples (the first ``images`` of them rendered) into ``out``; returns the manifest.
+    ``workers``: processes (default ``default_workers(n)``); the corpus is the same for any number."""
     if n <= 0:
         raise ValueError(f"--n must be positive, got {n}")
     if not 0 <= images <= n:
@@ -88,63 +171,38 @@ def build_corpus(out: str | Path, n: int, seed: int = 0, images: int = 0, size: 
         raise ValueError(f"body must be 'auto', 'mannequin' or 'capsules', got {body!r}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    body_model = None if body == "capsules" else render.load_default_body()
+    body_model = None if body == "capsules" else _body_for("mannequin")
     if body == "mannequin" and body_model is None:
         raise ValueError("the mannequin body is not available here (smpl_rig.body.load('mannequin') failed)")
     body_name = "mannequin" if body_model is not None else "capsules"
 
     split = assign_splits(n, seed, fractions)
+    job = _Job(out=out, seed=seed, split=split, images=images, size=size, body=body_name,
+               speculative_fraction=speculative_fraction)
     rotvec = np.zeros((n, 24, 3), np.float32)
     orient_smpl = np.zeros((n, 3, 3), np.float32)
     orient_cam = np.zeros((n, 3, 3), np.float32)
     kind = np.zeros(n, np.int8)
     image_index = np.full(n, -1, np.int32)
-    img = {"sample": [], "world_to_camera": [], "translation": [], "intrinsics": [], "view_deg": [],
-           "joints_2d": [], "global_orient_camera": []}
+    img = {k: [] for k in IMAGE_FIELDS}
     started = time.time()
+    workers = default_workers(n) if workers is None else workers
     with open(out / "captions.jsonl", "w", encoding="utf-8") as jsonl:
-        for i in range(n):
-            rng = np.random.default_rng([seed, i, 1])
-            generator = PoseGenerator([seed, i, 0])
-            record = {"index": i, "split": SPLITS[split[i]], "kind": "explicit", "prompts": [], "situation": None}
-            if rng.random() < speculative_fraction:
-                name, pose = speculative.sample(generator, rng)
-                record.update(kind="speculative", situation=name,
-                              prompts=speculative.prompts(name, rng, PROMPTS_PER_POSE))
-                kind[i] = 1
-            else:
-                pose = generator.sample()
-            caps = captioner.captions(pose.rotmat, rng, CAPTIONS_PER_POSE)
-            record["captions"] = [c.text for c in caps]
-            record["facts"] = [[[f.key, f.side] for f in c.facts] for c in caps]
-            rotvec[i], orient_smpl[i], orient_cam[i] = pose.rotvec, pose.global_orient_smpl, pose.global_orient_camera
-            record["image"] = None
-            if i < images:
-                yaw, pitch = render.random_view(rng)
-                view = render.render_pose(pose.rotmat, yaw, pitch, size=size, body=body_model)
-                rel = f"images/{i:06d}.png"
-                render.save_png(view.image, out / rel)
-                record["image"] = rel
+        for i, sample in enumerate(_samples_in_order(job, n, workers)):
+            rotvec[i], orient_smpl[i], orient_cam[i] = sample["rotvec"], sample["orient_smpl"], sample["orient_camera"]
+            kind[i] = KINDS.index(sample["record"]["kind"])
+            if sample["camera"] is not None:
                 image_index[i] = len(img["sample"])
-                cam = view.camera
-                img["sample"].append(i)
-                img["world_to_camera"].append(cam.world_to_camera)
-                img["translation"].append(cam.translation)
-                img["intrinsics"].append([cam.fx, cam.fy, cam.cx, cam.cy])
-                img["view_deg"].append([yaw, pitch])
-                img["joints_2d"].append(view.joints_2d)
-                img["global_orient_camera"].append(view.global_orient_camera)
-            record["label"] = {k: _json_safe(v) for k, v in pose.label.items()}
-            jsonl.write(json.dumps(record) + "\n")
+                for k in IMAGE_FIELDS:
+                    img[k].append(sample["camera"][k])
+            jsonl.write(json.dumps(sample["record"]) + "\n")
             if progress and (i + 1) % 1000 == 0:
                 print(f"{i + 1}/{n} samples, {time.time() - started:.0f} s", file=sys.stderr)
 
     np.savez_compressed(out / "poses.npz", rotvec=rotvec, global_orient_smpl=orient_smpl,
                         global_orient_camera=orient_cam, split=split, kind=kind, image_index=image_index)
     np.savez_compressed(out / "images.npz", **{
-        k: np.asarray(v, dtype=np.int32 if k == "sample" else np.float32).reshape(
-            (len(v),) + {"sample": (), "world_to_camera": (3, 3), "translation": (3,), "intrinsics": (4,),
-                         "view_deg": (2,), "joints_2d": (24, 2), "global_orient_camera": (3, 3)}[k])
+        k: np.asarray(v, dtype=np.int32 if k == "sample" else np.float32).reshape((len(v),) + IMAGE_FIELDS[k])
         for k, v in img.items()})
     manifest = {
         "format": FORMAT, "version": VERSION, "n": n, "seed": seed, "fractions": list(fractions),
@@ -153,7 +211,7 @@ def build_corpus(out: str | Path, n: int, seed: int = 0, images: int = 0, size: 
         "images": len(img["sample"]), "image_size": size, "body": body_name,
         "situations": sorted(speculative.SITUATIONS),
         "files": {"poses": "poses.npz", "captions": "captions.jsonl", "images": "images.npz", "readme": "README.md"},
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(time.time() - started, 1), "workers": workers,
     }
     if body_model is not None and manifest["images"]:
         manifest["files"]["licence"] = _copy_mannequin_licence(out)
@@ -263,10 +321,12 @@ def main(argv=None) -> int:
                         help="body to render: the mannequin mesh when available (auto), or capsules")
     parser.add_argument("--speculative-fraction", type=float, default=SPECULATIVE_FRACTION,
                         help="share of samples drawn from speculative situations (default 0.25)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes (default: 1 below 2000 samples, else up to 4); the output is the same")
     args = parser.parse_args(argv)
     manifest = build_corpus(args.out, args.n, args.seed, args.images, args.size, args.body,
-                            args.speculative_fraction, progress=True)
-    print(json.dumps({k: manifest[k] for k in ("n", "splits", "kinds", "images", "body", "seconds")}))
+                            args.speculative_fraction, progress=True, workers=args.workers)
+    print(json.dumps({k: manifest[k] for k in ("n", "splits", "kinds", "images", "body", "seconds", "workers")}))
     return 0
 
 
