@@ -147,7 +147,9 @@ def _samples_in_order(job: _Job, n: int, workers: int):
 
     size = max(1, min(200, -(-n // (4 * workers))))     # a few chunks per worker, at most 200 samples each
     chunks = [(job, range(a, min(a + size, n))) for a in range(0, n, size)]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    # fork where there is one: workers start at once and never re-run the caller's main module.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(workers) as pool:
         for chunk in pool.imap(_make_chunk, chunks):
             yield from chunk
 
