@@ -1,6 +1,6 @@
 """Write the pose corpus to a directory, and read it back.
 
-    python -m training.corpus.build --out data/corpus --n 20000 --seed 0 [--images 2000] [--size 96]
+    python -m training.corpus.build --out data/corpus --n 20000 --seed 0 [--images 2000] [--size 96] [--workers N]
 
 Every sample i is drawn from its own random stream (seed, i), so a corpus is the same whatever ``--n``
 and the first ``k`` samples of a larger corpus equal a corpus of ``k`` (the splits too depend on ``n``).
