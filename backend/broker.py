@@ -26,6 +26,7 @@ HEARTBEAT_S = 0.5          # a held request hears from the server at least this 
 POLL_MS = 50               # loop tick when idle: heartbeats and stop flag
 MAX_BATCH_RECV = 256       # messages taken from one socket per tick, so neither side starves
 MAX_JOB_BATCH = 8          # direct-mode turns of distinct sessions handed to a worker together
+MAX_RESTARTS = 3           # a worker process that dies is started again at most this often
 MAX_PINNED_SESSIONS = 100_000   # least recently used pins beyond this are forgotten (bounded memory)
 SERVER_NAME = "posegpt-serve/0.1.0"
 
@@ -54,6 +55,9 @@ class WorkerSlot:
     queue: deque = field(default_factory=deque)      # request keys waiting for this worker
     running: list = field(default_factory=list)      # request keys the worker holds now
     served: int = 0
+    respawn: Callable[[], Callable[[], bool]] | None = None   # starts it again; returns the new is_alive
+    restarts: int = 0
+    load_failed: bool = False                                 # its model cannot load: do not restart
 
     @property
     def load(self) -> int:
@@ -291,6 +295,7 @@ class Broker:
         elif command == b"FAILED":
             info = json.loads(rest[0])
             log.error("worker %s failed to start: [%s] %s", identity.decode(), info.get("code"), info.get("message"))
+            worker.load_failed = True
             self._fail_worker(worker, info.get("code", "worker_failed"), info.get("message", "worker failed"))
         elif command == b"OUT":
             self._forward(worker, rest[0], rest[1:])
@@ -326,9 +331,17 @@ class Broker:
 
     def _check_workers(self) -> None:
         for worker in self.workers.values():
-            if not worker.dead and not worker.is_alive():
+            if worker.is_alive():
+                continue
+            if not worker.dead:
                 log.error("worker %s stopped unexpectedly", worker.identity.decode())
                 self._fail_worker(worker, "worker_failed", "the model worker stopped")
+            if worker.respawn is not None and not worker.load_failed and worker.restarts < MAX_RESTARTS:
+                worker.restarts += 1
+                log.warning("starting worker %s again (restart %d of %d)", worker.identity.decode(),
+                            worker.restarts, MAX_RESTARTS)
+                worker.is_alive = worker.respawn()
+                worker.dead = worker.ready = False       # serves again once it says READY
 
     def _fail_worker(self, worker: WorkerSlot, code: str, message: str) -> None:
         worker.dead = True

@@ -136,6 +136,7 @@ class Server:
         self.address = self.frontend.getsockopt_string(zmq.LAST_ENDPOINT)
         self.backend = self.context.socket(zmq.ROUTER)
         self.backend.linger = 0
+        self.backend.router_handover = 1      # a restarted worker takes its identity back at once
         slots = self._start_workers()
         self.broker = Broker(self.frontend, self.backend, slots, opts.limits, opts.max_queue)
         if not self.broker.wait_ready(opts.ready_timeout_s, should_stop) and not should_stop():
@@ -184,15 +185,23 @@ class Server:
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")       # see main()
         root = str(Path(posegpt_net.__file__).resolve().parents[1])   # the workers import this tree
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-        for i in range(opts.workers):
+
+        def spawn(i: int) -> Callable[[], bool]:
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             command = [sys.executable, "-m", "backend.worker", "--connect", endpoint, "--identity",
                        f"worker-{i}", "--checkpoint", str(opts.checkpoint), "--device", opts.device,
                        "--dtype", opts.dtype, "--parent-pid", str(os.getpid()), "--log-level", opts.log_level]
             process = subprocess.Popen(command, env=dict(env))
-            self._processes.append(process)
-            slots.append(WorkerSlot(f"worker-{i}".encode(), lambda p=process: p.poll() is None))
+            if i < len(self._processes):
+                self._processes[i].wait()            # reap the dead one
+                self._processes[i] = process
+            else:
+                self._processes.append(process)
+            return lambda: process.poll() is None
+
+        for i in range(opts.workers):
+            slots.append(WorkerSlot(f"worker-{i}".encode(), spawn(i), respawn=lambda i=i: spawn(i)))
         return slots
 
     @property

@@ -64,7 +64,7 @@ def test_same_prompt_gives_the_same_pose_on_either_worker(server):
             np.testing.assert_allclose(pose, poses[0], atol=1e-5)
 
 
-def test_a_crashed_worker_fails_its_requests_and_the_other_keeps_serving(server):
+def test_a_crashed_worker_fails_its_requests_the_other_serves_and_it_comes_back(server):
     """Runs last: it kills one of the two worker processes."""
     with PoseClient(server.address, timeout_s=30) as client:
         first = client.request("chat", session_id="victim", prompt="arms up")
@@ -82,3 +82,11 @@ def test_a_crashed_worker_fails_its_requests_and_the_other_keeps_serving(server)
         assert client.request("hello").header["capabilities"]["workers"] == 1
         again = client.request("chat", session_id="victim", prompt="arms up")      # re-pinned
         assert again.kind == "result" and again.header["worker"] != victim_worker
+        # the broker starts the dead worker again; once it has loaded, both serve
+        deadline = time.monotonic() + 120
+        while client.request("hello").header["capabilities"]["workers"] < 2:
+            assert time.monotonic() < deadline, "the worker was not restarted"
+            time.sleep(0.5)
+        ids = [client.chat(f"after-restart-{i}", "arms up") for i in range(4)]
+        finals = _finish(client, ids)
+        assert {finals[r].header["worker"] for r in ids} == {"worker-0", "worker-1"}
