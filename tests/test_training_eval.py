@@ -123,3 +123,22 @@ def test_retrieval_learns_matching_pairs_and_round_trips(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_text(texts), model.encode_text(texts))
         torch.testing.assert_close(loaded.encode_pose(poses), model.encode_pose(poses))
+
+
+def test_deepspeed_plugin_fills_the_zero2_json_from_the_experiment(monkeypatch):
+    pytest.importorskip("deepspeed")       # optional dependency: pip install -e ".[deepspeed]"
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from training.train import _deepspeed_plugin
+
+    cfg = load_config("training/configs/paper_8xa100.yaml", ["optim.grad_clip=0.5"])
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    assert _deepspeed_plugin(cfg, "bf16") is None          # a plain single-process run ignores the JSON
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    plugin = _deepspeed_plugin(cfg, "bf16")
+    ds = plugin.deepspeed_config
+    assert (plugin.zero_stage, ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (2, 16, 2)
+    assert ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    parsed = DeepSpeedConfig(dict(ds, train_batch_size=16 * 2), mpu=None)   # DeepSpeed's own parser, 1 process
+    assert parsed.zero_optimization_stage == 2 and parsed.gradient_accumulation_steps == 2

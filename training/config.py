@@ -24,6 +24,10 @@ class ConfigError(ValueError):
 class ModelConfig:
     checkpoint: str = ""                 # project checkpoint to start from (backend format, e.g. a converted LLaVA)
     tiny_family: str = ""                # or build a tiny random model offline: "llava" | "qwen2_vl" | "text"
+    tiny_hidden: int = 64                # tiny model sizes (tests, smoke runs)
+    tiny_layers: int = 2
+    tiny_init: str = "hf"                # "hf" | "mixing": re-draw a tiny random backbone so its states depend on
+                                         # the whole prompt, as a pretrained LM's do (see train.remix_tiny_backbone)
     base_builder: str = ""               # or "module:function", called with the config → (model, tokenizer,
                                          # image processor, manifest); such builders initialise their own head
     lora_r: int = 128                    # 0 = full fine-tuning of the language model (small backbones)
@@ -231,5 +235,7 @@ def validate(cfg: ExperimentConfig) -> None:
     if len(chosen) != 1:
         raise ConfigError("set exactly one of model.checkpoint (a project checkpoint), model.tiny_family "
                           f"(offline tiny model) or model.base_builder (module:function); got {chosen or 'none'}")
+    if cfg.model.tiny_init not in ("hf", "mixing"):
+        raise ConfigError("model.tiny_init must be hf or mixing")
     if cfg.model.base_builder and ":" not in cfg.model.base_builder:
         raise ConfigError("model.base_builder must look like package.module:function")
