@@ -142,3 +142,15 @@ def test_deepspeed_plugin_fills_the_zero2_json_from_the_experiment(monkeypatch):
     assert ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
     parsed = DeepSpeedConfig(dict(ds, train_batch_size=16 * 2), mpu=None)   # DeepSpeed's own parser, 1 process
     assert parsed.zero_optimization_stage == 2 and parsed.gradient_accumulation_steps == 2
+
+
+def test_rest_skeleton_from_a_user_smpl_file_uses_its_joint_regressor(tmp_path):
+    from smpl_fixtures import write_synthetic_smpl
+
+    from smpl_rig.body import load
+
+    path = write_synthetic_smpl(tmp_path / "SMPL_NEUTRAL.npz")
+    rest, source = rest_skeleton(str(path))
+    body = load(str(path))
+    np.testing.assert_allclose(rest, body.joint_regressor @ body.vertices, atol=1e-6)
+    assert "SMPL_NEUTRAL" in source

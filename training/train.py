@@ -345,7 +345,9 @@ def train(cfg: ExperimentConfig) -> dict:
         use_synthetic_data(cfg)
 
     # 1. Model, tokenizer, the backbone family's image handling, the conversation template.
-    model, tokenizer, processor, manifest = build_model(cfg, precision, device="cpu")
+    # Weights load on the CPU and accelerate moves them; 4-bit weights can only be made on the GPU.
+    model, tokenizer, processor, manifest = build_model(
+        cfg, precision, device=str(accelerator.device) if cfg.model.load_in_4bit else "cpu")
     family = make_family_for(model, processor, manifest)
     template = Template.from_dict(manifest["template"])
     log.info("model: %s", trainable_summary(model))
