@@ -73,7 +73,7 @@ def start_server(checkpoint: Path, workdir: Path) -> tuple[subprocess.Popen, str
 
 
 def wire_overhead(address: str, jpeg: bytes) -> dict[str, float]:
-    overheads, decode, model = [], [], []
+    overheads, inside, decode, model = [], [], [], []
     with PoseClient(address, timeout_s=60) as client:
         for i in range(WARMUP + REQUESTS):
             start = time.perf_counter()
@@ -86,6 +86,7 @@ def wire_overhead(address: str, jpeg: bytes) -> dict[str, float]:
             if i >= WARMUP:
                 timings = event.header["timings"]
                 overheads.append(round_trip - timings["model_ms"] - timings["image_decode_ms"])
+                inside.append(timings["server_ms"] - timings["model_ms"] - timings["image_decode_ms"])
                 decode.append(timings["image_decode_ms"])
                 model.append(timings["model_ms"])
         pings = []
@@ -94,6 +95,7 @@ def wire_overhead(address: str, jpeg: bytes) -> dict[str, float]:
             client.request("ping")
             pings.append((time.perf_counter() - start) * 1e3)
     return {"wire_overhead_p50_ms": np.percentile(overheads, 50), "wire_overhead_p99_ms": np.percentile(overheads, 99),
+            "server_side_overhead_p50_ms": np.percentile(inside, 50),
             "image_decode_p50_ms": np.percentile(decode, 50), "model_p50_ms": np.percentile(model, 50),
             "ping_round_trip_p50_ms": np.percentile(pings, 50)}
 
