@@ -29,7 +29,8 @@ __all__ = [
     "PROTOCOL_NAME", "PROTOCOL_VERSION", "PROTOCOL", "MESSAGE_TYPES", "ERROR_CODES", "POSE_ARRAYS",
     "Limits", "DEFAULT_LIMITS", "CLIENT_LIMITS", "WireError",
     "Hello", "Ping", "Pong", "Chat", "Progress", "Result", "Cancel", "Reset", "Close", "Closed", "Error",
-    "Message", "encode", "decode", "peek_request_id", "image_info", "encode_array", "decode_array",
+    "Message", "REQUEST_TYPES", "encode", "decode", "peek_request_id", "image_info", "check_image", "encode_array",
+    "decode_array",
 ]
 
 PROTOCOL_NAME = b"POSEGPT"
