@@ -201,9 +201,12 @@ def write_card(checkpoint: Path, results: dict, info: dict, notes: str = "") -> 
 
 
 def main(argv=None) -> int:
+    import torch
+
     from backend.posegpt.runtime import PoseRuntime
     from training.evaluate import rest_skeleton
 
+    torch.set_num_threads(1)   # tiny matrices: one thread beats two fighting over a shared CPU
     parser = argparse.ArgumentParser(description="Write the demo checkpoint's benchmark file and metrics.")
     parser.add_argument("--checkpoint", default="checkpoints/posegpt-demo-tiny")
     parser.add_argument("--corpus", help="corpus folder to (re)write benchmark.npz from")
