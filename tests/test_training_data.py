@@ -218,16 +218,22 @@ def test_llava_instruct_reads_the_mix_layout(tmp_path):
         {"id": "3", "conversations": [{"from": "gpt", "value": "answer first"}, {"from": "human", "value": "?"}]},
         {"id": "4", "image": "coco/1.jpg", "conversations": [
             {"from": "human", "value": "No placeholder here"}, {"from": "gpt", "value": "ok"}]},
+        {"id": "5", "image": "coco/1.jpg", "conversations": [
+            {"from": "human", "value": "<image>\nLook <image> here"}, {"from": "gpt", "value": "An <image> tag"},
+            {"from": "human", "value": "<image> again"}, {"from": "gpt", "value": "ok"}]},
     ]
     (tmp_path / "mix.json").write_text(json.dumps(entries))
     data = LlavaInstruct(tmp_path / "mix.json", tmp_path)
-    assert len(data) == 3                                        # the malformed chat is dropped
+    assert len(data) == 4                                        # the malformed chat is dropped
     first = data[0]
     assert first.turns == [("user", "<image>\nWhat is shown?"), ("assistant", "A gradient."),
                            ("user", "Which colours?"), ("assistant", "Red and green.")]
     assert first.load_image().size == (120, 90)
     assert data[1].load_image is None and data[1].turns[0] == ("user", "Say hi")
     assert data[2].turns[0][1].startswith("<image>\n")         # placeholder added in front when missing
+    many = data[3].turns                                         # one image: exactly one placeholder kept
+    assert sum(t.count("<image>") for _, t in many) == 1 and many[0][1].startswith("<image>\n")
+    assert many[1] == ("assistant", "An image tag")
 
 
 # --- benchmarks ----------------------------------------------------------------------------------------

@@ -59,19 +59,28 @@ class LlavaInstruct:
 
         entry = self.entries[index]
         turns = [(ROLES[t["from"]], str(t["value"])) for t in entry["conversations"]]
-        load_image = None
-        if entry.get("image"):
-            if self.image_root is None:
-                raise ValueError("LLaVA entries reference images: set data.llava_image_root")
-            image_path = self.image_root / entry["image"]
-            if not any(IMAGE_PLACEHOLDER in text for role, text in turns if role == "user"):
-                turns[0] = ("user", IMAGE_PLACEHOLDER + "\n" + turns[0][1])
-
-            def load_image():
-                with Image.open(image_path) as im:
-                    return im.convert("RGB")
-        else:
+        # The placeholder belongs to user turns only; in an answer it would be an image token to predict.
+        turns = [(r, t.replace(IMAGE_PLACEHOLDER, "image") if r == "assistant" else t) for r, t in turns]
+        if not entry.get("image"):
             # A stray placeholder without an image would leave the processor with nothing to expand.
             turns = [(r, t.replace(IMAGE_PLACEHOLDER, "").strip()) for r, t in turns]
+            return InstructionRecord(turns=turns, meta={"source": "llava", "id": str(entry.get("id", index))})
+        if self.image_root is None:
+            raise ValueError("LLaVA entries reference images: set data.llava_image_root")
+        image_path = self.image_root / entry["image"]
+        # Exactly one placeholder for the one image: the first one mentioned (added in front when none is).
+        seen = False
+        for k, (role, text) in enumerate(turns):
+            if role == "user" and IMAGE_PLACEHOLDER in text:
+                head, _, tail = text.partition(IMAGE_PLACEHOLDER)
+                tail = tail.replace(IMAGE_PLACEHOLDER, "")
+                turns[k] = (role, head + tail if seen else head + IMAGE_PLACEHOLDER + tail)
+                seen = True
+        if not seen:
+            turns[0] = ("user", IMAGE_PLACEHOLDER + "\n" + turns[0][1])
+
+        def load_image():
+            with Image.open(image_path) as im:
+                return im.convert("RGB")
         return InstructionRecord(turns=turns, load_image=load_image,
                                  meta={"source": "llava", "id": str(entry.get("id", index))})
