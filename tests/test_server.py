@@ -201,3 +201,15 @@ def test_errors_come_back_for_bad_requests_not_silence(server, client):
             assert isinstance(reply, wire.Error) and reply.code == code and reply.request_id == frames[2].decode()
     finally:
         sock.close()
+
+
+def test_a_full_queue_answers_busy_and_cancel_empties_it(client):
+    ids = [client.chat("flood", f"turn {i}", mode="chat", max_new_tokens=1000) for i in range(40)]
+    finals, _ = _until_done([(client, rid) for rid in ids[33:]], timeout_s=TIMEOUT_S)
+    # one runs, 32 (max_queue) wait, the rest are refused at once
+    assert [finals[rid].error_code for rid in ids[33:]] == ["busy"] * 7
+    for rid in ids[:33]:
+        client.cancel(rid)
+    finals, _ = _until_done([(client, rid) for rid in ids[:33]], timeout_s=TIMEOUT_S)
+    assert all(finals[rid].error_code == "cancelled" for rid in ids[:33])
+    assert client.request("ping").header["queued"] == 0
