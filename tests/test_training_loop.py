@@ -136,3 +136,14 @@ def test_tiny_model_overfits_32_text_to_pose_samples(tmp_path):
     print("overfit:", scores, result["history"][-1])
     assert scores["mpjre_deg"] < 5.0, (scores, result["history"][-1])
     assert result["history"][-1]["pose"] < 0.2 * result["history"][0]["pose"]
+
+
+def test_qwen2_vl_export_poses_like_the_training_model(data_dir, tmp_path):
+    """Qwen2-VL's 3-D rotary positions: training (collate) and the runtime must build the same ones."""
+    cfg = _config(data_dir, tmp_path / "run", max_steps=2)
+    cfg.model.tiny_family = "qwen2_vl"
+    result = train(cfg)
+    image = Image.fromarray(np.random.default_rng(6).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    prompts, images = [TEXT_PROMPT, IMAGE_PROMPT], [None, image]
+    expected = _training_predictions(tmp_path / "run" / "checkpoints" / "step-0000002", prompts, images)
+    np.testing.assert_allclose(_runtime_predictions(result["final"], prompts, images), expected, atol=1e-5)
