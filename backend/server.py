@@ -34,13 +34,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-try:
-    import posegpt_net
-except ModuleNotFoundError:
-    # The console script runs with .venv/bin as sys.path[0] and pyproject's package list does not name
-    # posegpt_net yet: the package sits beside backend/ in this tree.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import posegpt_net
+import posegpt_net
 from posegpt_net import wire
 
 from .broker import Broker, WorkerSlot
