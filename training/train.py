@@ -228,6 +228,20 @@ def build_sources(cfg: ExperimentConfig, split: str = "train") -> dict[str, obje
     return sources
 
 
+def drop_image_samples(sources: dict) -> None:
+    """A text-only backbone: no image→pose source, and only the LLaVA chats without an image."""
+    if sources.pop("image", None) is not None:
+        log.warning("the backbone reads no images: image→pose data dropped from the mix")
+    chats = sources.get("instruction")
+    if chats is not None:
+        before = len(chats.entries)
+        chats.entries = [e for e in chats.entries if not e.get("image")]
+        log.info("text-only backbone: %d of %d instruction chats kept (those without an image)",
+                 len(chats.entries), before)
+        if not chats.entries:
+            sources.pop("instruction")
+
+
 class MixedSamples(torch.utils.data.Dataset):
     """Map-style view for the DataLoader: key (source, index, batch number, slot) → EncodedSample. The
     template choice is seeded by (seed, batch, slot), so a resumed run builds the very same chats."""
@@ -354,12 +368,13 @@ def train(cfg: ExperimentConfig) -> dict:
 
     # 2. Data: each source, the per-batch mix, the chat encoder.
     sources = build_sources(cfg)
+    if not family.accepts_images:
+        drop_image_samples(sources)
     encoder = ChatEncoder(tokenizer, template, family, model.pose_token_id, cfg.data.max_length,
                           template_pool=cfg.data.template_pool)
     seed = cfg.train.seed + 7919 * accelerator.process_index          # each process draws its own samples
-    make_sampler = lambda: MixSampler({k: len(v) for k, v in sources.items()}, cfg.data.mix,  # noqa: E731
-                                      cfg.train.batch_size, seed=seed)
-    make_sampler()   # fail early (and log the mix) before the model moves to the GPU
+    # Made here so a missing source fails (and the mix is logged) before the model moves to the GPU.
+    sampler = MixSampler({k: len(v) for k, v in sources.items()}, cfg.data.mix, cfg.train.batch_size, seed=seed)
 
     # 3. Optimizer (the fresh pose head may get its own learning rate), schedule.
     head = [p for p in model.pose_head.parameters() if p.requires_grad]
@@ -378,7 +393,7 @@ def train(cfg: ExperimentConfig) -> dict:
     # 4. Data loader, then resume: weights, optimizer, scheduler and RNG states from accelerate; step and
     #    data position here. The loader's iterator is made first because making it draws from torch's RNG,
     #    which a resumed run must not do after its RNG state was restored.
-    batch_order = MixedBatches(make_sampler())
+    batch_order = MixedBatches(sampler)
     loader = torch.utils.data.DataLoader(
         MixedSamples(sources, encoder, cfg.train.seed), batch_sampler=batch_order,
         collate_fn=lambda s: collate(s, tokenizer.pad_token_id or 0, family), num_workers=cfg.data.num_workers)
@@ -477,6 +492,8 @@ def periodic_eval(cfg: ExperimentConfig, model, tokenizer, template, family) -> 
         sets["spg"] = load_spg(cfg.eval.spg_jsonl)[: cfg.eval.max_samples]
     if cfg.eval.rpe_jsonl:
         sets["rpe"] = load_rpe(cfg.eval.rpe_jsonl, cfg.eval.rpe_image_root)[: cfg.eval.max_samples]
+    if not family.accepts_images:
+        sets = {name: records for name, records in sets.items() if records and records[0].kind == "text"}
     if not sets:
         return {}
     rest, _ = rest_skeleton(cfg.eval.smpl_model or None)
