@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,19 +50,23 @@ def test_config_needs_a_model(tmp_path):
         load_config(None, [])
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def test_shipped_configs_parse():
-    from pathlib import Path
-    configs = sorted(Path("training/configs").glob("*.yaml"))
+    configs = sorted((REPO / "training/configs").glob("*.yaml"))
     assert {"paper_8xa100.yaml", "single_24gb.yaml", "smoke_tiny.yaml"} <= {c.name for c in configs}
-    paper = load_config("training/configs/paper_8xa100.yaml")
+    for config in configs:
+        load_config(config)
+    paper = load_config(REPO / "training/configs/paper_8xa100.yaml")
     assert (paper.train.batch_size, paper.train.grad_accum, paper.optim.lr) == (16, 2, 2e-4)
     assert paper.train.deepspeed_config == "training/deepspeed_zero2.json"
-    assert load_config("training/configs/single_24gb.yaml").model.load_in_4bit
+    assert load_config(REPO / "training/configs/single_24gb.yaml").model.load_in_4bit
 
 
 def test_deepspeed_json_is_zero2_with_auto_fields_the_script_fills():
     import json
-    ds = json.loads(open("training/deepspeed_zero2.json").read())
+    ds = json.loads((REPO / "training/deepspeed_zero2.json").read_text())
     assert ds["zero_optimization"]["stage"] == 2
     assert ds["train_micro_batch_size_per_gpu"] == "auto" and ds["bf16"]["enabled"] == "auto"
 
@@ -131,7 +136,8 @@ def test_deepspeed_plugin_fills_the_zero2_json_from_the_experiment(monkeypatch):
 
     from training.train import _deepspeed_plugin
 
-    cfg = load_config("training/configs/paper_8xa100.yaml", ["optim.grad_clip=0.5"])
+    cfg = load_config(REPO / "training/configs/paper_8xa100.yaml", ["optim.grad_clip=0.5"])
+    monkeypatch.chdir(REPO)                  # config paths are relative to where the run starts
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
     assert _deepspeed_plugin(cfg, "bf16") is None          # a plain single-process run ignores the JSON
