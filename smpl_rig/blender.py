@@ -18,13 +18,12 @@ Reference and a script example: ``docs/blender_api.md``.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import bpy
 import numpy as np
 
-from . import frames
+from . import amass, frames
 from . import rotations as rot
 from .body import NUM_POSE_FEATURES, pose_corrective_features
 from .skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS, primary_child
@@ -40,7 +39,7 @@ MESH_MARKER = "smpl_rig_mesh"       # custom property on the skinned mesh object
 FORMAT_VERSION = 1
 CORRECTIVE_PREFIX = "pose_corrective"
 CORRECTIVE_RANGE = 2.0              # entries of R − I lie in [−2, 2]; shape-key sliders must allow that
-DEFAULT_AMASS_FPS = 120.0
+DEFAULT_AMASS_FPS = amass.DEFAULT_FPS
 ROTMAT_TOLERANCE = 1e-4             # how far from orthonormal a given matrix may be (float32 model output)
 LEAF_LENGTH_RATIO = 0.6             # a leaf bone continues its parent's direction at this fraction of its length
 MIN_BONE_RATIO = 0.02               # shortest bone, as a fraction of body height (Blender drops zero-length bones)
@@ -668,53 +667,6 @@ class AmassImport:
     betas: np.ndarray
 
 
-def _amass_frame_rate(data, fps) -> float:
-    if fps is not None:
-        rate = float(fps)
-    elif "mocap_frame_rate" in data.files:
-        rate = float(data["mocap_frame_rate"])
-    elif "mocap_framerate" in data.files:
-        rate = float(data["mocap_framerate"])
-    else:
-        warnings.warn(f"the AMASS file has no mocap_frame_rate / mocap_framerate; assuming {DEFAULT_AMASS_FPS:g} "
-                      f"fps (pass fps= to override)", stacklevel=3)
-        rate = DEFAULT_AMASS_FPS
-    if not (math.isfinite(rate) and rate > 0):
-        raise ValueError(f"the motion's frame rate must be positive, got {rate}")
-    return rate
-
-
-def _amass_rotmats(poses: np.ndarray) -> np.ndarray:
-    """AMASS ``poses`` (n, 72 SMPL | 156 SMPL-H | 165 SMPL-X | 66 body) → SMPL rotations (n, 24, 3, 3).
-    Joints 0..21 are the same body joints in every layout; SMPL's hand joints 22–23 exist only in the
-    72-wide layout, elsewhere they are identity (SMPL-H/X hands are articulated fingers, not one joint)."""
-    if poses.ndim != 2 or poses.shape[1] not in (66, 72, 156, 165):
-        raise ValueError(f"AMASS 'poses' must be (n, 72), (n, 156), (n, 165) or (n, 66), got {poses.shape}")
-    count = poses.shape[0]
-    rotvecs = np.zeros((count, NUM_JOINTS, 3))
-    if poses.shape[1] == 72:
-        rotvecs[:] = poses.reshape(count, NUM_JOINTS, 3)
-    else:
-        rotvecs[:, :22] = poses[:, :66].reshape(count, 22, 3)
-    return rot.rotvec_to_rotmat(rotvecs)
-
-
-def _resample_by_time(rotmats: np.ndarray, translations: np.ndarray, source_fps: float, target_fps: float):
-    """Resample a motion (n, 24, 3, 3) + (n, 3) recorded at ``source_fps`` onto the time grid of
-    ``target_fps`` covering the same duration: slerp for rotations, linear for translations."""
-    count = len(rotmats)
-    duration = (count - 1) / source_fps
-    target_count = int(math.floor(duration * target_fps + 1e-6)) + 1
-    position = np.arange(target_count) / target_fps * source_fps          # fractional source index
-    lower = np.minimum(np.floor(position + 1e-9).astype(int), count - 1)
-    upper = np.minimum(lower + 1, count - 1)
-    fraction = np.clip(position - lower, 0.0, 1.0)
-    quats = rot.rotmat_to_quat_wxyz(rotmats)                              # (n, 24, 4)
-    blended = rot.quat_wxyz_slerp(quats[lower], quats[upper], np.repeat(fraction[:, None], NUM_JOINTS, 1))
-    moved = translations[lower] * (1 - fraction[:, None]) + translations[upper] * fraction[:, None]
-    return rot.quat_wxyz_to_rotmat(blended), moved, duration
-
-
 def load_amass(path, obj, *, fps: float | None = None, start_frame: int | None = None,
                set_frame_range: bool = True) -> AmassImport:
     """Import an AMASS-layout ``.npz`` motion onto an SMPL armature.
@@ -731,24 +683,8 @@ def load_amass(path, obj, *, fps: float | None = None, start_frame: int | None =
     ``key_sequence``. The armature keeps its own rest skeleton (the file's betas are returned, not applied).
     """
     _require_poseable(obj)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read {path} as an AMASS .npz file: {error}") from None
-    with data:
-        if "poses" not in data.files:
-            raise ValueError(f"{path} is not an AMASS motion: no 'poses' array (found {', '.join(data.files)})")
-        poses = np.asarray(data["poses"], dtype=np.float64)
-        count = len(poses)
-        translations = (np.asarray(data["trans"], dtype=np.float64) if "trans" in data.files
-                        else np.zeros((count, 3)))
-        betas = np.asarray(data["betas"], dtype=np.float64) if "betas" in data.files else np.zeros(0)
-        source_fps = _amass_frame_rate(data, fps)
-    rotmats = _amass_rotmats(poses)
-    if count == 0 or translations.shape != (count, 3):
-        raise ValueError(f"AMASS 'trans' must be ({count}, 3) with at least one frame, got {translations.shape}")
-    if not (np.all(np.isfinite(poses)) and np.all(np.isfinite(translations))):
-        raise ValueError(f"{path} contains NaN or infinite values")
+    motion = amass.read_amass(path, fps=fps)
+    rotmats, translations = motion.rotmats(), motion.translations.copy()
 
     # Z-up → SMPL frame; the global rotation pivots about the rest pelvis J0.
     pelvis_rest = rest_joints(obj)[0]
@@ -757,12 +693,12 @@ def load_amass(path, obj, *, fps: float | None = None, start_frame: int | None =
 
     scene = bpy.context.scene
     scene_fps = _scene_fps(scene)
-    rotmats, translations, duration = _resample_by_time(rotmats, translations, source_fps, scene_fps)
+    rotmats, translations, duration = amass.resample_by_time(rotmats, translations, motion.fps, scene_fps)
     start = int(scene.frame_start if start_frame is None else start_frame)
     key_sequence(obj, rotmats, fps=scene_fps, start_frame=start, translations=translations)
     end = start + len(rotmats) - 1
     if set_frame_range:
         scene.frame_start = min(scene.frame_start, start)
         scene.frame_end = max(scene.frame_end, end)
-    return AmassImport(num_frames=len(rotmats), start_frame=start, end_frame=end, source_fps=source_fps,
-                       scene_fps=scene_fps, duration_s=duration, betas=betas)
+    return AmassImport(num_frames=len(rotmats), start_frame=start, end_frame=end, source_fps=motion.fps,
+                       scene_fps=scene_fps, duration_s=duration, betas=motion.betas)

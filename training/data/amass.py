@@ -15,23 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from smpl_rig import frames
-from smpl_rig.rotations import rotvec_to_rotmat
+from smpl_rig import amass, frames
 
-SMPLH_WIDTHS = (156, 165)        # SMPL-H (52 joints) and SMPL-X (55 joints): both start with the 22 body joints
-NUM_SHARED_BODY_JOINTS = 22      # joints 0..21 have the same meaning in SMPL, SMPL-H and SMPL-X
+SMPLH_WIDTHS = (156, 165)        # PoseScript poses come from SMPL-H (and SMPL-X) sequences
 
 
 def smplh_to_smpl_rotmat(poses) -> np.ndarray:
     """SMPL-H / SMPL-X axis-angle poses (..., 156 | 165) → SMPL local rotations (..., 24, 3, 3), with joints
-    0..21 copied and the hand joints 22, 23 set to identity. Frames are not changed."""
+    0..21 copied and the hand joints 22, 23 set to identity (``smpl_rig.amass``). Frames are not changed."""
     poses = np.asarray(poses, dtype=np.float64)
     if poses.shape[-1] not in SMPLH_WIDTHS:
         raise ValueError(f"expected SMPL-H poses (..., 156) or SMPL-X poses (..., 165), got {poses.shape}")
-    body = poses[..., : NUM_SHARED_BODY_JOINTS * 3].reshape(poses.shape[:-1] + (NUM_SHARED_BODY_JOINTS, 3))
-    rotmats = np.broadcast_to(np.eye(3), poses.shape[:-1] + (24, 3, 3)).copy()
-    rotmats[..., :NUM_SHARED_BODY_JOINTS, :, :] = rotvec_to_rotmat(body)
-    return rotmats
+    return amass.poses_to_rotmat(poses)
 
 
 def canonical_text_target(rotmats_amass_frame) -> np.ndarray:
@@ -40,22 +35,6 @@ def canonical_text_target(rotmats_amass_frame) -> np.ndarray:
     out = np.array(rotmats_amass_frame, dtype=np.float64, copy=True)
     smpl_orient = frames.amass_to_smpl_orient(out[..., 0, :, :])
     out[..., 0, :, :] = frames.canonical_camera_orient(smpl_orient)
-    return out
-
-
-def load_amass_npz(path: str | Path) -> dict:
-    """Read an AMASS npz without pickle: ``poses`` (n, 156), ``trans`` (n, 3), ``betas``, ``gender``,
-    ``mocap_framerate`` when present."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            out = {k: data[k] for k in data.files if k in ("poses", "trans", "betas", "gender", "mocap_framerate")}
-    except ValueError as exc:  # object arrays need pickle: not accepted for files from others
-        raise ValueError(f"{path}: not a plain AMASS npz ({exc})") from exc
-    if "poses" not in out:
-        raise ValueError(f"{path}: no 'poses' array (an AMASS SMPL-H npz has poses (n, 156))")
-    if out["poses"].ndim != 2 or out["poses"].shape[1] not in SMPLH_WIDTHS:
-        raise ValueError(f"{path}: poses has shape {out['poses'].shape}, expected (n, 156)")
     return out
 
 
@@ -75,7 +54,7 @@ class AmassFrames:
         path = self.root / relpath
         if not path.is_file():
             raise FileNotFoundError(f"AMASS sequence {relpath} not found under {self.root}")
-        poses = load_amass_npz(path)["poses"]
+        poses = amass.read_amass(path).poses
         self._cache[relpath] = poses
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
