@@ -23,7 +23,8 @@ __all__ = [
     "rotvec_to_quat_wxyz", "quat_wxyz_to_rotvec", "rotmat_to_d6", "d6_to_rotmat", "d6_to_rotvec",
     "rotvec_to_d6", "quat_wxyz_to_d6", "d6_to_quat_wxyz", "geodesic_angle", "pose_to_rotmat",
     "quat_wxyz_align_signs", "quat_wxyz_slerp", "quat_wxyz_multiply", "quat_wxyz_conjugate",
-    "rotmat_x", "rotmat_y", "rotmat_z", "orthonormalize_rotmat",
+    "rotmat_x", "rotmat_y", "rotmat_z", "orthonormalize_rotmat", "angles_xyz_deg_to_rotmat_yzx",
+    "rotvec_mirror_x",
 ]
 
 _SMALL_ANGLE = 1e-4  # below this, Taylor series replace sin(x)/x-type ratios
@@ -383,6 +384,24 @@ def rotmat_y(angle: float) -> np.ndarray:
 def rotmat_z(angle: float) -> np.ndarray:
     """Rotation about +Z by ``angle`` radians (right-handed), float64 (3, 3)."""
     return _axis_rotmat(2, angle)
+
+
+def angles_xyz_deg_to_rotmat_yzx(angles_deg) -> np.ndarray:
+    """Angles (..., 3) in degrees about X, Y and Z (components in that order) → R = Ry(y) · Rz(z) · Rx(x),
+    (..., 3, 3) float64: twist about the bone's own X first, then swing. The pose corpus writes joint
+    limits in this parametrisation."""
+    a = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    if a.shape[-1:] != (3,):
+        raise ValueError(f"angles must have a trailing size of 3 (x, y, z degrees), got shape {a.shape}")
+    per_axis = rotvec_to_rotmat(a[..., None, :] * np.eye(3))      # (..., 3, 3, 3): Rx, Ry, Rz
+    return per_axis[..., 1, :, :] @ per_axis[..., 2, :, :] @ per_axis[..., 0, :, :]
+
+
+def rotvec_mirror_x(rotvec):
+    """Mirror axis-angle rotations (..., 3) across the plane x = 0: M·R·M with M = diag(−1, 1, 1), which for
+    axis-angle negates the y and z components. (Swapping left and right joints is the caller's part.)"""
+    xp, v = _prepare(rotvec, (3,), "rotvec")
+    return xp.concat([v[..., :1], -v[..., 1:]], -1)
 
 
 # --- poses in any representation -----------------------------------------------------------------------

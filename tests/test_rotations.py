@@ -150,3 +150,14 @@ def test_quaternion_sign_alignment_and_slerp():
     np.testing.assert_allclose(
         rot.quat_wxyz_to_rotmat(rot.quat_wxyz_multiply(rot.rotvec_to_quat_wxyz(a), rot.rotvec_to_quat_wxyz(b))),
         rot.rotvec_to_rotmat(a) @ rot.rotvec_to_rotmat(b), atol=1e-12)
+
+
+def test_angle_parametrisation_and_mirror():
+    a = np.array([[10.0, -35.0, 70.0]])
+    expected = rot.rotmat_y(math.radians(-35)) @ rot.rotmat_z(math.radians(70)) @ rot.rotmat_x(math.radians(10))
+    np.testing.assert_allclose(rot.angles_xyz_deg_to_rotmat_yzx(a)[0], expected, atol=1e-12)
+    v = random_rotvecs((20,), seed=11)
+    m = np.diag([-1.0, 1.0, 1.0])
+    np.testing.assert_allclose(rot.rotvec_to_rotmat(rot.rotvec_mirror_x(v)), m @ rot.rotvec_to_rotmat(v) @ m, atol=1e-12)
+    vt = torch.from_numpy(v)
+    np.testing.assert_allclose(rot.rotvec_mirror_x(vt).numpy(), rot.rotvec_mirror_x(v))

@@ -97,13 +97,8 @@ LIMITS = _limits_table()
 # --- angles ↔ rotations ---------------------------------------------------------------------------------
 
 def angles_to_rotmat(angles_deg: np.ndarray) -> np.ndarray:
-    """(..., 3) degrees (x, y, z) → (..., 3, 3) rotation Ry(y) · Rz(z) · Rx(x)."""
-    a = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
-    if a.shape[-1:] != (3,):
-        raise ValueError(f"angles must have a trailing size of 3 (x, y, z degrees), got shape {a.shape}")
-    axis_rotvecs = a[..., None, :] * np.eye(3)            # (..., 3, 3): rows are x·X, y·Y, z·Z
-    r = rot.rotvec_to_rotmat(axis_rotvecs)                # (..., 3, 3, 3): Rx, Ry, Rz
-    return r[..., 1, :, :] @ r[..., 2, :, :] @ r[..., 0, :, :]
+    """(..., 3) degrees (x, y, z) → (..., 3, 3) rotation Ry(y) · Rz(z) · Rx(x) (``smpl_rig.rotations``)."""
+    return rot.angles_xyz_deg_to_rotmat_yzx(angles_deg)
 
 
 def mirror_angles(angles_deg: np.ndarray) -> np.ndarray:
@@ -119,9 +114,7 @@ def mirror_pose(rotvec: np.ndarray) -> np.ndarray:
     rotvec = np.asarray(rotvec)
     if rotvec.shape[-2:] != (NUM_JOINTS, 3):
         raise ValueError(f"expected an axis-angle pose (..., 24, 3), got shape {rotvec.shape}")
-    out = rotvec[..., list(MIRROR), :].copy()
-    out[..., 1:] *= -1
-    return out
+    return rot.rotvec_mirror_x(rotvec[..., list(MIRROR), :])
 
 
 def fk_joints(rotmats: np.ndarray, rest_joints: np.ndarray = REST_JOINTS) -> np.ndarray:
