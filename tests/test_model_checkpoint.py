@@ -14,13 +14,7 @@ from backend.posegpt.runtime import PoseRuntime
 from backend.posegpt.tiny import build_tiny_checkpoint, build_tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one BLAS thread is several times faster than two fighting a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

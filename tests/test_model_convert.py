@@ -14,13 +14,7 @@ from backend.posegpt.tiny import train_tiny_tokenizer
 from smpl_rig import rotations
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one BLAS thread is several times faster than two fighting a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 HIDDEN, VISION_HIDDEN = 64, 32

@@ -12,13 +12,7 @@ from backend.posegpt.sessions import SessionStore
 from backend.posegpt.tiny import build_tiny_model, teach
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one BLAS thread is several times faster than two fighting a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 DIRECT = "Sure, here is the pose: <POSE>"
