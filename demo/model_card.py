@@ -198,7 +198,8 @@ def training_info(run: Path, corpus_dir, runtime, wall_time: str) -> dict:
             "mix": config["data"]["mix"]}
 
 
-def write_card(checkpoint: Path, results: dict, info: dict, references: dict | None = None) -> Path:
+def write_card(checkpoint: Path, results: dict, info: dict, references: dict | None = None,
+               notes: str = "") -> Path:
     """MODEL_CARD.md from the measured ``results`` and the training ``info`` (steps, wall time, ...)."""
     size_mb = sum(p.stat().st_size for p in checkpoint.rglob("*") if p.is_file() and p.name != "MODEL_CARD.md") / 2 ** 20
     weights_mb = sum(p.stat().st_size for p in checkpoint.glob("*.safetensors")) / 2 ** 20
@@ -258,6 +259,8 @@ def write_card(checkpoint: Path, results: dict, info: dict, references: dict | N
             f"reference for speculative prompts (the mean pose of the situation) is {sp['mpjre_deg']:.2f}°.", "",
             "What would close the remaining gap to these references: more steps (the loss was still falling; "
             f"{info['steps']} steps is what fits in 30 CPU minutes here), a wider decoder, and more corpus samples.", ""]
+    if notes:
+        lines += ["## Limitations", "", notes.strip(), ""]
     lines += ["## Licence", "",
               "The rendered corpus images use the mannequin body derived from `mannequin-x` (Apache-2.0); see "
               "`smpl_rig/data/MANNEQUIN_LICENSE.txt`. No SMPL data was used.", ""]
@@ -279,6 +282,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="metrics JSON (default: <checkpoint>/metrics.json)")
     parser.add_argument("--run", help="training output_dir: also write MODEL_CARD.md with its figures")
     parser.add_argument("--wall-time", default="", help="wall time of make train, for the card")
+    parser.add_argument("--notes", default="", help="a paragraph on what this checkpoint does badly, for the card")
     args = parser.parse_args(argv)
     checkpoint = Path(args.checkpoint)
     if args.corpus:
@@ -298,7 +302,7 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(payload, indent=1) + "\n")
     if args.run:
         info = training_info(Path(args.run), args.corpus, runtime, args.wall_time)
-        print("card:", write_card(checkpoint, results, info, payload.get("references")))
+        print("card:", write_card(checkpoint, results, info, payload.get("references"), args.notes))
     return 0
 
 
