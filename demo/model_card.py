@@ -257,8 +257,9 @@ def write_card(checkpoint: Path, results: dict, info: dict, references: dict | N
             "target is out of reach for a predictor that knows only what a caption states; it needs captions that say more "
             "(all four facts every time, angles in degrees) or a metric over the described joints only. The same "
             f"reference for speculative prompts (the mean pose of the situation) is {sp['mpjre_deg']:.2f}°.", "",
-            "What would close the remaining gap to these references: more steps (the loss was still falling; "
-            f"{info['steps']} steps is what fits in 30 CPU minutes here), a wider decoder, and more corpus samples.", ""]
+            "What would close the remaining gap to these references: more steps (the pose loss was still falling "
+            f"at step {info['steps']}; the 30-minute CPU budget on a shared two-core machine leaves little room), a "
+            "wider decoder, and more corpus samples.", ""]
     if notes:
         lines += ["## Limitations", "", notes.strip(), ""]
     lines += ["## Licence", "",
