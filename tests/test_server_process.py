@@ -101,6 +101,10 @@ def test_killed_server_gives_an_error_within_the_timeout_then_works_after_restar
         assert event.poses[0]["rotmat"].shape == (24, 3, 3)
         assert client.reconnects >= 1
         # the generation that was in flight was not re-run by the new server
+        # the request's log line is written just after its reply is sent: give it a moment to land
+        deadline = time.monotonic() + 5.0
+        while server.err.read_text().count("status=ok") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert "talk for a long time" not in server.err.read_text()
         assert server.err.read_text().count("status=ok") == 1
     finally:
