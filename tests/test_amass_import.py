@@ -8,24 +8,9 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from smpl_rig import blender as smpl_blender  # noqa: E402
-from smpl_rig import body as smpl_body  # noqa: E402
 from smpl_rig import kinematics, rotations as rot  # noqa: E402
 
-pytestmark = pytest.mark.bpy
-
-
-@pytest.fixture(scope="module")
-def bodies(tmp_path_factory):
-    from smpl_fixtures import write_synthetic_smpl
-    path = tmp_path_factory.mktemp("smpl") / "SMPL_NEUTRAL.npz"
-    write_synthetic_smpl(path, fmt="npz", seed=5)
-    return {"synthetic_smpl": smpl_body.load(str(path)), "mannequin": smpl_body.load("mannequin")}
-
-
-@pytest.fixture(autouse=True)
-def fresh_scene():
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    yield
+pytestmark = [pytest.mark.bpy, pytest.mark.usefixtures("fresh_scene")]
 
 
 def set_scene_fps(fps: int):

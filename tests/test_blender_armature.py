@@ -17,7 +17,7 @@ from smpl_rig import body as smpl_body  # noqa: E402
 from smpl_rig import frames, kinematics, rotations as rot  # noqa: E402
 from smpl_rig.skeleton import JOINT_NAMES, PARENTS, primary_child  # noqa: E402
 
-pytestmark = pytest.mark.bpy
+pytestmark = [pytest.mark.bpy, pytest.mark.usefixtures("fresh_scene")]
 
 BODY_SOURCES = ("synthetic_smpl", "mannequin")
 NUM_RANDOM_POSES = 100
@@ -26,21 +26,6 @@ C = frames.SMPL_TO_BLENDER
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def bodies(tmp_path_factory):
-    """Both body sources, loaded the way a user would: a synthetic SMPL-layout file and the mannequin."""
-    from smpl_fixtures import write_synthetic_smpl
-    path = tmp_path_factory.mktemp("smpl") / "SMPL_NEUTRAL.npz"
-    write_synthetic_smpl(path, fmt="npz", seed=3)
-    return {"synthetic_smpl": smpl_body.load(str(path)), "mannequin": smpl_body.load("mannequin")}
-
-
-@pytest.fixture(autouse=True)
-def fresh_scene():
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    yield
-
 
 @pytest.fixture(params=BODY_SOURCES)
 def body(request, bodies):
