@@ -331,3 +331,24 @@ def test_corpus_records_give_text_and_image_targets(tmp_path):
         assert record.load_image().mode == "RGB"
     with pytest.raises(ValueError, match="split"):
         CorpusRecords(tmp_path / "corpus", "dev", "text")
+    with pytest.raises(ValueError, match="captions"):
+        CorpusRecords(tmp_path / "corpus", "train", "text", captions="some")
+
+
+def test_corpus_text_records_cover_every_caption(tmp_path):
+    # "all": each (pose, caption) pair once, so no description or phrasing is left out of training;
+    # "first": the complete description of each pose; "one": one caption per pose, fixed by the seed.
+    from training.corpus.build import build_corpus, load_corpus
+    from training.data.corpus import CorpusRecords
+
+    build_corpus(tmp_path / "corpus", n=24, seed=0, images=0, body="capsules")
+    train = [s for s in load_corpus(tmp_path / "corpus", "train") if s.captions]
+    every = CorpusRecords(tmp_path / "corpus", "train", "text")
+    seen = sorted((every[i].meta["index"], every[i].caption) for i in range(len(every)))
+    assert seen == sorted((s.index, c) for s in train for c in s.captions)
+    first = CorpusRecords(tmp_path / "corpus", "train", "text", captions="first")
+    assert [first[i].caption for i in range(len(first))] == [s.captions[0] for s in train]
+    one = CorpusRecords(tmp_path / "corpus", "train", "text", captions="one", seed=3)
+    assert len(one) == len(train)
+    assert [one[i].caption for i in range(len(one))] == [
+        CorpusRecords(tmp_path / "corpus", "train", "text", captions="one", seed=3)[i].caption for i in range(len(one))]

@@ -28,6 +28,8 @@ class ModelConfig:
     tiny_layers: int = 2
     tiny_init: str = "hf"                # "hf" | "mixing": re-draw a tiny random backbone so its states depend on
                                          # the whole prompt, as a pretrained LM's do (see train.remix_tiny_backbone)
+    template: str = ""                   # conversation template (backend.posegpt.templates.TEMPLATES) for a base
+                                         # builder that makes its own model; "" = the builder's default
     base_builder: str = ""               # or "module:function", called with the config → (model, tokenizer,
                                          # image processor, manifest); such builders initialise their own head
     lora_r: int = 128                    # 0 = full fine-tuning of the language model (small backbones)
@@ -53,6 +55,7 @@ class DataConfig:
     llava_json: str = ""                 # LLaVA instruction mix (e.g. llava_v1_5_mix665k.json)
     llava_image_root: str = ""
     corpus_dir: str = ""                 # the project's own pose corpus (training/corpus): text and image records
+    corpus_captions: str = "all"         # "all" (every caption/phrasing a record) | "first" | "one" (training.data.corpus)
     mix: dict = field(default_factory=lambda: {"image": 2, "text": 1, "instruction": 1})
     max_length: int = 2048               # tokens per sample after image expansion (longer ones are cut)
     limit_per_source: int = 0            # 0 = all; small numbers for smoke runs
@@ -197,8 +200,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key = key.strip().lstrip("-")
         if not key:
             raise ConfigError(f"override {item!r} has no key")
-        _set_dotted(data, key, yaml.safe_load(raw) if raw.strip() else "")
+        _set_dotted(data, key, _parse_value(raw))
     return data
+
+
+def _parse_value(raw: str):
+    """YAML value of a command-line override, except that YAML 1.1's yes/no/on/off stay words: only
+    true/false are booleans (``train.mixed_precision=no`` means the string "no")."""
+    if not raw.strip():
+        return ""
+    value = yaml.safe_load(raw)
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        return raw.strip()
+    return value
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -210,7 +210,8 @@ def build_sources(cfg: ExperimentConfig, split: str = "train") -> dict[str, obje
     d, limit, sources = cfg.data, cfg.data.limit_per_source, {}
     text_parts, image_parts = [], []
     if d.corpus_dir:
-        text_parts.append(CorpusRecords(d.corpus_dir, split, "text", seed=cfg.train.seed, limit=limit))
+        text_parts.append(CorpusRecords(d.corpus_dir, split, "text", seed=cfg.train.seed, limit=limit,
+                                        captions=d.corpus_captions))
         image_parts.append(CorpusRecords(d.corpus_dir, split, "image", seed=cfg.train.seed, limit=limit))
     if d.posescript_dir and d.amass_dir:
         text_parts.append(PoseScript(d.posescript_dir, d.amass_dir, split if split != "train" else d.posescript_split,
@@ -278,7 +279,7 @@ def forward_losses(model, batch: dict, family, device, dtype) -> tuple[torch.Ten
     if "position_ids" in batch:
         kwargs["position_ids"] = batch["position_ids"].to(device)
     out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                labels=batch["labels"].to(device), **kwargs)
+                labels=batch["labels"].to(device), return_logits=False, **kwargs)
     if not torch.equal(out.pose_batch_index.cpu(), batch["pose_sample_index"]):
         raise RuntimeError("the <POSE> tokens found do not match the pose samples of the batch")
     return out.loss, pose_l1_loss(out.pose_rotmat, batch["pose_targets"].to(device))
