@@ -32,6 +32,12 @@ def test_config_yaml_overrides_and_defaults(tmp_path):
     assert config_to_dict(cfg)["optim"]["lr"] == pytest.approx(1e-3)
 
 
+def test_config_override_words_stay_words():
+    # YAML 1.1 reads "no" as False; on the command line only true/false are booleans.
+    cfg = load_config(None, ["model.tiny_family=text", "train.mixed_precision=no", "train.progress=false"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.progress is False
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["optim.learning_rate=1"], "optim.learning_rate"),
     (["trian.max_steps=1"], "trian"),
