@@ -134,6 +134,11 @@ def test_posegpt_forward_loss_and_pose_positions():
     assert out.pose_batch_index.tolist() == [0, 0, 1]
     expect_loss = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, len(tok)), labels[:, 1:].reshape(-1))
     torch.testing.assert_close(out.loss, expect_loss)
+    # Training's loss-only pass: the output layer only where labels are, the same loss and poses.
+    lean = model(ids, attention_mask=torch.ones_like(ids), labels=labels, return_logits=False)
+    assert lean.logits is None
+    torch.testing.assert_close(lean.loss, expect_loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(lean.pose_d6, out.pose_d6)
     out.loss.backward()  # the pose head gets no gradient from CE alone; the backbone does
     assert model.backbone.model.embed_tokens.weight.grad is not None
     hidden = model.decoder(input_ids=ids).last_hidden_state

@@ -60,11 +60,11 @@ def head_output_to_rotmat(d6: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class PoseGPTOutput:
-    """``logits`` (batch, seq, vocab); ``loss`` scalar or None; ``pose_d6`` (N, 24, 6); ``pose_rotmat``
+    """``logits`` (batch, seq, vocab), or None when the forward pass was asked for the loss only; ``loss`` scalar or None; ``pose_d6`` (N, 24, 6); ``pose_rotmat``
     (N, 24, 3, 3); ``pose_batch_index`` (N,); ``hidden_states`` (batch, seq, H) last layer after the norm;
     ``cache`` the backbone's KV cache (when ``use_cache``)."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None
     pose_d6: torch.Tensor
     pose_rotmat: torch.Tensor
@@ -102,10 +102,13 @@ class PoseGPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                **backbone_kwargs) -> PoseGPTOutput:
+                return_logits: bool = True, **backbone_kwargs) -> PoseGPTOutput:
         """input_ids (batch, seq); labels (batch, seq) with -100 where no loss is wanted (standard shift:
         position t predicts token t+1). Poses come from every `<POSE>` in ``input_ids``, in order,
-        batch-major; a `<POSE>` at position 0 has no preceding state and is an error."""
+        batch-major; a `<POSE>` at position 0 has no preceding state and is an error.
+
+        return_logits=False (training): the output layer runs only where a label is, giving the same loss
+        without the (batch, seq, vocab) logits — most positions of a pose chat are prompt, unlabelled."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         if pixel_values is not None:
@@ -116,11 +119,16 @@ class PoseGPT(nn.Module):
             backbone_kwargs["mm_token_type_ids"] = (input_ids == image_token_id).int()
         out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
         hidden = out.last_hidden_state
-        logits = self.lm_head(hidden)
+        logits = self.lm_head(hidden) if return_logits or labels is None else None
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                   labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
+            targets = labels[:, 1:].to(hidden.device)
+            if logits is not None:
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                       ignore_index=-100)
+            else:
+                labelled = targets != -100
+                loss = F.cross_entropy(self.lm_head(hidden[:, :-1][labelled]).float(), targets[labelled])
         batch_index, positions = (input_ids == self.pose_token_id).nonzero(as_tuple=True)
         if (positions == 0).any():
             raise ValueError("a <POSE> token at position 0 has no preceding hidden state")
