@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from backend.posegpt.model import POSE_TOKEN, PoseGPT, add_pose_token
-from backend.posegpt.templates import VICUNA_V1
+from backend.posegpt.templates import TEMPLATES, VICUNA_V1, Template
 from smpl_rig import rotations
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
@@ -42,18 +42,17 @@ class DemoSizes:
     vision_heads: int = 2
 
 
-def template_texts() -> list[str]:
+def template_texts(t: Template = VICUNA_V1) -> list[str]:
     """Every fixed string the training chats and the runtime write, so the tokenizer learns them whole."""
     from .templates import DESCRIBED_PERSON_QUESTION, IMAGE_QUESTIONS, POSE_ANSWERS, TEXT_QUESTIONS
 
-    t = VICUNA_V1
     fixed = [t.system, t.user_prefix, t.assistant_prefix + t.answer_prefix + t.direct_answer.replace(POSE_TOKEN, "")]
     fixed += [q.replace("{description}", "") for q in (*TEXT_QUESTIONS, DESCRIBED_PERSON_QUESTION, *IMAGE_QUESTIONS)]
     fixed += [a.replace(POSE_TOKEN, "") for a in POSE_ANSWERS]
     return fixed
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = DemoSizes.vocab_size):
+def train_tokenizer(texts: Iterable[str], vocab_size: int = DemoSizes.vocab_size, template: Template = VICUNA_V1):
     """Byte-level BPE (any text encodes, no unknown bytes) trained on ``texts`` plus the chat templates;
     LLaVA's special tokens, then ``<POSE>`` is added by ``add_pose_token``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -65,7 +64,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DemoSizes.vocab_size
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     # The templates appear in every sample: repeat them so their words become single tokens.
-    core.train_from_iterator(list(texts) + template_texts() * 50, trainer)
+    core.train_from_iterator(list(texts) + template_texts(template) * 50, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="<pad>")
 
@@ -97,7 +96,8 @@ def build_backbone(tokenizer, sizes: DemoSizes):
 
 
 def build_demo_model(texts: Iterable[str], *, mean_pose_rotmat: np.ndarray | None = None, seed: int = 0,
-                     sizes: DemoSizes = DemoSizes(), attention_gain: float | None = None):
+                     sizes: DemoSizes = DemoSizes(), attention_gain: float | None = None,
+                     template: Template = VICUNA_V1):
     """(PoseGPT, tokenizer, image processor, manifest) with random weights from ``seed``.
 
     mean_pose_rotmat: (24, 3, 3) camera-frame pose the untrained head should answer (output bias), or None.
@@ -109,13 +109,13 @@ def build_demo_model(texts: Iterable[str], *, mean_pose_rotmat: np.ndarray | Non
     the frozen-backbone tests the re-draw was made for).
     """
     torch.manual_seed(seed)
-    tokenizer = train_tokenizer(texts, sizes.vocab_size)
+    tokenizer = train_tokenizer(texts, sizes.vocab_size, template)
     backbone, processor = build_backbone(tokenizer, sizes)
     pose_id = add_pose_token(backbone, tokenizer, POSE_TOKEN)
     if attention_gain is not None:
         from .train import remix_tiny_backbone
         remix_tiny_backbone(backbone, seed=seed, attention_gain=attention_gain)
-    tokenizer.chat_template = VICUNA_V1.jinja()
+    tokenizer.chat_template = template.jinja()
     model = PoseGPT(backbone, pose_id)
     with torch.no_grad():
         last = model.pose_head[2]
@@ -125,7 +125,7 @@ def build_demo_model(texts: Iterable[str], *, mean_pose_rotmat: np.ndarray | Non
             if mean.shape != (24, 3, 3):
                 raise ValueError(f"mean_pose_rotmat must be (24, 3, 3), got {mean.shape}")
             last.bias.copy_(torch.from_numpy(rotations.rotmat_to_d6(mean).reshape(-1)).float())
-    manifest = {"family": "llava", "template": VICUNA_V1.to_dict(), "accepts_images": True,
+    manifest = {"family": "llava", "template": template.to_dict(), "accepts_images": True,
                 "description": "PoseGPT demo: tiny LLaVA trained from scratch on the project's pose corpus",
                 "demo_sizes": asdict(sizes), "init": {"attention_gain": attention_gain}}
     return model, tokenizer, processor, manifest
@@ -168,6 +168,11 @@ def build_from_config(cfg):
     samples = load_corpus(ensure_corpus(cfg.data.corpus_dir), "train")
     texts = [t for s in samples for t in s.captions]
     mean = mean_pose(np.stack([s.text_target_rotmat() for s in samples]))
-    model, tokenizer, processor, manifest = build_demo_model(texts, mean_pose_rotmat=mean, seed=cfg.train.seed)
+    name = cfg.model.template or VICUNA_V1.name
+    if name not in TEMPLATES:
+        raise ValueError(f"model.template {name!r} is not a known template; expected one of {sorted(TEMPLATES)}")
+    template = TEMPLATES[name]
+    model, tokenizer, processor, manifest = build_demo_model(texts, mean_pose_rotmat=mean, seed=cfg.train.seed,
+                                                             template=template)
     manifest["corpus"] = {"dir": str(cfg.data.corpus_dir), "train_samples": len(samples)}
     return model, tokenizer, processor, manifest

@@ -63,7 +63,14 @@ CHATML = Template(
     user_prefix="<|im_start|>user\n", user_suffix="<|im_end|>\n", assistant_prefix="<|im_start|>assistant\n",
     answer_prefix="", end_token="<|im_end|>", after_end="\n", image_text=IMAGE_MARK, add_bos=False)
 
-TEMPLATES = {t.name: t for t in (VICUNA_V1, CHATML)}
+# Vicuna's turns without the system sentence: for models trained from scratch (the demo), where those ~30
+# tokens carry nothing, cost time on every step and, while attention is still nearly uniform, dilute the
+# state the pose is read from.
+VICUNA_V1_NO_SYSTEM = Template(
+    name="vicuna_v1_no_system", system="", user_prefix="USER: ", user_suffix=" ",
+    assistant_prefix="ASSISTANT:", answer_prefix=" ", end_token="</s>")
+
+TEMPLATES = {t.name: t for t in (VICUNA_V1, VICUNA_V1_NO_SYSTEM, CHATML)}
 
 
 class TurnEncoder:
