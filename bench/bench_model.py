@@ -19,6 +19,7 @@ to its rows (measured here: 25 new tokens over a 150-token cache take ~23 ms for
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -45,19 +46,19 @@ def _image(seed: int) -> PIL.Image.Image:
 
 
 @torch.inference_mode()
-def reference_conversation(model, tokenizer, processor, manifest, prompts, image) -> float:
+def reference_conversation(model, tokenizer, processor, manifest, prompts, image, device=torch.device("cpu")) -> float:
     """The published inference loop, re-created: seconds for all turns."""
     template = Template.from_dict(manifest["template"])
     family = make_family(manifest["family"], model.backbone.config, processor, model.decoder)
     encoded = family.encode_image(image)
-    pixels = family.image_kwargs([encoded], torch.device("cpu"), torch.float32)
+    pixels = family.image_kwargs([encoded], device, torch.float32)
     turns = TurnEncoder(tokenizer, template)
     messages: list[dict] = []
     start = time.perf_counter()
     for k, prompt in enumerate(prompts):
         messages.append({"role": "user", "content": turns.user_content(prompt, 1 if k == 0 else 0)})
         ids, _ = encode_conversation(tokenizer, template, messages, lambda i: family.placeholder_ids(encoded))
-        input_ids = torch.tensor([ids])
+        input_ids = torch.tensor([ids], device=device)
         out = model.backbone.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **pixels,
                                       max_new_tokens=REFERENCE_NEW_TOKENS, min_new_tokens=REFERENCE_NEW_TOKENS,
                                       do_sample=False, pad_token_id=tokenizer.pad_token_id)
@@ -107,18 +108,23 @@ def batch_speedup(rt: PoseRuntime, tag: str, with_history: bool, rounds: int = 3
     return statistics.median(sequential) / statistics.median(batched)
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu (the make bench figures) or cuda")
+    device = torch.device(parser.parse_args(argv).device)
     all_threads = torch.get_num_threads()
     # One thread: on a small shared CPU, several BLAS threads spin against other processes and make every
     # figure noisy (a tiny forward pass is 5-10x slower with 2 contended threads than with 1).
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model, tokenizer, processor, manifest = build_tiny_model("llava", seed=0, hidden=HIDDEN, layers=LAYERS)
-    rt = PoseRuntime(model, tokenizer, processor, manifest, device=torch.device("cpu"), dtype=torch.float32)
+    model.to(device)
+    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
+    rt = PoseRuntime(model, tokenizer, processor, manifest, device=device, dtype=torch.float32)
     image = _image(0)
     ours_conversation(rt, "warm", PROMPTS, image)
     ours = min(ours_conversation(rt, f"ours-{k}", PROMPTS, image) for k in range(3))
-    reference = reference_conversation(model, tokenizer, processor, manifest, PROMPTS, image)
+    reference = reference_conversation(model, tokenizer, processor, manifest, PROMPTS, image, device)
     print(f"reference_2turn_s: {reference:.3f}")
     print(f"direct_2turn_s: {ours:.4f}")
     print(f"direct_vs_reference_speedup: {reference / ours:.1f}")
