@@ -195,7 +195,19 @@ def training_info(run: Path, corpus_dir, runtime, wall_time: str) -> dict:
             "lr": config["optim"]["lr"], "pose_weight": config["train"]["pose_weight"],
             "wall_time": wall_time or f"{steps[-1]['elapsed_s'] / 60:.1f} min of training steps",
             "final": steps[-1], "attention_gain": runtime.manifest.get("init", {}).get("attention_gain"),
-            "mix": config["data"]["mix"]}
+            "mix": config["data"]["mix"], "threads": config["train"].get("torch_threads") or "torch's default",
+            "template": runtime.manifest["template"], "captions": config["data"].get("corpus_captions", "one")}
+
+
+TEMPLATE_WORDS = {
+    "vicuna_v1": "Vicuna v1 (LLaVA-1.5)",
+    "vicuna_v1_no_system": "Vicuna v1 turns (`USER: … ASSISTANT:`) without the system sentence (`vicuna_v1_no_system`)",
+}
+CAPTION_WORDS = {
+    "all": "every caption of a pose and every phrasing of a situation (`data.corpus_captions: all`)",
+    "first": "the first (complete) caption of each pose (`data.corpus_captions: first`)",
+    "one": "one caption per pose, drawn once by the seed (`data.corpus_captions: one`)",
+}
 
 
 def write_card(checkpoint: Path, results: dict, info: dict, references: dict | None = None,
@@ -216,7 +228,8 @@ def write_card(checkpoint: Path, results: dict, info: dict, references: dict | N
         f"- Tokenizer: byte-level BPE, {info['vocab']} tokens, trained by `training/demo_base.py` on the train "
         "split's captions and prompts plus the chat templates; `<POSE>` is a special token.",
         f"- Files: {weights_mb:.1f} MB of weights, {size_mb:.1f} MB in all (with `benchmark.npz`).",
-        "- Conversation template: Vicuna v1 (LLaVA-1.5); direct mode answers `Sure, here is the pose: <POSE>`.", "",
+        f"- Conversation template: {TEMPLATE_WORDS.get(info['template']['name'], info['template']['name'])}; direct mode "
+        f"answers `{info['template']['direct_answer']}`.", "",
         "## Data", "",
         f"- The pose corpus (`training/corpus/`, `python -m training.corpus.build`): {info['corpus']['n']} samples, seed "
         f"{info['corpus']['seed']}, splits 90/5/5 by seed; {info['corpus']['kinds']['explicit']} explicit samples (three "
@@ -225,9 +238,10 @@ def write_card(checkpoint: Path, results: dict, info: dict, references: dict | N
         f"rendered at {info['corpus']['image_size']} px from random viewpoints (mannequin body).",
         f"- Training mix per batch: text {info['mix'].get('text', 0):g} : image {info['mix'].get('image', 0):g} "
         "(text = explicit captions and speculative prompts), each wrapped in the training question/answer "
-        "templates (`training/templates.py`).", "",
+        f"templates (`training/templates.py`); text records: {CAPTION_WORDS.get(info['captions'], info['captions'])}.", "",
         "## Training", "",
-        f"- `make train CONFIG=training/configs/demo.yaml` (training/train.py on accelerate, CPU, one thread): "
+        f"- `make train CONFIG=training/configs/demo.yaml` (training/train.py on accelerate, CPU, "
+        f"{info['threads']} thread{'s' if info['threads'] != 1 else ''}): "
         f"{info['steps']} steps of batch {info['batch_size']}, AdamW lr {info['lr']:g} cosine, full training "
         f"(`model.lora_r: 0`, `freeze_vision: false`), loss 1.0 × CE + {info['pose_weight']:g} × pose L1 (the paper's 0.1 "
         "suits a pretrained language model; from scratch the pose is what has to be learnt).",
@@ -248,18 +262,21 @@ def write_card(checkpoint: Path, results: dict, info: dict, references: dict | N
     ]
     if references:
         e, sp = references["explicit_same_facts_mean"], references["speculative_same_situation_mean"]
+        model_e, model_s = results["explicit_typed"]["model"]["mpjre_deg"], results["speculative_typed"]["model"]["mpjre_deg"]
+        mean_e = results["explicit_typed"]["mean_pose"]["mpjre_deg"]
         lines += [
-            "What the captions allow: answering each test caption with the mean training pose of the captions "
-            "that state exactly the same facts (read from the corpus metadata, not from the words) gives MPJRE "
-            f"{e['mpjre_deg']:.2f}° on the explicit set, {100 * e['mpjre_deg'] / results['explicit_typed']['mean_pose']['mpjre_deg']:.0f}% "
-            "of the mean-pose baseline: a caption states one to four facts about arms, legs, torso and head, and "
-            "the rest of the pose (wrist and forearm twist, exact angles, feet) is not in the words. So the 50% "
-            "target is out of reach for a predictor that knows only what a caption states; it needs captions that say more "
-            "(all four facts every time, angles in degrees) or a metric over the described joints only. The same "
-            f"reference for speculative prompts (the mean pose of the situation) is {sp['mpjre_deg']:.2f}°.", "",
-            "What would close the remaining gap to these references: more steps (the pose loss was still falling "
-            f"at step {info['steps']}; the 30-minute CPU budget on a shared two-core machine leaves little room), a "
-            "wider decoder, and more corpus samples.", ""]
+            "References that read the corpus metadata instead of the words: answering each explicit test caption "
+            "with the mean training pose of the captions that state exactly the same facts (arm, leg, torso and head "
+            f"configurations) gives MPJRE {e['mpjre_deg']:.2f}° ({100 * e['mpjre_deg'] / mean_e:.0f}% of the mean-pose "
+            f"baseline); the model's {model_e:.2f}° is "
+            + ("below it: the words also carry what the fact labels leave out (how far a knee bends, \"slightly\", "
+               "\"to about a right angle\")." if model_e < e["mpjre_deg"] else "above it: more training would still pay.")
+            + f" Answering each speculative prompt with the mean training pose of its situation gives "
+            f"{sp['mpjre_deg']:.2f}°; the model's {model_s:.2f}° "
+            + ("is below that too." if model_s < sp["mpjre_deg"] else
+               "is above it: a situation allows several poses, and a prompt alone cannot say which."), "",
+            f"What would improve it further: more steps (the pose loss was still falling at step {info['steps']}; "
+            "the 30-minute budget on two CPU cores sets the count), a wider decoder, more corpus samples.", ""]
     if notes:
         lines += ["## Limitations", "", notes.strip(), ""]
     lines += ["## Licence", "",
