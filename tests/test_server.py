@@ -76,6 +76,26 @@ def test_hello_reports_versions_model_card_capabilities_and_limits(client, refer
     assert card["pose_token"] == "<POSE>"
     assert event.header["capabilities"]["modes"] == ["direct", "chat"]
     assert event.header["limits"]["max_images"] == wire.DEFAULT_LIMITS.max_images
+    assert card["image_size"] == reference.family.input_side == 32      # what the server decodes JPEGs down to
+
+
+def test_photos_are_decoded_only_as_large_as_the_model_reads():
+    # A 1920x1080 JPEG for a 32-px vision tower: Pillow's draft decodes at 1/8 scale (240x135), never
+    # below the model's side, and the same colours as a full decode scaled down.
+    from backend.worker import decode_image
+
+    y, x = np.mgrid[0:1080, 0:1920]
+    pixels = np.stack([x % 256, y % 256, (x + y) % 256], -1).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    drafted = decode_image(buf.getvalue(), draft_size=32)
+    assert drafted.mode == "RGB" and drafted.size == (240, 135)
+    full = decode_image(buf.getvalue())
+    assert full.size == (1920, 1080)
+    reference = np.asarray(full.resize(drafted.size, Image.BOX), dtype=np.float32)
+    assert np.abs(np.asarray(drafted, dtype=np.float32) - reference).mean() < 6.0
+    small = decode_image(_jpeg((40, 36)), draft_size=32)
+    assert small.size == (40, 36)              # never below what the model needs
 
 
 def test_ping_pong(client):

@@ -125,6 +125,7 @@ class PoseRuntime:
                 "direct_answer": self.template.direct_answer, "max_prompt_chars": int(m.get("max_prompt_chars", 4000)),
                 "max_context_tokens": self.family.max_positions, "modes": list(MODES),
                 "hidden_size": m.get("hidden_size"), "description": m.get("description", ""),
+                "image_size": self.family.input_side,
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
 
     # ------------------------------------------------------------------ sessions
