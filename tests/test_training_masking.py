@@ -124,3 +124,32 @@ def test_encoder_rejects_mismatched_images_and_stray_pose_tokens():
     sample = encoder.encode(InstructionRecord(turns=[("user", "write <POSE>"), ("assistant", "<POSE> here")]),
                             random.Random(0))
     assert model.pose_token_id not in sample.input_ids
+
+
+def test_follow_up_chat_trains_every_turns_pose_in_order():
+    # A text record asked as turn 3 of a chat: each earlier answer keeps its real <POSE> and its own target,
+    # so the loss pairs every pose token with the pose its turn described, and the last turn is the record.
+    from training.train import MixedSamples
+
+    model, tokenizer, family, template, encoder = _setup("llava")
+    poses = [np.broadcast_to(rotmat_x(a), (24, 3, 3)).copy() for a in (0.1, 0.5, 0.9)]
+    first, second, last = [PoseRecord(kind="text", pose_rotmat=p, caption=c) for p, c in
+                           zip(poses, ["She stands.", "He kneels on one knee.", "She is sitting down."])]
+    sample = encoder.encode(last, random.Random(3), [first, second])
+    assert sample.input_ids.count(model.pose_token_id) == 3 and len(_spans(sample.labels)) == 3
+    text = tokenizer.decode(sample.input_ids)
+    assert text.index("She stands.") < text.index("He kneels") < text.index("sitting down") < text.rindex("<POSE>")
+    plain = encoder.encode(first, random.Random(3))
+    batch = collate([plain, sample], tokenizer.pad_token_id, family)
+    assert batch["pose_sample_index"].tolist() == [0, 1, 1, 1]
+    np.testing.assert_allclose(batch["pose_targets"].numpy(), np.stack([poses[0], *poses]), atol=1e-6)
+    model.eval()
+    with torch.no_grad():
+        forward_losses(model, batch, family, torch.device("cpu"), torch.float32)  # pose tokens match targets
+    with pytest.raises(ValueError, match="follow-up"):
+        encoder.encode(PoseRecord(kind="image", pose_rotmat=poses[0], load_image=_image), random.Random(0), [first])
+
+    # In training, every n-th batch is made of follow-ups, the others stay single-turn.
+    dataset = MixedSamples({"text": [first, second, last]}, encoder, seed=0, follow_up_every=3)
+    counts = [dataset[("text", 2, batch_no, 0)].input_ids.count(model.pose_token_id) for batch_no in range(6)]
+    assert counts[0] == counts[1] == counts[3] == counts[4] == 1 and counts[2] >= 2 and counts[5] >= 2

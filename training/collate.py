@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torch
 from backend.posegpt.templates import IMAGE_MARK, encode_conversation
 
 from .data.records import InstructionRecord, PoseRecord
-from .templates import POSE_PLACEHOLDER, answer_pool, record_turns
+from .templates import POSE_PLACEHOLDER, answer_pool, follow_up_turns, pose_turns, record_turns
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -27,13 +27,15 @@ IGNORE = -100
 @dataclass
 class EncodedSample:
     """One tokenised chat. input_ids / labels: (L,) lists; images: the family's ``ImageInput`` per
-    ``<image>``; positions: (P, L) position ids; pose_rotmat: (24, 3, 3) target or None; kind: source."""
+    ``<image>``; positions: (P, L) position ids; pose_rotmat: (24, 3, 3) target of the last turn or None;
+    kind: source; earlier_poses: (24, 3, 3) targets of the `<POSE>` answers of earlier turns, in order."""
     input_ids: list
     labels: list
     images: list
     positions: torch.Tensor
     pose_rotmat: np.ndarray | None
     kind: str
+    earlier_poses: list = field(default_factory=list)
 
 
 class ChatEncoder:
@@ -54,8 +56,15 @@ class ChatEncoder:
         return encode_conversation(self.tokenizer, self.template, messages,
                                    image_ids=lambda k: self.family.placeholder_ids(images[k]))
 
-    def encode(self, record: PoseRecord | InstructionRecord, rng: random.Random) -> EncodedSample:
-        turns = record_turns(record, rng, answers=self.answers, pool=self.pool)
+    def encode(self, record: PoseRecord | InstructionRecord, rng: random.Random,
+               earlier: list[PoseRecord] = ()) -> EncodedSample:
+        """``earlier``: text records whose question and `<POSE>` answer come first, so ``record`` is asked as
+        a follow-up turn of that chat (text records only)."""
+        if earlier and (record.kind != "text" or any(e.kind != "text" for e in earlier)):
+            raise ValueError("follow-up chats are made of text→pose records")
+        turns = [t for e in earlier for t in pose_turns(e, rng, answers=self.answers, pool=self.pool)]
+        turns += (follow_up_turns(record, rng, answers=self.answers) if earlier
+                  else record_turns(record, rng, answers=self.answers, pool=self.pool))
         if isinstance(record, InstructionRecord):
             # A literal <POSE> in instruction text would make the model emit a pose with no target.
             turns = [(r, t.replace(POSE_PLACEHOLDER, "pose")) for r, t in turns]
@@ -79,12 +88,13 @@ class ChatEncoder:
                 raise ValueError(f"{record.meta}: {len(ids)} tokens do not fit max_length={self.max_length}")
             ids, labels = ids[: self.max_length], labels[: self.max_length]
         num_pose = sum(1 for i in ids if i == self.pose_token_id)
-        expected = 1 if isinstance(record, PoseRecord) else 0
+        expected = (1 if isinstance(record, PoseRecord) else 0) + len(earlier)
         if num_pose != expected:
             raise ValueError(f"{record.meta}: {num_pose} <POSE> tokens, expected {expected}")
         positions = self.family.positions(ids, images)
         return EncodedSample(input_ids=ids, labels=labels, images=images, positions=positions,
-                             pose_rotmat=getattr(record, "pose_rotmat", None), kind=record.kind)
+                             pose_rotmat=getattr(record, "pose_rotmat", None), kind=record.kind,
+                             earlier_poses=[e.pose_rotmat for e in earlier])
 
 
 def collate(samples: list[EncodedSample], pad_id: int, family) -> dict:
@@ -92,7 +102,8 @@ def collate(samples: list[EncodedSample], pad_id: int, family) -> dict:
 
     Returns input_ids, labels, attention_mask (batch, L); position_ids (3, batch, L) for 3-D RoPE families;
     ``images`` (all ImageInputs in sequence order, for ``family.image_kwargs``); pose_targets (N, 24, 3, 3)
-    float32 for the N pose samples in batch order and pose_sample_index (N,); kinds (list of str).
+    float32 for the N `<POSE>` tokens in batch order (a follow-up chat's earlier answers before its last)
+    and pose_sample_index (N,) the sample each belongs to; kinds (list of str).
     """
     length = max(len(s.input_ids) for s in samples)
     batch = len(samples)
@@ -109,9 +120,12 @@ def collate(samples: list[EncodedSample], pad_id: int, family) -> dict:
         positions[:, b, :n] = s.positions
         if n < length:   # padding continues the count (masked anyway)
             positions[:, b, n:] = s.positions[:, -1:] + torch.arange(1, length - n + 1)
-    pose_index = [b for b, s in enumerate(samples) if s.pose_rotmat is not None]
-    targets = (torch.from_numpy(np.stack([samples[b].pose_rotmat for b in pose_index])).float() if pose_index
-               else torch.zeros((0, 24, 3, 3)))
+    pose_index, pose_targets = [], []
+    for b, s in enumerate(samples):
+        poses = list(s.earlier_poses) + ([s.pose_rotmat] if s.pose_rotmat is not None else [])
+        pose_index += [b] * len(poses)
+        pose_targets += poses
+    targets = torch.from_numpy(np.stack(pose_targets)).float() if pose_targets else torch.zeros((0, 24, 3, 3))
     out = {"input_ids": input_ids, "labels": labels, "attention_mask": mask,
            "images": [im for s in samples for im in s.images],
            "pose_targets": targets, "pose_sample_index": torch.tensor(pose_index, dtype=torch.long),

@@ -36,6 +36,17 @@ TEXT_QUESTIONS = (
     "I need a 3D pose of a person. {description} Can you produce it?",
 )
 
+# A later turn of a chat that already holds a pose: the artist describes the next one. The description
+# alone, or with a word that says it replaces the pose before.
+FOLLOW_UP_QUESTIONS = (
+    "Now {lowered}",
+    "{description}",
+    "Next pose. {description}",
+    "Change the pose. {description}",
+    "Now make it this: {description}",
+    "Instead, {lowered}",
+)
+
 DESCRIBED_PERSON_QUESTION = "{description} Can you give the SMPL pose of this person?"
 
 POSE_ANSWERS = (
@@ -85,6 +96,17 @@ def pose_turns(record: PoseRecord, rng: random.Random, *, answers: tuple[str, ..
     else:
         raise ValueError(f"unknown pose record kind {record.kind!r}")
     return [("user", question), ("assistant", answer)]
+
+
+def follow_up_turns(record: PoseRecord, rng: random.Random, *,
+                    answers: tuple[str, ...] = POSE_ANSWERS) -> list[tuple[str, str]]:
+    """The turns of a text record asked as a later turn of a chat (see ``FOLLOW_UP_QUESTIONS``)."""
+    if record.kind != "text" or not record.caption:
+        raise ValueError("a follow-up turn needs a text→pose record with a caption")
+    description = _describe(record.caption)
+    question = rng.choice(FOLLOW_UP_QUESTIONS).format(description=description,
+                                                      lowered=description[:1].lower() + description[1:])
+    return [("user", question), ("assistant", rng.choice(answers))]
 
 
 def record_turns(record: PoseRecord | InstructionRecord, rng: random.Random, *,

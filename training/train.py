@@ -31,6 +31,7 @@ import torch
 
 from .collate import ChatEncoder, collate, pose_l1_loss
 from .config import ExperimentConfig, config_to_dict, load_config
+from .data.records import PoseRecord
 from .sampler import MixSampler
 
 log = logging.getLogger("training")
@@ -245,15 +246,27 @@ def drop_image_samples(sources: dict) -> None:
 
 class MixedSamples(torch.utils.data.Dataset):
     """Map-style view for the DataLoader: key (source, index, batch number, slot) → EncodedSample. The
-    template choice is seeded by (seed, batch, slot), so a resumed run builds the very same chats."""
+    template choice is seeded by (seed, batch, slot), so a resumed run builds the very same chats.
 
-    def __init__(self, sources: dict, encoder: ChatEncoder, seed: int):
+    follow_up_every = n > 0: every n-th batch is made of follow-up chats — each text sample is asked as the
+    last turn of a chat whose one or two earlier turns (question and `<POSE>` answer) come from other
+    samples of its source, so the model learns that the newest description wins. Whole batches, because
+    a batch is padded to its longest chat: one long chat in a batch of short ones would cost the whole batch."""
+
+    def __init__(self, sources: dict, encoder: ChatEncoder, seed: int, follow_up_every: int = 0):
         self.sources, self.encoder, self.seed = sources, encoder, seed
+        self.follow_up_every = follow_up_every
 
     def __getitem__(self, key):
         name, index, batch_no, slot = key
         rng = random.Random(f"{self.seed}:{batch_no}:{slot}")
-        return self.encoder.encode(self.sources[name][index], rng)
+        record = self.sources[name][index]
+        earlier = []
+        if (self.follow_up_every and batch_no % self.follow_up_every == self.follow_up_every - 1
+                and isinstance(record, PoseRecord) and record.kind == "text"):
+            source = self.sources[name]
+            earlier = [source[rng.randrange(len(source))] for _ in range(2 if rng.random() < 0.3 else 1)]
+        return self.encoder.encode(record, rng, earlier)
 
 
 class MixedBatches(torch.utils.data.Sampler):
@@ -396,7 +409,7 @@ def train(cfg: ExperimentConfig) -> dict:
     #    which a resumed run must not do after its RNG state was restored.
     batch_order = MixedBatches(sampler)
     loader = torch.utils.data.DataLoader(
-        MixedSamples(sources, encoder, cfg.train.seed), batch_sampler=batch_order,
+        MixedSamples(sources, encoder, cfg.train.seed, cfg.data.follow_up_every), batch_sampler=batch_order,
         collate_fn=lambda s: collate(s, tokenizer.pad_token_id or 0, family), num_workers=cfg.data.num_workers)
     batches = iter(loader) if cfg.data.num_workers == 0 else None
     step, micro_batches = 0, 0
