@@ -196,7 +196,8 @@ def training_info(run: Path, corpus_dir, runtime, wall_time: str) -> dict:
             "wall_time": wall_time or f"{steps[-1]['elapsed_s'] / 60:.1f} min of training steps",
             "final": steps[-1], "attention_gain": runtime.manifest.get("init", {}).get("attention_gain"),
             "mix": config["data"]["mix"], "threads": config["train"].get("torch_threads") or "torch's default",
-            "template": runtime.manifest["template"], "captions": config["data"].get("corpus_captions", "one")}
+            "template": runtime.manifest["template"], "captions": config["data"].get("corpus_captions", "one"),
+            "follow_up_every": config["data"].get("follow_up_every", 0)}
 
 
 TEMPLATE_WORDS = {
@@ -238,7 +239,10 @@ def write_card(checkpoint: Path, results: dict, info: dict, references: dict | N
         f"rendered at {info['corpus']['image_size']} px from random viewpoints (mannequin body).",
         f"- Training mix per batch: text {info['mix'].get('text', 0):g} : image {info['mix'].get('image', 0):g} "
         "(text = explicit captions and speculative prompts), each wrapped in the training question/answer "
-        f"templates (`training/templates.py`); text records: {CAPTION_WORDS.get(info['captions'], info['captions'])}.", "",
+        f"templates (`training/templates.py`); text records: {CAPTION_WORDS.get(info['captions'], info['captions'])}"
+        + (f"; every {info['follow_up_every']}th batch asks each caption as turn 2 or 3 of a chat whose earlier "
+           "answers keep their `<POSE>` and their own targets (`data.follow_up_every`)" if info["follow_up_every"] else "")
+        + ".", "",
         "## Training", "",
         f"- `make train CONFIG=training/configs/demo.yaml` (training/train.py on accelerate, CPU, "
         f"{info['threads']} thread{'s' if info['threads'] != 1 else ''}): "
