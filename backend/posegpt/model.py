@@ -60,9 +60,9 @@ def head_output_to_rotmat(d6: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class PoseGPTOutput:
-    """``logits`` (batch, seq, vocab), or None when the forward pass was asked for the loss only; ``loss`` scalar or None; ``pose_d6`` (N, 24, 6); ``pose_rotmat``
-    (N, 24, 3, 3); ``pose_batch_index`` (N,); ``hidden_states`` (batch, seq, H) last layer after the norm;
-    ``cache`` the backbone's KV cache (when ``use_cache``)."""
+    """``logits`` (batch, seq, vocab), None when only the loss was asked for; ``loss`` scalar or None;
+    ``pose_d6`` (N, 24, 6); ``pose_rotmat`` (N, 24, 3, 3); ``pose_batch_index`` (N,); ``hidden_states``
+    (batch, seq, H) last layer after the norm; ``cache`` the backbone's KV cache (when ``use_cache``)."""
 
     logits: torch.Tensor | None
     loss: torch.Tensor | None
