@@ -240,7 +240,7 @@ def write_card(checkpoint: Path, results: dict, info: dict, references: dict | N
         f"- Training mix per batch: text {info['mix'].get('text', 0):g} : image {info['mix'].get('image', 0):g} "
         "(text = explicit captions and speculative prompts), each wrapped in the training question/answer "
         f"templates (`training/templates.py`); text records: {CAPTION_WORDS.get(info['captions'], info['captions'])}"
-        + (f"; every {info['follow_up_every']}th batch asks each caption as turn 2 or 3 of a chat whose earlier "
+        + (f"; one batch in {info['follow_up_every']} asks each caption as turn 2 or 3 of a chat whose earlier "
            "answers keep their `<POSE>` and their own targets (`data.follow_up_every`)" if info["follow_up_every"] else "")
         + ".", "",
         "## Training", "",
