@@ -39,8 +39,10 @@ class CorpusRecords:
         if limit:
             self.samples = self.samples[:limit]
         self.kind, self.seed = kind, seed
-        # (sample, caption) pairs behind each text record.
-        if captions == "all":
+        # (sample, caption) pairs behind each text record; image records are one per sample.
+        if kind == "image":
+            self.pairs = []
+        elif captions == "all":
             self.pairs = [(k, c) for k, s in enumerate(self.samples) for c in range(len(s.captions))]
         elif captions == "first":
             self.pairs = [(k, 0) for k in range(len(self.samples))]
