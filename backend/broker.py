@@ -39,7 +39,8 @@ class _Request:
     session_id: str
     batchable: bool                   # a direct-mode chat: may share one padded forward pass
     worker: "WorkerSlot"
-    job: list[bytes]                  # the frames sent to the worker
+    spec: dict                        # the job description sent to the worker
+    images: list[bytes]
     received: float = field(default_factory=time.monotonic)
     started: float | None = None
     last_sent: float = field(default_factory=time.monotonic)
@@ -236,8 +237,7 @@ class Broker:
         if worker is None:
             self._reply(identity, wire.Error(request_id, "not_ready", "no model worker is ready"))
             return
-        job = [worker.identity, b"JOB", identity, request_id.encode(), json.dumps(spec).encode(), *images]
-        self.requests[key] = _Request(identity, request_id, kind, session_id, batchable, worker, job)
+        self.requests[key] = _Request(identity, request_id, kind, session_id, batchable, worker, spec, images)
         worker.queue.append(key)
         self._dispatch(worker)
 
@@ -276,8 +276,12 @@ class Broker:
             request = self.requests[key]
             request.started = now
             worker.running.append(key)
-            self.backend.send_multipart(request.job)
-            request.job = []           # the images are the worker's now
+            # the worker reports queue_ms and server_ms on this (system-wide monotonic) clock itself,
+            # so its reply passes through here untouched
+            spec = {**request.spec, "received_at": request.received, "dispatched_at": now}
+            self.backend.send_multipart([worker.identity, b"JOB", request.identity, request.request_id.encode(),
+                                         json.dumps(spec).encode(), *request.images])
+            request.images = []        # the images are the worker's now
 
     # --- workers -------------------------------------------------------------------------------------
 
@@ -298,9 +302,10 @@ class Broker:
             worker.load_failed = True
             self._fail_worker(worker, info.get("code", "worker_failed"), info.get("message", "worker failed"))
         elif command == b"OUT":
-            self._forward(worker, rest[0], rest[1:])
+            self._forward(worker, rest[0], rest[1], rest[2:])
 
-    def _forward(self, worker: WorkerSlot, identity: bytes, frames: list[bytes]) -> None:
+    def _forward(self, worker: WorkerSlot, identity: bytes, summary: bytes, frames: list[bytes]) -> None:
+        """Pass a worker's reply to its client as it is; ``summary`` (final replies) feeds the log line."""
         kind, request_id = frames[1], frames[2].decode()
         key = (identity, request_id)
         request = self.requests.get(key)
@@ -309,12 +314,6 @@ class Broker:
         now = time.monotonic()
         request.last_sent = now
         if kind in (b"result", b"error", b"closed"):
-            if kind == b"result":
-                header = json.loads(frames[3])
-                header["timings"].update(queue_ms=(request.started - request.received) * 1e3,
-                                         server_ms=(now - request.received) * 1e3)
-                header["worker"] = worker.identity.decode()
-                frames[3] = json.dumps(header, separators=(",", ":")).encode()
             del self.requests[key]
             if key in worker.running:
                 worker.running.remove(key)
@@ -322,10 +321,11 @@ class Broker:
             self.served += 1
             if kind == b"closed" and request.kind == "close":
                 self.sessions.pop(request.session_id, None)
-            status = "ok" if kind != b"error" else json.loads(frames[3]).get("code", "error")
             self.frontend.send_multipart([identity, *frames])
-            self._log(request, status, frames[3] if kind == b"result" else None)
             self._dispatch(worker)
+            if log.isEnabledFor(logging.INFO):
+                summary = json.loads(summary)
+                self._log(request, summary.get("status", "ok"), summary.get("model_ms", 0.0))
         else:
             self.frontend.send_multipart([identity, *frames])
 
@@ -370,10 +370,9 @@ class Broker:
                     stage, info = "running", {"elapsed_ms": round((now - request.started) * 1e3, 1)}
                 self._reply(request.identity, wire.Progress(request.request_id, stage, info))
 
-    def _log(self, request: _Request, status: str, result_header: bytes | None = None) -> None:
+    def _log(self, request: _Request, status: str, model_ms: float = 0.0) -> None:
         now = time.monotonic()
         queue_ms = ((request.started or now) - request.received) * 1e3
-        model_ms = json.loads(result_header)["timings"].get("model_ms", 0.0) if result_header else 0.0
         log.info("request %s %s session=%s worker=%s status=%s queue_ms=%.1f model_ms=%.1f total_ms=%.1f",
                  request.request_id, request.kind, request.session_id, request.worker.identity.decode(), status,
                  queue_ms, model_ms, (now - request.received) * 1e3)

@@ -11,8 +11,11 @@ the generation at the next step. The broker, not this loop, is what never waits 
 
 Broker ↔ worker messages (internal; the client never sees them):
     worker → broker   [b"READY", json{model_card, pid}] | [b"FAILED", json{code, message}]
-                      | [b"OUT", client_identity, *wire_frames]
+                      | [b"OUT", client_identity, summary, *wire_frames]
+    summary: json{status, model_ms} for a final reply (the broker's log line), empty for progress
     broker → worker   [b"JOB", client_identity, request_id, json job, *image_bytes]
+    (the job carries the broker's ``received_at``/``dispatched_at`` on the system-wide monotonic clock:
+    the worker puts queue_ms and server_ms in the result, which the broker forwards untouched)
                       | [b"CANCEL", client_identity, request_id] | [b"STOP"]
 """
 from __future__ import annotations
@@ -125,7 +128,7 @@ class ModelWorker:
                 replies = self._answer_batch(runtime, jobs) if len(jobs) > 1 else [self._answer(runtime, jobs[0])]
                 for job, reply in zip(jobs, replies):
                     self._active.pop((job.identity, job.request_id), None)
-                    self._socket.send_multipart([b"OUT", job.identity, *wire.encode(reply)])
+                    self._socket.send_multipart([b"OUT", job.identity, _summary(reply), *wire.encode(reply)])
         finally:
             self.stop()
             self._socket.close(linger=0)
@@ -237,7 +240,7 @@ class ModelWorker:
         start = time.perf_counter()
         images = [decode_image(blob, self._draft_size) for blob in job.images]
         decoded = time.perf_counter()
-        last_progress = [0.0]
+        last_progress = [time.monotonic()]      # a turn shorter than the interval sends no progress
 
         def should_stop() -> bool:
             # the runtime asks between steps: the moment to read cancels the broker has sent since
@@ -250,7 +253,7 @@ class ModelWorker:
             if self._in_owner_thread() and now - last_progress[0] >= PROGRESS_INTERVAL_S:
                 last_progress[0] = now
                 message = wire.Progress(job.request_id, "generating", json_safe(dict(info)))
-                self._socket.send_multipart([b"OUT", job.identity, *wire.encode(message)])
+                self._socket.send_multipart([b"OUT", job.identity, b"", *wire.encode(message)])
 
         options = spec["options"]
         result = runtime.chat(spec["session_id"], spec["prompt"], images=images, mode=spec["mode"],
@@ -263,14 +266,24 @@ class ModelWorker:
         return self._result(job, result, {"image_decode_ms": (decoded - start) * 1e3,
                                           "model_ms": (finished - decoded) * 1e3})
 
-    @staticmethod
-    def _result(job: _Job, result, extra_timings: dict) -> wire.Result:
+    def _result(self, job: _Job, result, extra_timings: dict) -> wire.Result:
         poses = [{name: np.asarray(getattr(pose, name), dtype=np.float32) for name in wire.POSE_ARRAYS}
                  for pose in result.poses]
         timings = {k: float(v) for k, v in dict(result.timings).items()
                    if isinstance(v, (int, float, np.generic)) and math.isfinite(float(v))}
         timings.update(extra_timings)
-        return wire.Result(job.request_id, job.spec["session_id"], result.text, poses, timings)
+        received, dispatched = job.spec.get("received_at"), job.spec.get("dispatched_at")
+        if isinstance(received, float) and isinstance(dispatched, float):
+            timings.update(queue_ms=(dispatched - received) * 1e3, server_ms=(time.monotonic() - received) * 1e3)
+        return wire.Result(job.request_id, job.spec["session_id"], result.text, poses, timings,
+                           self.identity.decode())
+
+
+def _summary(reply: wire.Message) -> bytes:
+    """The broker's log line for a final reply: its status and the model time."""
+    status = reply.code if isinstance(reply, wire.Error) else "ok"
+    model_ms = reply.timings.get("model_ms", 0.0) if isinstance(reply, wire.Result) else 0.0
+    return json.dumps({"status": status, "model_ms": model_ms}).encode()
 
 
 def _is_direct(job: _Job) -> bool:

@@ -88,6 +88,10 @@ POSE_ARRAYS = {
 }
 
 _ALLOWED_DTYPES = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8", "uint8": "u1"}
+# looked up per array on every result: dtype.name is slow Python in numpy, a dict of dtypes is not
+_WIRE_DTYPE = {name: np.dtype(code) for name, code in _ALLOWED_DTYPES.items()}            # on the wire
+_NATIVE_DTYPE = {name: np.dtype(name) for name in _ALLOWED_DTYPES}                       # once received
+_NAME_OF_NATIVE = {dtype: name for name, dtype in _NATIVE_DTYPE.items()}
 _MODES = ("direct", "chat")
 
 
@@ -249,11 +253,10 @@ _TYPE_OF = {Hello: "hello", Ping: "ping", Pong: "pong", Chat: "chat", Progress: 
 def encode_array(array: np.ndarray) -> tuple[dict, bytes]:
     """(descriptor {"dtype", "shape"}, raw little-endian bytes) for an array of an allowed dtype."""
     array = np.asarray(array)
-    name = array.dtype.name
+    name = _NAME_OF_NATIVE.get(array.dtype) or array.dtype.name       # the slow path: byte-swapped input
     if name not in _ALLOWED_DTYPES:
         raise ValueError(f"dtype {name} cannot be sent; allowed: {sorted(_ALLOWED_DTYPES)}")
-    data = np.ascontiguousarray(array, dtype=np.dtype(_ALLOWED_DTYPES[name]))
-    return {"dtype": name, "shape": list(array.shape)}, data.tobytes()
+    return {"dtype": name, "shape": list(array.shape)}, array.astype(_WIRE_DTYPE[name], order="C", copy=False).tobytes()
 
 
 def decode_array(descriptor: Any, buffer: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
@@ -266,11 +269,12 @@ def decode_array(descriptor: Any, buffer: bytes, limits: Limits = DEFAULT_LIMITS
     if (not isinstance(shape, list) or len(shape) > 8
             or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 1 << 24 for s in shape)):
         raise WireError("bad_array", f"bad shape {shape!r}")
-    np_dtype = np.dtype(_ALLOWED_DTYPES[dtype])
-    expected = math.prod(shape) * np_dtype.itemsize
+    wire_dtype = _WIRE_DTYPE[dtype]
+    expected = math.prod(shape) * wire_dtype.itemsize
     if expected > limits.max_array_bytes or expected != len(buffer):
         raise WireError("bad_array", f"{dtype}{shape} needs {expected} bytes, frame has {len(buffer)}")
-    return np.frombuffer(buffer, dtype=np_dtype).reshape(shape).astype(np_dtype.newbyteorder("="))
+    # astype copies: the array owns writable memory in native byte order, not the frame's buffer
+    return np.frombuffer(buffer, dtype=wire_dtype).reshape(shape).astype(_NATIVE_DTYPE[dtype])
 
 
 # --- image headers (sizes read without decoding pixels) -------------------------------------------------
