@@ -37,6 +37,7 @@ import numpy as np
 import zmq
 
 from posegpt_net import wire
+from posegpt_net.transport import NOBLOCK, readable, recv_frames, send_frames
 
 log = logging.getLogger("posegpt.worker")
 
@@ -49,7 +50,7 @@ class _Job:
     identity: bytes
     request_id: str
     spec: dict
-    images: list[bytes]
+    images: list[zmq.Frame]           # encoded files, still in the received frames
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -69,7 +70,7 @@ def json_safe(value: Any) -> Any:
 
 
 def decode_image(data: bytes, draft_size: int | None = None):
-    """PNG/JPEG/WebP bytes (already size-checked by ``wire.check_image``) → RGB PIL image.
+    """PNG/JPEG/WebP file bytes or buffer (a ``zmq.Frame``; size-checked by ``wire.check_image``) → RGB image.
 
     ``draft_size``: the model's input side; JPEGs are then decoded at the smallest DCT scale that is
     still at least that large (the model resizes down anyway), several times faster for photos."""
@@ -128,7 +129,7 @@ class ModelWorker:
                 replies = self._answer_batch(runtime, jobs) if len(jobs) > 1 else [self._answer(runtime, jobs[0])]
                 for job, reply in zip(jobs, replies):
                     self._active.pop((job.identity, job.request_id), None)
-                    self._socket.send_multipart([b"OUT", job.identity, _summary(reply), *wire.encode(reply)])
+                    send_frames(self._socket, [b"OUT", job.identity, _summary(reply), *wire.encode(reply)])
         finally:
             self.stop()
             self._socket.close(linger=0)
@@ -140,27 +141,26 @@ class ModelWorker:
         except Exception as exc:
             code = getattr(exc, "code", "bad_checkpoint")
             log.exception("%s: the model could not be loaded", self.identity.decode())
-            self._socket.send_multipart([b"FAILED", json.dumps({"code": code, "message": str(exc)[:500]}).encode()])
+            send_frames(self._socket, [b"FAILED", json.dumps({"code": code, "message": str(exc)[:500]}).encode()])
             return None
         size = card.get("image_size")
         self._draft_size = size if isinstance(size, int) and size > 0 else None
-        self._socket.send_multipart([b"READY", json.dumps({"model_card": card, "pid": os.getpid()}).encode()])
+        send_frames(self._socket, [b"READY", json.dumps({"model_card": card, "pid": os.getpid()}).encode()])
         return runtime
 
     def _read_commands(self) -> None:
         """Take every waiting broker message without blocking (only from the socket's own thread)."""
-        while True:
-            try:
-                command, *rest = self._socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        while readable(self._socket):
+            # images stay in libzmq's buffers (zmq.Frame) until decoded: no copy of a photo on the way in
+            command, *rest = recv_frames(self._socket, NOBLOCK, copy=False)
+            command = command.bytes
             if command == b"JOB":
-                identity, request_id, spec, *images = rest
-                job = _Job(identity, request_id.decode(), json.loads(spec), images)
+                identity, request_id, spec = (frame.bytes for frame in rest[:3])
+                job = _Job(identity, request_id.decode(), json.loads(spec), rest[3:])
                 self._active[(identity, job.request_id)] = job
                 self._jobs.append(job)
             elif command == b"CANCEL":
-                identity, request_id = rest
+                identity, request_id = (frame.bytes for frame in rest)
                 job = self._active.get((identity, request_id.decode()))
                 if job is not None:
                     job.cancel.set()
@@ -253,7 +253,7 @@ class ModelWorker:
             if self._in_owner_thread() and now - last_progress[0] >= PROGRESS_INTERVAL_S:
                 last_progress[0] = now
                 message = wire.Progress(job.request_id, "generating", json_safe(dict(info)))
-                self._socket.send_multipart([b"OUT", job.identity, b"", *wire.encode(message)])
+                send_frames(self._socket, [b"OUT", job.identity, b"", *wire.encode(message)])
 
         options = spec["options"]
         result = runtime.chat(spec["session_id"], spec["prompt"], images=images, mode=spec["mode"],

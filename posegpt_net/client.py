@@ -29,6 +29,7 @@ import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from posegpt_net import wire
+from posegpt_net.transport import NOBLOCK, readable, recv_frames, send_frames
 
 __all__ = ["PoseClient", "Event", "CurveKeys", "TIMEOUT_S", "RETRIES"]
 
@@ -162,7 +163,7 @@ class PoseClient:
         if pending is None:
             return
         try:
-            self._socket.send_multipart(wire.encode(wire.Cancel(request_id)), zmq.NOBLOCK)
+            send_frames(self._socket, wire.encode(wire.Cancel(request_id)), NOBLOCK)
         except zmq.Again:
             pass        # nothing reaches the server now; the request's own timeout ends it
 
@@ -251,7 +252,7 @@ class PoseClient:
             raise ValueError(f"timeout_s must be positive, got {timeout}")
         self._pending[request_id] = _Pending(kind, frames, timeout, time.monotonic() + timeout)
         try:
-            self._socket.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(self._socket, frames, NOBLOCK)
         except zmq.Again:
             pass        # queue full towards a dead peer: the timeout will reconnect and resend or fail it
 
@@ -259,11 +260,9 @@ class PoseClient:
         events: list[Event] = []
         self._check_handshake(events)
         for _ in range(MAX_MESSAGES_PER_PUMP):
-            try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not readable(self._socket):
                 break
-            event = self._event(frames)
+            event = self._event(recv_frames(self._socket, NOBLOCK))
             if event is not None:
                 events.append(event)
         self._check_timeouts(events)
@@ -319,7 +318,10 @@ class PoseClient:
             if pending.kind in IDEMPOTENT:
                 pending.attempts += request_id in expired
                 pending.deadline = now + pending.timeout_s
-                self._socket.send_multipart(pending.frames, zmq.NOBLOCK)
+                try:
+                    send_frames(self._socket, pending.frames, NOBLOCK)
+                except zmq.Again:
+                    pass        # not connected yet: the next timeout tries again
             else:
                 del self._pending[request_id]
                 events.append(_error(request_id, "connection_lost",

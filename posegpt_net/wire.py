@@ -475,7 +475,9 @@ def decode(frames: list[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
             _check_protocol(bytes(frames[0]), peek_request_id(frames, limits))
         raise WireError("too_few_frames", f"{len(frames)} frames; at least 4 needed",
                         peek_request_id(frames, limits))
-    tag, kind_raw, rid_raw, head, *blobs = (bytes(f) for f in frames)
+    tag, kind_raw, rid_raw, head = (bytes(f) for f in frames[:4])
+    # binary frames (images of up to megabytes) are read in place, never copied here
+    blobs = [b if isinstance(b, (bytes, memoryview)) else memoryview(b) for b in frames[4:]]
     _check_protocol(tag, peek_request_id(frames, limits))
     kind = kind_raw.decode("ascii", "replace")
     # an error about a message whose id was unreadable carries an empty id
