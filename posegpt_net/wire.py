@@ -264,13 +264,16 @@ def decode_array(descriptor: Any, buffer: bytes, limits: Limits = DEFAULT_LIMITS
     if not isinstance(descriptor, dict):
         raise WireError("bad_array", "array descriptor is not an object")
     dtype, shape = descriptor.get("dtype"), descriptor.get("shape")
-    if dtype not in _ALLOWED_DTYPES:
-        raise WireError("bad_array", f"dtype {dtype!r} not allowed")
-    if (not isinstance(shape, list) or len(shape) > 8
-            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 1 << 24 for s in shape)):
-        raise WireError("bad_array", f"bad shape {shape!r}")
-    wire_dtype = _WIRE_DTYPE[dtype]
-    expected = math.prod(shape) * wire_dtype.itemsize
+    wire_dtype = _WIRE_DTYPE.get(dtype) if isinstance(dtype, str) else None
+    if wire_dtype is None:
+        raise WireError("bad_array", f"dtype {dtype!r:.40} not allowed")
+    if type(shape) is not list or len(shape) > 8:
+        raise WireError("bad_array", f"bad shape {shape!r:.80}")
+    expected = wire_dtype.itemsize
+    for size in shape:                   # JSON integers only (not bools), each at most 2**24
+        if type(size) is not int or not 0 <= size <= 1 << 24:
+            raise WireError("bad_array", f"bad shape {shape!r:.80}")
+        expected *= size
     if expected > limits.max_array_bytes or expected != len(buffer):
         raise WireError("bad_array", f"{dtype}{shape} needs {expected} bytes, frame has {len(buffer)}")
     # astype copies: the array owns writable memory in native byte order, not the frame's buffer
@@ -586,8 +589,8 @@ def _decode_result(rid, header, blobs, limits):
         except WireError as err:
             raise WireError(err.code, err.message, rid) from None
         index, name = descriptor.get("pose"), descriptor.get("name")
-        if (not isinstance(index, int) or not 0 <= index < num_poses or name not in POSE_ARRAYS
-                or array.shape != POSE_ARRAYS[name][1] or name in poses[index]):
+        if (type(index) is not int or not 0 <= index < num_poses or not isinstance(name, str)
+                or name not in POSE_ARRAYS or array.shape != POSE_ARRAYS[name][1] or name in poses[index]):
             raise WireError("bad_array", f"unexpected pose array {name!r} of pose {index!r}", rid)
         poses[index][name] = array
     timings = _get(header, "timings", dict, {}, rid)

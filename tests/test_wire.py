@@ -96,7 +96,10 @@ def test_arrays_roundtrip(dtype, shape):
                                              ({"dtype": "float32", "shape": [3]}, 8),
                                              ({"dtype": "float32", "shape": [-1]}, 4),
                                              ({"dtype": "float32", "shape": "3"}, 12),
-                                             ({"dtype": "float32", "shape": [1 << 20, 1 << 20]}, 4)])
+                                             ({"dtype": "float32", "shape": [1 << 20, 1 << 20]}, 4),
+                                             ({"dtype": ["float32"], "shape": [1]}, 4),
+                                             ({"dtype": "float32", "shape": [True]}, 4),
+                                             ({"dtype": "float32", "shape": [1.0]}, 4)])
 def test_bad_arrays_are_refused(descriptor, size):
     with pytest.raises(wire.WireError) as err:
         wire.decode_array(descriptor, b"\0" * size)
@@ -199,6 +202,20 @@ def test_error_replies_may_carry_an_empty_request_id():
     assert wire.decode(frames) == wire.Error("", "bad_protocol", "nope")
     assert wire.peek_request_id([b"junk", b"ping", b"abc"]) == "abc"
     assert wire.peek_request_id([b"junk", b"ping", b"\xff"]) == ""
+
+
+def test_result_descriptors_of_any_json_type_raise_wire_errors():
+    """A broken or hostile server cannot crash the client's decoder with unhashable or odd JSON values."""
+    frames = wire.encode(wire.Result("q", "s", "t", [_pose(3)]))
+    header = json.loads(frames[3])
+    for index in range(len(header["arrays"])):
+        for key in ("pose", "name", "dtype", "shape"):
+            for value in (None, [], [1], {}, {"a": 1}, True, 1.5, "x", -1):
+                broken = json.loads(frames[3])
+                broken["arrays"][index][key] = value
+                with pytest.raises(wire.WireError) as err:
+                    wire.decode([*frames[:3], json.dumps(broken).encode(), *frames[4:]], wire.CLIENT_LIMITS)
+                assert err.value.code == "bad_array", (key, value)
 
 
 def test_random_corruption_only_ever_raises_wire_errors():
