@@ -283,7 +283,7 @@ def _summary(reply: wire.Message) -> bytes:
     """The broker's log line for a final reply: its status and the model time."""
     status = reply.code if isinstance(reply, wire.Error) else "ok"
     model_ms = reply.timings.get("model_ms", 0.0) if isinstance(reply, wire.Result) else 0.0
-    return json.dumps({"status": status, "model_ms": model_ms}).encode()
+    return b'{"status":"%s","model_ms":%.3f}' % (status.encode("ascii", "replace"), model_ms)
 
 
 def _is_direct(job: _Job) -> bool:

@@ -287,11 +287,8 @@ class PoseClient:
 
     def _check_handshake(self, events: list[Event]) -> None:
         failed = None
-        while True:
-            try:
-                failed = recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        while readable(self._monitor):
+            failed = recv_monitor_message(self._monitor, zmq.NOBLOCK)
         if failed is not None and failed["event"] & _HANDSHAKE_FAILED:
             for request_id in list(self._pending):
                 del self._pending[request_id]
