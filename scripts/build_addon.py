@@ -37,10 +37,11 @@ LIBS_DIST = "posegpt_blender_libs"            # the wheel carrying smpl_rig and 
 ZIP_DATE = (2024, 1, 1, 0, 0, 0)              # fixed timestamps: the same sources give the same zip bytes
 
 # Which repository files go in, relative to the repo root. smpl_rig: the pure-numpy rig and its bundled
-# mannequin body (licence notice included); posegpt_net: the wire format and the client only.
+# mannequin body (licence notice included); posegpt_net: the wire format, its socket helpers and the
+# client (the package holds nothing else: the server lives in backend/).
 ADDON_FILES_GLOB = "*.py"
 SMPL_RIG_FILES = ("*.py", "data/mannequin.npz", "data/MANNEQUIN_LICENSE.txt")
-POSEGPT_NET_FILES = ("__init__.py", "wire.py", "client.py")
+POSEGPT_NET_FILES = ("*.py",)
 
 # (Python version, pip --platform) pairs per extension zip. macosx_11_0_arm64 resolves to pyzmq's
 # universal2 wheel, which Blender maps to both macOS platforms.

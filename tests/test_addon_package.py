@@ -129,6 +129,9 @@ def test_zipped_files_are_byte_identical_to_the_repository(built):
             "posegpt_net/wire.py", "posegpt_net/client.py"} <= set(repo["libs"])
     every_addon_py = {p.name for p in (REPO / "blender_addon").glob("*.py")}
     assert every_addon_py == set(repo["addon"]), "a module of the add-on would be left out of the zip"
+    for package in ("smpl_rig", "posegpt_net"):            # the client imports every module of its package
+        every_py = {f"{package}/{p.name}" for p in (REPO / package).glob("*.py")}
+        assert every_py <= set(repo["libs"]), f"a module of {package} would be left out of the libs wheel"
     for key in ("blender4.2-5.0", "blender5.1"):
         with zipfile.ZipFile(built[key]) as zf:
             for name, data in repo["addon"].items():
