@@ -3,6 +3,8 @@ cancel, heartbeats, limits. The poses that arrive are compared with the runtime'
 from __future__ import annotations
 
 import io
+import logging
+import re
 import time
 
 import numpy as np
@@ -123,7 +125,21 @@ def test_chat_result_carries_the_runtimes_pose_in_all_forms(client, reference):
     assert event.header["frames"]["rotmat"] == "camera" and event.header["frames"]["rotmat_smpl"] == "smpl"
     timings = event.header["timings"]
     assert {"model_ms", "image_decode_ms", "queue_ms", "server_ms"} <= set(timings)
-    assert timings["server_ms"] >= timings["model_ms"] > 0
+    assert timings["server_ms"] >= timings["model_ms"] + timings["image_decode_ms"] + timings["queue_ms"]
+    assert timings["model_ms"] > 0 and timings["queue_ms"] >= 0 and event.header["worker"] == "worker-0"
+
+
+def test_one_log_line_per_request_with_its_timings(client, caplog):
+    with caplog.at_level(logging.INFO, logger="posegpt.server"):
+        chat = client.request("chat", session_id="logged", prompt="arms up")
+        bad = client.request("chat", session_id="logged", prompt="arms up", images=[_jpeg()[:400]])  # truncated
+        client.request("close", session_id="logged")
+    lines = {r.getMessage().split()[1]: r.getMessage() for r in caplog.records if r.getMessage().startswith("request ")}
+    assert chat.kind == "result" and bad.kind == "error"
+    model_ms = float(re.search(r"model_ms=([\d.]+)", lines[chat.request_id]).group(1))
+    assert "chat session=logged worker=worker-0 status=ok" in lines[chat.request_id]
+    assert model_ms == pytest.approx(chat.header["timings"]["model_ms"], abs=0.1)
+    assert f"status={bad.error_code}" in lines[bad.request_id]
 
 
 def test_chat_mode_streams_progress_and_sessions_reset_and_close(client):
