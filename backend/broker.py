@@ -41,7 +41,7 @@ class _Request:
     batchable: bool                   # a direct-mode chat: may share one padded forward pass
     worker: "WorkerSlot"
     spec: dict                        # the job description sent to the worker
-    images: list[bytes]
+    images: list[zmq.Frame]           # a chat's image frames as received from the client
     received: float = field(default_factory=time.monotonic)
     started: float | None = None
     last_sent: float = field(default_factory=time.monotonic)
@@ -139,6 +139,7 @@ class Broker:
     def _on_client(self, frames: list[zmq.Frame]) -> None:
         # A chat's images go on to the worker as the very frames received here: libzmq shares their
         # buffers, so a 0.5 MB photo is not copied twice more inside this process.
+        # (identity and the four header frames become bytes; binary frames stay zmq.Frames)
         identity, *frames = [frame.bytes if index < 5 else frame for index, frame in enumerate(frames)]
         try:
             message = wire.decode(frames, self.limits)
@@ -222,7 +223,7 @@ class Broker:
             self._log(request, "cancelled")
         else:
             send_frames(self.backend, [request.worker.identity, b"CANCEL", identity,
-                                         message.request_id.encode()])
+                                       message.request_id.encode()])
 
     _HANDLERS = {wire.Hello: _on_hello, wire.Ping: _on_ping, wire.Chat: _on_chat, wire.Reset: _on_session_op,
                  wire.Close: _on_session_op, wire.Cancel: _on_cancel}

@@ -12,11 +12,11 @@ the generation at the next step. The broker, not this loop, is what never waits 
 Broker ↔ worker messages (internal; the client never sees them):
     worker → broker   [b"READY", json{model_card, pid}] | [b"FAILED", json{code, message}]
                       | [b"OUT", client_identity, summary, *wire_frames]
-    summary: json{status, model_ms} for a final reply (the broker's log line), empty for progress
     broker → worker   [b"JOB", client_identity, request_id, json job, *image_bytes]
-    (the job carries the broker's ``received_at``/``dispatched_at`` on the system-wide monotonic clock:
-    the worker puts queue_ms and server_ms in the result, which the broker forwards untouched)
                       | [b"CANCEL", client_identity, request_id] | [b"STOP"]
+``summary`` is json{status, model_ms} of a final reply (for the broker's log line), empty for progress.
+The job carries the broker's ``received_at``/``dispatched_at`` on the system-wide monotonic clock: the
+worker puts queue_ms, server_ms and its own name in the result, which the broker forwards untouched.
 """
 from __future__ import annotations
 
@@ -280,7 +280,7 @@ class ModelWorker:
 
 
 def _summary(reply: wire.Message) -> bytes:
-    """The broker's log line for a final reply: its status and the model time."""
+    """What the broker's log line needs of a final reply: its status and the model time."""
     status = reply.code if isinstance(reply, wire.Error) else "ok"
     model_ms = reply.timings.get("model_ms", 0.0) if isinstance(reply, wire.Result) else 0.0
     return b'{"status":"%s","model_ms":%.3f}' % (status.encode("ascii", "replace"), model_ms)
