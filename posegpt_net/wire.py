@@ -256,7 +256,8 @@ def encode_array(array: np.ndarray) -> tuple[dict, bytes]:
     name = _NAME_OF_NATIVE.get(array.dtype) or array.dtype.name       # the slow path: byte-swapped input
     if name not in _ALLOWED_DTYPES:
         raise ValueError(f"dtype {name} cannot be sent; allowed: {sorted(_ALLOWED_DTYPES)}")
-    return {"dtype": name, "shape": list(array.shape)}, array.astype(_WIRE_DTYPE[name], order="C", copy=False).tobytes()
+    data = array.astype(_WIRE_DTYPE[name], order="C", copy=False)      # no copy when it is already so
+    return {"dtype": name, "shape": list(array.shape)}, data.tobytes()
 
 
 def decode_array(descriptor: Any, buffer: bytes, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:

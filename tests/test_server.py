@@ -134,7 +134,8 @@ def test_one_log_line_per_request_with_its_timings(client, caplog):
         chat = client.request("chat", session_id="logged", prompt="arms up")
         bad = client.request("chat", session_id="logged", prompt="arms up", images=[_jpeg()[:400]])  # truncated
         client.request("close", session_id="logged")
-    lines = {r.getMessage().split()[1]: r.getMessage() for r in caplog.records if r.getMessage().startswith("request ")}
+    messages = [record.getMessage() for record in caplog.records]
+    lines = {m.split()[1]: m for m in messages if m.startswith("request ")}
     assert chat.kind == "result" and bad.kind == "error"
     model_ms = float(re.search(r"model_ms=([\d.]+)", lines[chat.request_id]).group(1))
     assert "chat session=logged worker=worker-0 status=ok" in lines[chat.request_id]
