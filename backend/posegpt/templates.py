@@ -10,9 +10,17 @@ Images are written `<image>` in user text; each becomes the family's placeholder
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
+from .model import POSE_TOKEN
+
 IMAGE_MARK = "<image>"
+# Whitespace written before the pose token in template or answer text ("it is <POSE>") is not a token: the
+# model emits <POSE> straight after the word, as the published model emits [SEG] after "▁is" (its
+# tokenizer strips whitespace next to added tokens). A lone space piece there would be the state the
+# pose is read from, a state the model never saw before a pose.
+_SPACE_BEFORE_POSE = re.compile(r"\s+(?=" + re.escape(POSE_TOKEN) + ")")
 
 VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant "
                  "gives helpful, detailed, and polite answers to the human's questions.")
@@ -95,7 +103,7 @@ class TurnEncoder:
             return []
         cached = self._pieces.get(text)
         if cached is None:
-            cached = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            cached = self.tokenizer(_SPACE_BEFORE_POSE.sub("", text), add_special_tokens=False)["input_ids"]
             if text in self._fixed:  # template pieces recur every turn; user text does not
                 self._pieces[text] = cached
         return list(cached)
