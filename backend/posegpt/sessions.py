@@ -34,6 +34,7 @@ class Session:
     cache: KVCache | None = None
     cache_len: int = 0
     turns: int = 0
+    text: str = ""  # "whole" templates: the conversation as text, as the published code kept it
     last_used: float = field(default_factory=time.monotonic)
 
     def drop_cache(self):
