@@ -104,6 +104,8 @@ def train(cfg: ExperimentConfig) -> dict:
         cpu=device == "cpu", mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum,
         deepspeed_plugin=_deepspeed_plugin(cfg, precision),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])  # text-only batches skip the head
+    log.info("process %d of %d (%s)", accelerator.process_index, accelerator.num_processes,
+             accelerator.distributed_type)
     set_seed(cfg.train.seed, device_specific=True)
     if cfg.train.torch_threads:
         torch.set_num_threads(cfg.train.torch_threads)
@@ -249,8 +251,13 @@ def periodic_eval(cfg: ExperimentConfig, model, tokenizer, template, family) -> 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Fine-tune PoseGPT (see the module docstring).")
     parser.add_argument("--config", help="experiment YAML (training/configs/*.yaml)")
+    # The DeepSpeed launcher passes --local_rank=N (older torch.distributed.launch --local-rank N); the
+    # rank also reaches us as LOCAL_RANK in the environment, which accelerate reads.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-4")
     args = parser.parse_args(argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
