@@ -21,7 +21,7 @@ from training.data.llava_instruct import LlavaInstruct
 from training.data.posescript import PoseScript
 from training.data.webdataset_4dhumans import FourDHumansTars, load_pyd
 from training.sampler import MixSampler
-from training.templates import IMAGE_QUESTIONS, POSE_ANSWERS, TEXT_QUESTIONS, pose_turns
+from training.chat_turns import IMAGE_QUESTIONS, POSE_ANSWERS, TEXT_QUESTIONS, pose_turns
 from training.data.records import PoseRecord
 
 UPRIGHT_CAMERA = np.diag([1.0, -1.0, -1.0])

@@ -17,7 +17,8 @@ from training.evaluate import predict_poses
 from training.export import load_trained
 from training.export import main as export_main
 from training.synthetic import write_synthetic_dataset
-from training.train import make_family_for, train
+from training.model_setup import make_family_for
+from training.train import train
 
 TEXT_PROMPT = "The person kneels with both arms raised. Can you give the SMPL pose of this person?"
 IMAGE_PROMPT = "<image>\nWhat is the SMPL pose of the person in the middle of this picture?"
@@ -105,10 +106,11 @@ def test_adapter_export_from_a_base_checkpoint_poses_like_the_training_model(dat
     np.testing.assert_allclose(_runtime_predictions(tmp_path / "adapter", [TEXT_PROMPT], [None]), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_32_text_to_pose_samples(tmp_path):
     """The whole text→pose path (PoseScript/AMASS reader, templates, masking, CE + pose L1, LoRA + head
     updates) must be able to memorise 32 samples: MPJRE below 5° on them, in the direct-mode prompt the
-    backend uses. The backbone is a tiny random one re-drawn to mix context (train.remix_tiny_backbone);
+    backend uses. The backbone is a tiny random one re-drawn to mix context (model_setup.remix_tiny_backbone);
     LoRA dropout is off because this is a memorisation probe."""
     from training.evaluate import evaluate_records, rest_skeleton
     from training.data.posescript import PoseScript

@@ -27,7 +27,7 @@ class ModelConfig:
     tiny_hidden: int = 64                # tiny model sizes (tests, smoke runs)
     tiny_layers: int = 2
     tiny_init: str = "hf"                # "hf" | "mixing": re-draw a tiny random backbone so its states depend on
-                                         # the whole prompt, as a pretrained LM's do (see train.remix_tiny_backbone)
+                                         # the whole prompt, as a pretrained LM's do (see model_setup.remix_tiny_backbone)
     template: str = ""                   # conversation template (backend.posegpt.templates.TEMPLATES) for a base
                                          # builder that makes its own model; "" = the builder's default
     base_builder: str = ""               # or "module:function", called with the config → (model, tokenizer,

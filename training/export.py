@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -42,10 +41,11 @@ def load_trained(step_dir: str | Path):
     """Rebuild the training model of a checkpoint folder written by training.train and load its weights.
     Returns (model, tokenizer, processor, manifest, config)."""
     from .config import config_from_dict
-    from .train import STATE_FILE, build_model
+    from .model_setup import build_model
+    from .run_state import read_state
 
     step_dir = Path(step_dir)
-    state = json.loads((step_dir / STATE_FILE).read_text())
+    state = read_state(step_dir)
     cfg = config_from_dict(state["config"])
     cfg.model.gradient_checkpointing = False
     model, tokenizer, processor, manifest = build_model(cfg, precision="no")
@@ -58,7 +58,7 @@ def load_trained(step_dir: str | Path):
 
 def main(argv=None) -> int:
     from .config import config_to_dict
-    from .train import _checkpoint_dirs
+    from .run_state import find_step_dir
 
     parser = argparse.ArgumentParser(description="Export a training run to the backend checkpoint format.")
     parser.add_argument("--run", required=True, help="the run's output_dir (or a checkpoints/step-* folder)")
@@ -66,14 +66,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--adapter", action="store_true", help="keep LoRA as an adapter instead of merging")
     args = parser.parse_args(argv)
-    run = Path(args.run)
-    if (run / "trainer_state.json").is_file():
-        step_dir = run
-    else:
-        found = [d for d in _checkpoint_dirs(run) if args.step is None or int(d.name.split("-")[1]) == args.step]
-        if not found:
-            parser.error(f"no training checkpoint found in {run}")
-        step_dir = found[-1]
+    try:
+        step_dir = find_step_dir(args.run, args.step)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
     model, tokenizer, processor, manifest, cfg = load_trained(step_dir)
     out = export_model(model, tokenizer, processor, manifest, args.out, merge=not args.adapter,
                        training_config=config_to_dict(cfg))
