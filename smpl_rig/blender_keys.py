@@ -1,4 +1,6 @@
-"""Keyframes and motion on SMPL armatures: ``key_pose``, ``key_sequence`` (bulk), ``load_amass``.
+"""Keyframes and motion on SMPL armatures and retargeted rigs: ``key_pose``, ``key_sequence`` (bulk),
+``load_amass``. On an armature ``smpl_rig.blender`` did not build, the bones ``smpl_rig.blender_retarget``
+drives are keyed (and its root bone's location).
 
 Blender glue over ``smpl_rig.blender`` (recognising and reading the armature) and ``smpl_rig.bones`` (the
 formula). Keys store quaternions sign-aligned with the previous key, never Euler. Version-specific
@@ -14,7 +16,8 @@ import numpy as np
 
 from . import amass, bones, frames
 from . import rotations as rot
-from .blender import bone_frames_of, corrective_key_blocks, require_poseable, rest_joints
+from . import blender_retarget
+from .blender import bone_frames_of, corrective_key_blocks, is_smpl_armature, require_poseable, rest_joints
 from .body import NUM_POSE_FEATURES, pose_corrective_features
 from .skeleton import JOINT_NAMES, NUM_JOINTS
 
@@ -131,20 +134,32 @@ def _corrective_curves(key_blocks):
             for k in range(NUM_POSE_FEATURES)]
 
 
+def _keyed_bones(obj) -> tuple[list, str | None]:
+    """The bones whose rotations carry a pose, and the bone whose location carries the translation."""
+    if is_smpl_armature(obj) or getattr(obj, "type", None) != "ARMATURE":
+        require_poseable(obj)                            # says what is wrong with a non-armature
+        return list(JOINT_NAMES), JOINT_NAMES[0]
+    calibration = blender_retarget.calibrate(obj)        # ValueError with the one sentence for other rigs
+    if obj.mode == "EDIT":
+        raise ValueError(f"armature {obj.name!r} is in Edit Mode; switch to Object or Pose Mode to key it")
+    return list(calibration.names), calibration.root
+
+
 def key_pose(obj, frame: float) -> None:
     """Keyframe the armature's current pose at ``frame``: rotation quaternions of the 24 bones (each
     sign-aligned with that bone's previous key, so interpolation takes the short way), the pelvis location
-    when it is translated or already animated, and the pose-corrective shape-key values."""
-    require_poseable(obj)
+    when it is translated or already animated, and the pose-corrective shape-key values. On a retargeted
+    rig: its driven bones and its root bone's location."""
+    names, location_bone = _keyed_bones(obj)
     frame = float(frame)
     if not math.isfinite(frame):
         raise ValueError(f"frame must be a finite number, got {frame}")
-    other_modes = [n for n in JOINT_NAMES if obj.pose.bones[n].rotation_mode != "QUATERNION"]
+    other_modes = [n for n in names if obj.pose.bones[n].rotation_mode != "QUATERNION"]
     if other_modes:
         raise ValueError(f"bones {', '.join(other_modes)} are not in quaternion rotation mode; SMPL keys are "
                          f"quaternions (apply_pose sets that mode)")
     channels = _channels(obj, f"{obj.name}_action")
-    for name in JOINT_NAMES:
+    for name in names:
         pose_bone = obj.pose.bones[name]
         curves = _quat_curves(channels, name)
         quat = np.array(pose_bone.rotation_quaternion, dtype=np.float64)   # w, x, y, z
@@ -155,13 +170,14 @@ def key_pose(obj, frame: float) -> None:
         for curve, value in zip(curves, quat):
             _insert_key(curve, frame, float(value))
             curve.update()
-    pelvis = obj.pose.bones[JOINT_NAMES[0]]
-    location_animated = channels.fcurves.find(f'pose.bones["{JOINT_NAMES[0]}"].location') is not None
-    if location_animated or any(abs(v) > 0 for v in pelvis.location):
-        for curve, value in zip(_location_curves(channels, JOINT_NAMES[0]), pelvis.location):
-            _insert_key(curve, frame, float(value))
-            curve.update()
-    key_blocks = corrective_key_blocks(obj)
+    if location_bone is not None:
+        root = obj.pose.bones[location_bone]
+        location_animated = channels.fcurves.find(f'pose.bones["{location_bone}"].location') is not None
+        if location_animated or any(abs(v) > 0 for v in root.location):
+            for curve, value in zip(_location_curves(channels, location_bone), root.location):
+                _insert_key(curve, frame, float(value))
+                curve.update()
+    key_blocks = corrective_key_blocks(obj) if is_smpl_armature(obj) else None
     if key_blocks is not None:
         for k, curve in enumerate(_corrective_curves(key_blocks)):
             _insert_key(curve, frame, float(key_blocks[k + 1].value))
@@ -170,6 +186,22 @@ def key_pose(obj, frame: float) -> None:
 
 def _scene_fps(scene) -> float:
     return scene.render.fps / scene.render.fps_base
+
+
+def _retargeted_keys(obj, names, location_bone, rotmats, translations):
+    """Quaternions (n, k, 4) of the driven bones and root locations (n, 3) for each pose, by posing the rig
+    (``blender_retarget.apply_pose`` without floor contact) and reading the bones back."""
+    options = blender_retarget.ApplyOptions(floor_contact=False)
+    pose_bones = obj.pose.bones
+    quats = np.empty((len(rotmats), len(names), 4))
+    locations = np.zeros((len(rotmats), 3))
+    for t, pose in enumerate(rotmats):
+        blender_retarget.apply_pose(obj, pose, options=options,
+                                    translation=None if translations is None else translations[t])
+        quats[t] = [tuple(pose_bones[n].rotation_quaternion) for n in names]
+        if location_bone is not None:
+            locations[t] = tuple(pose_bones[location_bone].location)
+    return quats, locations
 
 
 def key_sequence(obj, poses, fps: float | None = None, start_frame: float | None = None, *,
@@ -189,7 +221,7 @@ def key_sequence(obj, poses, fps: float | None = None, start_frame: float | None
     range are replaced, keys outside it kept. Pose-corrective shape-key values are keyed too. Everything
     is validated before any key is written. Returns the frames used (n,).
     """
-    require_poseable(obj)
+    names, location_bone = _keyed_bones(obj)
     bones.check_global_orient(global_orient)
     if interpolation not in _INTERPOLATION:
         raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATION)}, got {interpolation!r}")
@@ -217,24 +249,28 @@ def key_sequence(obj, poses, fps: float | None = None, start_frame: float | None
         rotmats[:, 0] = np.eye(3)
 
     frame_numbers = start + np.arange(count) * (scene_fps / fps)
-    bone_frames = bone_frames_of(obj)
-    quats = rot.quat_wxyz_align_signs(bones.pose_bone_quats(bone_frames, rotmats), axis=0)  # (n, 24, 4)
+    if is_smpl_armature(obj):
+        bone_frames = bone_frames_of(obj)
+        quats = bones.pose_bone_quats(bone_frames, rotmats)                          # (n, 24, 4)
+        locations = bones.pelvis_location(bone_frames, translations if translations is not None else np.zeros((count, 3)))
+    else:
+        quats, locations = _retargeted_keys(obj, names, location_bone, rotmats, translations)
+    quats = rot.quat_wxyz_align_signs(quats, axis=0)
     channels = _channels(obj, f"{obj.name}_action")
     kind = _INTERPOLATION[interpolation]
-    for i, name in enumerate(JOINT_NAMES):
+    for i, name in enumerate(names):
         curves = _quat_curves(channels, name)
         previous = _neighbour_key_value(curves, frame_numbers[0], or_after=False)
         if previous is not None and float(previous @ quats[0, i]) < 0:
             quats[:, i] *= -1   # continue the keys already before this range without a flip
         for k, curve in enumerate(curves):
             _write_keys(curve, frame_numbers, quats[:, i, k], kind)
-    pelvis_location_path = f'pose.bones["{JOINT_NAMES[0]}"].location'
-    if translations is not None or channels.fcurves.find(pelvis_location_path) is not None:
+    location_path = f'pose.bones["{location_bone}"].location'
+    if location_bone is not None and (translations is not None or channels.fcurves.find(location_path) is not None):
         # No translations over a range of an already translated motion means "at rest", as in apply_pose.
-        locations = bones.pelvis_location(bone_frames, translations if translations is not None else np.zeros((count, 3)))
-        for k, curve in enumerate(_location_curves(channels, JOINT_NAMES[0])):
+        for k, curve in enumerate(_location_curves(channels, location_bone)):
             _write_keys(curve, frame_numbers, locations[:, k], kind)
-    key_blocks = corrective_key_blocks(obj)
+    key_blocks = corrective_key_blocks(obj) if is_smpl_armature(obj) else None
     if key_blocks is not None:
         features = pose_corrective_features(rotmats)
         for k, curve in enumerate(_corrective_curves(key_blocks)):
@@ -272,13 +308,14 @@ def load_amass(path, obj, *, fps: float | None = None, start_frame: int | None =
     the armature's rest pelvis (``smpl_rig.frames``). The motion is resampled by TIME onto the scene's
     frame rate (slerp between neighbouring recorded poses), so its duration is kept, then keyed with
     ``key_sequence``. The armature keeps its own rest skeleton (the file's betas are returned, not applied).
+    On a retargeted rig the pivot is the mannequin's rest pelvis and translations are scaled to the rig.
     """
-    require_poseable(obj)
+    _keyed_bones(obj)
     motion = amass.read_amass(path, fps=fps)
     rotmats, translations = motion.rotmats(), motion.translations.copy()
 
     # Z-up → SMPL frame; the global rotation pivots about the rest pelvis J0.
-    pelvis_rest = rest_joints(obj)[0]
+    pelvis_rest = rest_joints(obj)[0] if is_smpl_armature(obj) else blender_retarget.reference_joints()[0]
     rotmats[:, 0] = frames.amass_to_smpl_orient(rotmats[:, 0])
     _, translations = frames.change_global_frame(np.eye(3), frames.AMASS_TO_SMPL, translations, pelvis_rest)
 

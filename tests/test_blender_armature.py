@@ -304,9 +304,12 @@ def test_non_smpl_armature_is_refused_untouched():
     bone.head, bone.tail = (0, 0, 0), (0, 0, 1)
     bpy.ops.object.mode_set(mode="OBJECT")
     rotation = tuple(arm.pose.bones["pelvis"].rotation_quaternion)
-    for call in (lambda: smpl_blender.apply_pose(arm, np.zeros((24, 3))), lambda: smpl_blender.read_pose(arm),
-                 lambda: smpl_keys.key_pose(arm, 1), lambda: smpl_keys.key_sequence(arm, np.zeros((2, 24, 3)))):
+    for call in (lambda: smpl_blender.apply_pose(arm, np.zeros((24, 3))), lambda: smpl_blender.read_pose(arm)):
         with pytest.raises(ValueError, match="not built by smpl_rig"):
+            call()
+    # keys also go on retargeted rigs (issue 14): a one-bone armature is refused with the retargeting sentence
+    for call in (lambda: smpl_keys.key_pose(arm, 1), lambda: smpl_keys.key_sequence(arm, np.zeros((2, 24, 3)))):
+        with pytest.raises(ValueError, match="does not look like a humanoid"):
             call()
     assert tuple(arm.pose.bones["pelvis"].rotation_quaternion) == rotation and arm.animation_data is None
 
