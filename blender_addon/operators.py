@@ -219,9 +219,9 @@ class POSEGPT_OT_key_pose(bpy.types.Operator):
         try:
             obj = _armature_by_name(self, context)
             pose = _message_pose(obj, self.index)
-            rig = smpl_blender()
-            rig.apply_pose(obj, pose, global_orient=context.scene.posegpt.orientation.lower())
-            rig.key_pose(obj, frame)
+            from smpl_rig import blender_keys
+            smpl_blender().apply_pose(obj, pose, global_orient=context.scene.posegpt.orientation.lower())
+            blender_keys.key_pose(obj, frame)
         except (ConnectionProblem, ValueError) as exc:
             self.report({"ERROR"}, session.problem_text(exc))
             return {"CANCELLED"}

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from .arrays import is_torch, namespace
+
 __all__ = [
     "rotvec_to_rotmat", "rotmat_to_rotvec", "rotmat_to_quat_wxyz", "quat_wxyz_to_rotmat",
     "rotvec_to_quat_wxyz", "quat_wxyz_to_rotvec", "rotmat_to_d6", "d6_to_rotmat", "d6_to_rotvec",
@@ -30,106 +32,7 @@ __all__ = [
 _SMALL_ANGLE = 1e-4  # below this, Taylor series replace sin(x)/x-type ratios
 
 
-# --- array-library dispatch ----------------------------------------------------------------------------
-
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
-class _Numpy:
-    stack = staticmethod(lambda xs, axis: np.stack(xs, axis=axis))
-    concat = staticmethod(lambda xs, axis: np.concatenate(xs, axis=axis))
-    sqrt = staticmethod(np.sqrt)
-    sin = staticmethod(np.sin)
-    cos = staticmethod(np.cos)
-    arctan2 = staticmethod(np.arctan2)
-    where = staticmethod(np.where)
-    abs = staticmethod(np.abs)
-    norm = staticmethod(lambda x: np.linalg.norm(x, axis=-1, keepdims=True))
-    cross = staticmethod(lambda a, b: np.cross(a, b, axis=-1))
-    clip = staticmethod(np.clip)
-    argmax = staticmethod(lambda x: np.argmax(x, axis=-1))
-    take = staticmethod(lambda x, idx: np.take_along_axis(x, idx[..., None, None], axis=-2)[..., 0, :])
-    cumprod = staticmethod(lambda x, axis: np.cumprod(x, axis=axis))
-    eye_like = staticmethod(lambda x: np.broadcast_to(np.eye(3, dtype=x.dtype), x.shape[:-1] + (3, 3)).copy())
-    swap = staticmethod(lambda m: np.swapaxes(m, -1, -2))
-    isfinite_all = staticmethod(lambda x: bool(np.all(np.isfinite(x))))
-    asarray = staticmethod(lambda x: x if isinstance(x, np.ndarray) and x.dtype.kind == "f" else np.asarray(x, dtype=np.float64))
-
-
-class _Torch:
-    def __init__(self):
-        import torch
-        self.t = torch
-
-    def stack(self, xs, axis):
-        return self.t.stack(xs, dim=axis)
-
-    def concat(self, xs, axis):
-        return self.t.cat(xs, dim=axis)
-
-    def sqrt(self, x):
-        return self.t.sqrt(x)
-
-    def sin(self, x):
-        return self.t.sin(x)
-
-    def cos(self, x):
-        return self.t.cos(x)
-
-    def arctan2(self, a, b):
-        return self.t.atan2(a, b)
-
-    def where(self, c, a, b):
-        return self.t.where(c, a, b)
-
-    def abs(self, x):
-        return self.t.abs(x)
-
-    def norm(self, x):
-        return self.t.linalg.vector_norm(x, dim=-1, keepdim=True)
-
-    def cross(self, a, b):
-        return self.t.linalg.cross(a, b, dim=-1)
-
-    def clip(self, x, lo, hi):
-        return self.t.clamp(x, lo, hi)
-
-    def argmax(self, x):
-        return self.t.argmax(x, dim=-1)
-
-    def take(self, x, idx):
-        index = idx[..., None, None].expand(*idx.shape, 1, x.shape[-1])
-        return self.t.gather(x, -2, index)[..., 0, :]
-
-    def cumprod(self, x, axis):
-        return self.t.cumprod(x, dim=axis)
-
-    def eye_like(self, x):
-        return self.t.eye(3, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 3, 3).clone()
-
-    def swap(self, m):
-        return m.transpose(-1, -2)
-
-    def isfinite_all(self, x):
-        return bool(self.t.isfinite(x).all())
-
-    def asarray(self, x):
-        return x if x.is_floating_point() else x.double()
-
-
-_NUMPY = _Numpy()
-_TORCH = None
-
-
-def _ns(x):
-    global _TORCH
-    if _is_torch(x):
-        if _TORCH is None:
-            _TORCH = _Torch()
-        return _TORCH
-    return _NUMPY
-
+# --- array-library dispatch: ``smpl_rig.arrays`` ------------------------------------------------------
 
 def _check_last(x, sizes: tuple[int, ...], what: str):
     if tuple(x.shape[len(x.shape) - len(sizes):]) != sizes or len(x.shape) < len(sizes):
@@ -137,7 +40,7 @@ def _check_last(x, sizes: tuple[int, ...], what: str):
 
 
 def _prepare(x, sizes, what):
-    xp = _ns(x)
+    xp = namespace(x)
     x = xp.asarray(x)
     _check_last(x, sizes, what)
     return xp, x
@@ -294,7 +197,7 @@ def quat_wxyz_slerp(q0, q1, t):
     xp, q0 = _prepare(q0, (4,), "quat_wxyz")
     _, q1 = _prepare(q1, (4,), "quat_wxyz")
     t = t[..., None] if hasattr(t, "shape") and len(t.shape) else t
-    dot = (q0 * q1).sum(-1, keepdims=True) if not _is_torch(q0) else (q0 * q1).sum(-1, keepdim=True)
+    dot = (q0 * q1).sum(-1, keepdims=True) if not is_torch(q0) else (q0 * q1).sum(-1, keepdim=True)
     q1 = xp.where(dot < 0, -q1, q1)
     dot = xp.abs(dot)
     omega = xp.arctan2(xp.sqrt(xp.clip(1 - dot * dot, 0, None)), dot)
@@ -410,7 +313,7 @@ def pose_to_rotmat(pose, num_joints: int = 24):
     """A pose as (J, 3) axis-angle, (J*3,), (J, 3, 3) matrices, (J, 6) or (J*6,) 6D, or (J, 4) quaternions
     (w first), any leading batch shape → (..., J, 3, 3). Rejects other shapes and non-finite values with a
     ``ValueError`` that says what was expected."""
-    xp = _ns(pose)
+    xp = namespace(pose)
     p = xp.asarray(pose)
     shape = tuple(p.shape)
     if not xp.isfinite_all(p):
