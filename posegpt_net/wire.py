@@ -29,7 +29,7 @@ __all__ = [
     "PROTOCOL_NAME", "PROTOCOL_VERSION", "PROTOCOL", "MESSAGE_TYPES", "ERROR_CODES", "POSE_ARRAYS",
     "Limits", "DEFAULT_LIMITS", "CLIENT_LIMITS", "WireError",
     "Hello", "Ping", "Pong", "Chat", "Progress", "Result", "Cancel", "Reset", "Close", "Closed", "Error",
-    "Message", "MessageType", "REQUEST_TYPES", "FINAL_TYPES", "encode", "decode", "route", "peek_request_id",
+    "Message", "MessageType", "REQUEST_TYPES", "REPLY_TYPES", "FINAL_TYPES", "encode", "decode", "route", "peek_request_id",
     "image_info", "check_image", "encode_array", "decode_array",
 ]
 
@@ -132,6 +132,8 @@ class WireError(ValueError):
 
 
 # --- messages ------------------------------------------------------------------------------------------
+# Each class also has ``kind`` (its type name, frame 1) and ``final`` (a reply that ends its request),
+# set from the one table of message types at the end of this module.
 
 @dataclass
 class Hello:
@@ -198,7 +200,8 @@ class Result:
     text: str
     poses: list[dict[str, np.ndarray]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    worker: str = ""            # which model worker answered (the broker fills it in)
+    worker: str = ""            # which model worker answered
+    history_trimmed: int = 0    # oldest whole turns the server dropped so this one fits the context
 
 
 @dataclass
@@ -398,7 +401,8 @@ def encode(message: Message) -> list[bytes]:
                 arrays.append({"pose": index, "name": name, "frame": frame, **descriptor})
                 blobs.append(blob)
         header = {"session_id": message.session_id, "text": message.text, "num_poses": len(message.poses),
-                  "arrays": arrays, "timings": message.timings, "worker": message.worker}
+                  "arrays": arrays, "timings": message.timings, "worker": message.worker,
+                  "history_trimmed": message.history_trimmed}
         return _frames(kind, rid, header, blobs)
     if isinstance(message, (Reset, Close)):
         return _frames(kind, rid, {"session_id": message.session_id})
@@ -591,7 +595,7 @@ def _decode_result(rid, header, blobs, limits):
     timings = _get(header, "timings", dict, {}, rid)
     return Result(rid, _get(header, "session_id", str, rid=rid), _get(header, "text", str, rid=rid), poses,
                   {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))},
-                  _get(header, "worker", str, "", rid))
+                  _get(header, "worker", str, "", rid), _get(header, "history_trimmed", int, 0, rid))
 
 
 def _decode_cancel(rid, header, blobs, limits):
@@ -625,26 +629,28 @@ class MessageType:
     """One message type: its class, who sends it, whether it ends its request, how it is decoded."""
 
     cls: type
-    request: bool            # client → server (else server → client)
-    final: bool              # ends its request (a reply other than progress)
+    request: bool            # a client sends it to the server
+    reply: bool              # the server sends it to a client
+    final: bool              # a reply that ends its request (everything but progress)
     decode: Callable
 
 
 _TYPES = {
-    "hello": MessageType(Hello, True, True, _decode_hello),   # both ways: the reply is final
-    "ping": MessageType(Ping, True, False, _decode_ping),
-    "pong": MessageType(Pong, False, True, _decode_pong),
-    "chat": MessageType(Chat, True, False, _decode_chat),
-    "progress": MessageType(Progress, False, False, _decode_progress),
-    "result": MessageType(Result, False, True, _decode_result),
-    "cancel": MessageType(Cancel, True, False, _decode_cancel),
-    "reset": MessageType(Reset, True, False, _decode_session_op(Reset)),
-    "close": MessageType(Close, True, False, _decode_session_op(Close)),
-    "closed": MessageType(Closed, False, True, _decode_closed),
-    "error": MessageType(Error, False, True, _decode_error),
+    "hello": MessageType(Hello, True, True, True, _decode_hello),
+    "ping": MessageType(Ping, True, False, False, _decode_ping),
+    "pong": MessageType(Pong, False, True, True, _decode_pong),
+    "chat": MessageType(Chat, True, False, False, _decode_chat),
+    "progress": MessageType(Progress, False, True, False, _decode_progress),
+    "result": MessageType(Result, False, True, True, _decode_result),
+    "cancel": MessageType(Cancel, True, False, False, _decode_cancel),
+    "reset": MessageType(Reset, True, False, False, _decode_session_op(Reset)),
+    "close": MessageType(Close, True, False, False, _decode_session_op(Close)),
+    "closed": MessageType(Closed, False, True, True, _decode_closed),
+    "error": MessageType(Error, False, True, True, _decode_error),
 }
 MESSAGE_TYPES = tuple(_TYPES)
 REQUEST_TYPES = tuple(name for name, t in _TYPES.items() if t.request)
+REPLY_TYPES = tuple(name for name, t in _TYPES.items() if t.reply)
 FINAL_TYPES = frozenset(name for name, t in _TYPES.items() if t.final)
 _FINAL_RAW = frozenset(name.encode() for name in FINAL_TYPES)
 for _name, _type in _TYPES.items():
