@@ -9,7 +9,6 @@ Run through ``posegpt-serve`` (backend/server.py), which binds the sockets and s
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import OrderedDict, deque
@@ -20,6 +19,9 @@ import zmq
 
 from posegpt_net import wire
 from posegpt_net.transport import NOBLOCK, readable, recv_frames, send_frames
+
+from . import jobs
+from .jobs import Job
 
 log = logging.getLogger("posegpt.server")
 
@@ -36,11 +38,8 @@ SERVER_NAME = "posegpt-serve/0.1.0"
 class _Request:
     identity: bytes
     request_id: str
-    kind: str                         # chat | reset | close
-    session_id: str
-    batchable: bool                   # a direct-mode chat: may share one padded forward pass
+    job: Job                          # what the worker is asked to do
     worker: "WorkerSlot"
-    spec: dict                        # the job description sent to the worker
     images: list[zmq.Frame]           # a chat's image frames as received from the client
     received: float = field(default_factory=time.monotonic)
     started: float | None = None
@@ -121,7 +120,7 @@ class Broker:
         self.sessions.clear()
         for worker in self.workers.values():
             if not worker.dead:
-                send_frames(self.backend, [worker.identity, b"STOP"])
+                send_frames(self.backend, [worker.identity, jobs.STOP])
         log.info("shutdown: %d requests served, %d malformed messages rejected", self.served, self.rejected)
 
     @staticmethod
@@ -194,21 +193,17 @@ class Broker:
             self._reply(identity, wire.Error(message.request_id, *error))
             log.info("request %s chat session=%s status=%s", message.request_id, message.session_id, error[0])
             return
-        spec = {"kind": "chat", "session_id": message.session_id, "prompt": message.prompt,
-                "mode": message.mode, "options": message.options()}
-        self._enqueue(identity, message.request_id, "chat", message.session_id, spec, message.images,
-                      batchable=message.mode == "direct")
+        job = Job("chat", message.session_id, message.prompt, message.mode, message.options())
+        self._enqueue(identity, message.request_id, job, message.images)
 
     def _on_session_op(self, identity: bytes, message: wire.Reset | wire.Close) -> None:
-        kind = "reset" if isinstance(message, wire.Reset) else "close"
         if message.session_id not in self.sessions:
-            self._reply(identity, wire.Closed(message.request_id, message.session_id, kind, existed=False))
-            log.info("request %s %s session=%s status=ok existed=False", message.request_id, kind,
+            self._reply(identity, wire.Closed(message.request_id, message.session_id, message.kind, existed=False))
+            log.info("request %s %s session=%s status=ok existed=False", message.request_id, message.kind,
                      message.session_id)
             return
         # queued behind the session's chats, so a reset never races a turn of the same session
-        self._enqueue(identity, message.request_id, kind, message.session_id,
-                      {"kind": kind, "session_id": message.session_id}, [])
+        self._enqueue(identity, message.request_id, Job(message.kind, message.session_id), [])
 
     def _on_cancel(self, identity: bytes, message: wire.Cancel) -> None:
         key = (identity, message.request_id)
@@ -222,26 +217,24 @@ class Broker:
             self._reply(identity, wire.Error(message.request_id, "cancelled", "cancelled while queued"))
             self._log(request, "cancelled")
         else:
-            send_frames(self.backend, [request.worker.identity, b"CANCEL", identity,
-                                       message.request_id.encode()])
+            send_frames(self.backend, [request.worker.identity, *jobs.cancel_frames(identity, message.request_id)])
 
     _HANDLERS = {wire.Hello: _on_hello, wire.Ping: _on_ping, wire.Chat: _on_chat, wire.Reset: _on_session_op,
                  wire.Close: _on_session_op, wire.Cancel: _on_cancel}
 
     # --- queues --------------------------------------------------------------------------------------
 
-    def _enqueue(self, identity: bytes, request_id: str, kind: str, session_id: str, spec: dict,
-                 images: list[bytes], batchable: bool = False) -> None:
+    def _enqueue(self, identity: bytes, request_id: str, job: Job, images: list[zmq.Frame]) -> None:
         key = (identity, request_id)
         if key in self.requests:
             self._reply(identity, wire.Error(request_id, "duplicate_request",
                                              f"request {request_id} is already in flight"))
             return
-        worker = self._pin(session_id)
+        worker = self._pin(job.session_id)
         if worker is None:
             self._reply(identity, wire.Error(request_id, "not_ready", "no model worker is ready"))
             return
-        self.requests[key] = _Request(identity, request_id, kind, session_id, batchable, worker, spec, images)
+        self.requests[key] = _Request(identity, request_id, job, worker, images)
         worker.queue.append(key)
         self._dispatch(worker)
 
@@ -265,16 +258,16 @@ class Broker:
         if worker.running or not worker.queue or worker.dead:
             return
         batch = [worker.queue.popleft()]
-        if self.requests[batch[0]].batchable:
-            sessions = {self.requests[batch[0]].session_id}
+        if self.requests[batch[0]].job.batchable:
+            sessions = {self.requests[batch[0]].job.session_id}
             for key in list(worker.queue):
                 if len(batch) >= MAX_JOB_BATCH:
                     break
-                request = self.requests[key]
-                if request.batchable and request.session_id not in sessions:
+                job = self.requests[key].job
+                if job.batchable and job.session_id not in sessions:
                     worker.queue.remove(key)
                     batch.append(key)
-                sessions.add(request.session_id)      # later turns of a skipped session wait their turn
+                sessions.add(job.session_id)          # later turns of a skipped session wait their turn
         now = time.monotonic()
         for key in batch:
             request = self.requests[key]
@@ -282,9 +275,10 @@ class Broker:
             worker.running.append(key)
             # the worker reports queue_ms and server_ms on this (system-wide monotonic) clock itself,
             # so its reply passes through here untouched
-            spec = {**request.spec, "received_at": request.received, "dispatched_at": now}
-            send_frames(self.backend, [worker.identity, b"JOB", request.identity, request.request_id.encode(),
-                                       json.dumps(spec).encode(), *request.images], copy=False)
+            request.job.received_at, request.job.dispatched_at = request.received, now
+            send_frames(self.backend, [worker.identity, *jobs.job_frames(request.identity, request.request_id,
+                                                                         request.job, request.images)],
+                        copy=False)
             request.images = []        # the images are the worker's now
 
     # --- workers -------------------------------------------------------------------------------------
@@ -295,41 +289,40 @@ class Broker:
         if worker is None:
             log.warning("message from unknown worker %r ignored", identity)
             return
-        if command == b"READY":
-            info = json.loads(rest[0])
+        if command == jobs.READY:
+            info = jobs.parse_info(rest[0])
             worker.ready, worker.model_card = True, info["model_card"]
             log.info("worker %s ready (pid %s, backbone %s)", identity.decode(), info.get("pid"),
                      worker.model_card.get("backbone"))
-        elif command == b"FAILED":
-            info = json.loads(rest[0])
+        elif command == jobs.FAILED:
+            info = jobs.parse_info(rest[0])
             log.error("worker %s failed to start: [%s] %s", identity.decode(), info.get("code"), info.get("message"))
             worker.load_failed = True
             self._fail_worker(worker, info.get("code", "worker_failed"), info.get("message", "worker failed"))
-        elif command == b"OUT":
+        elif command == jobs.OUT:
             self._forward(worker, rest[0], rest[1], rest[2:])
 
     def _forward(self, worker: WorkerSlot, identity: bytes, summary: bytes, frames: list[bytes]) -> None:
         """Pass a worker's reply to its client as it is; ``summary`` (final replies) feeds the log line."""
-        kind, request_id = frames[1], frames[2].decode()
+        kind, request_id, final = wire.route(frames)
         key = (identity, request_id)
         request = self.requests.get(key)
         if request is None:
             return                  # answered already (shutdown, worker failure)
         now = time.monotonic()
         request.last_sent = now
-        if kind in (b"result", b"error", b"closed"):
+        if final:
             del self.requests[key]
             if key in worker.running:
                 worker.running.remove(key)
             worker.served += 1
             self.served += 1
-            if kind == b"closed" and request.kind == "close":
-                self.sessions.pop(request.session_id, None)
+            if kind == "closed" and request.job.kind == "close":
+                self.sessions.pop(request.job.session_id, None)
             send_frames(self.frontend, [identity, *frames])
             self._dispatch(worker)
             if log.isEnabledFor(logging.INFO):
-                summary = json.loads(summary)
-                self._log(request, summary.get("status", "ok"), summary.get("model_ms", 0.0))
+                self._log(request, *jobs.parse_summary(summary))
         else:
             send_frames(self.frontend, [identity, *frames])
 
@@ -378,5 +371,6 @@ class Broker:
         now = time.monotonic()
         queue_ms = ((request.started or now) - request.received) * 1e3
         log.info("request %s %s session=%s worker=%s status=%s queue_ms=%.1f model_ms=%.1f total_ms=%.1f",
-                 request.request_id, request.kind, request.session_id, request.worker.identity.decode(), status,
+                 request.request_id, request.job.kind, request.job.session_id, request.worker.identity.decode(),
+                 status,
                  queue_ms, model_ms, (now - request.received) * 1e3)

@@ -9,20 +9,12 @@ costs up to a GIL switch interval). While the model generates, the runtime's ``s
 called at every decoding step, reads the broker's waiting messages without blocking, so a CANCEL stops
 the generation at the next step. The broker, not this loop, is what never waits on the model.
 
-Broker ↔ worker messages (internal; the client never sees them):
-    worker → broker   [b"READY", json{model_card, pid}] | [b"FAILED", json{code, message}]
-                      | [b"OUT", client_identity, summary, *wire_frames]
-    broker → worker   [b"JOB", client_identity, request_id, json job, *image_bytes]
-                      | [b"CANCEL", client_identity, request_id] | [b"STOP"]
-``summary`` is json{status, model_ms} of a final reply (for the broker's log line), empty for progress.
-The job carries the broker's ``received_at``/``dispatched_at`` on the system-wide monotonic clock: the
-worker puts queue_ms, server_ms and its own name in the result, which the broker forwards untouched.
+The broker ↔ worker messages and the job they carry are backend/jobs.py.
 """
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import math
 import os
@@ -39,6 +31,9 @@ import zmq
 from posegpt_net import wire
 from posegpt_net.transport import NOBLOCK, readable, recv_frames, send_frames
 
+from . import jobs
+from .jobs import Job
+
 log = logging.getLogger("posegpt.worker")
 
 POLL_MS = 100                 # how often the socket thread looks at stop flags
@@ -46,10 +41,12 @@ PROGRESS_INTERVAL_S = 0.1     # forward at most this often the runtime's per-ste
 
 
 @dataclass
-class _Job:
+class _Held:
+    """A job received from the broker and not yet answered."""
+
     identity: bytes
     request_id: str
-    spec: dict
+    job: Job
     images: list[zmq.Frame]           # encoded files, still in the received frames
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -96,8 +93,8 @@ class ModelWorker:
         self.identity = identity
         self.parent_pid = parent_pid
         self._context = context or zmq.Context.instance()
-        self._jobs: deque[_Job] = deque()
-        self._active: dict[tuple[bytes, str], _Job] = {}   # jobs received and not yet answered
+        self._jobs: deque[_Held] = deque()
+        self._active: dict[tuple[bytes, str], _Held] = {}   # jobs received and not yet answered
         self._stopping = threading.Event()
         self._socket: zmq.Socket | None = None
         self._owner: int | None = None                      # the thread that may touch the socket
@@ -125,11 +122,11 @@ class ModelWorker:
                         log.warning("%s: the server process is gone; stopping", self.identity.decode())
                         self.stop()
                     continue
-                jobs = self._next_jobs()
-                replies = self._answer_batch(runtime, jobs) if len(jobs) > 1 else [self._answer(runtime, jobs[0])]
-                for job, reply in zip(jobs, replies):
+                batch = self._next_jobs()
+                replies = self._answer_batch(runtime, batch) if len(batch) > 1 else [self._answer(runtime, batch[0])]
+                for job, reply in zip(batch, replies):
                     self._active.pop((job.identity, job.request_id), None)
-                    send_frames(self._socket, [b"OUT", job.identity, _summary(reply), *wire.encode(reply)])
+                    send_frames(self._socket, jobs.out_frames(job.identity, wire.encode(reply), *_summary(reply)))
         finally:
             self.stop()
             self._socket.close(linger=0)
@@ -141,11 +138,11 @@ class ModelWorker:
         except Exception as exc:
             code = getattr(exc, "code", "bad_checkpoint")
             log.exception("%s: the model could not be loaded", self.identity.decode())
-            send_frames(self._socket, [b"FAILED", json.dumps({"code": code, "message": str(exc)[:500]}).encode()])
+            send_frames(self._socket, jobs.failed_frames(code, str(exc)))
             return None
         size = card.get("image_size")
         self._draft_size = size if isinstance(size, int) and size > 0 else None
-        send_frames(self._socket, [b"READY", json.dumps({"model_card": card, "pid": os.getpid()}).encode()])
+        send_frames(self._socket, jobs.ready_frames(card, os.getpid()))
         return runtime
 
     def _read_commands(self) -> None:
@@ -154,42 +151,41 @@ class ModelWorker:
             # images stay in libzmq's buffers (zmq.Frame) until decoded: no copy of a photo on the way in
             command, *rest = recv_frames(self._socket, NOBLOCK, copy=False)
             command = command.bytes
-            if command == b"JOB":
-                identity, request_id, spec = (frame.bytes for frame in rest[:3])
-                job = _Job(identity, request_id.decode(), json.loads(spec), rest[3:])
-                self._active[(identity, job.request_id)] = job
-                self._jobs.append(job)
-            elif command == b"CANCEL":
+            if command == jobs.JOB:
+                held = _Held(*jobs.parse_job(rest))
+                self._active[(held.identity, held.request_id)] = held
+                self._jobs.append(held)
+            elif command == jobs.CANCEL:
                 identity, request_id = (frame.bytes for frame in rest)
-                job = self._active.get((identity, request_id.decode()))
-                if job is not None:
-                    job.cancel.set()
-            elif command == b"STOP":
+                held = self._active.get((identity, request_id.decode()))
+                if held is not None:
+                    held.cancel.set()
+            elif command == jobs.STOP:
                 self.stop()
 
-    def _next_jobs(self) -> list[_Job]:
+    def _next_jobs(self) -> list[_Held]:
         """The next job, with the direct-mode turns of other sessions the broker sent along with it."""
-        jobs = [self._jobs.popleft()]
-        if _is_direct(jobs[0]):
-            sessions = {jobs[0].spec["session_id"]}
-            while self._jobs and _is_direct(self._jobs[0]) and self._jobs[0].spec["session_id"] not in sessions:
-                sessions.add(self._jobs[0].spec["session_id"])
-                jobs.append(self._jobs.popleft())
-        return jobs
+        batch = [self._jobs.popleft()]
+        if batch[0].job.batchable:
+            sessions = {batch[0].job.session_id}
+            while self._jobs and self._jobs[0].job.batchable and self._jobs[0].job.session_id not in sessions:
+                sessions.add(self._jobs[0].job.session_id)
+                batch.append(self._jobs.popleft())
+        return batch
 
-    def _answer_batch(self, runtime, jobs: list[_Job]) -> list[wire.Message]:
+    def _answer_batch(self, runtime, batch: list[_Held]) -> list[wire.Message]:
         """Direct-mode turns of distinct sessions as one padded forward pass (``runtime.chat_batch``)."""
-        replies: list[wire.Message | None] = [None] * len(jobs)
+        replies: list[wire.Message | None] = [None] * len(batch)
         requests, slots = [], []
         start = time.perf_counter()
-        for index, job in enumerate(jobs):
+        for index, job in enumerate(batch):
             try:
                 images = [decode_image(blob, self._draft_size) for blob in job.images]
             except wire.WireError as err:
                 replies[index] = wire.Error(job.request_id, err.code, err.message)
                 continue
-            options = job.spec["options"]
-            requests.append(dict(session_id=job.spec["session_id"], prompt=job.spec["prompt"], images=images,
+            options = job.job.options
+            requests.append(dict(session_id=job.job.session_id, prompt=job.job.prompt, images=images,
                                  mode="direct", max_new_tokens=options["max_new_tokens"],
                                  temperature=options["temperature"], top_p=options["top_p"], seed=options["seed"],
                                  should_stop=job.cancel.is_set))
@@ -202,7 +198,7 @@ class ModelWorker:
         finished = time.perf_counter()
         extra = {"image_decode_ms": (decoded - start) * 1e3, "model_ms": (finished - decoded) * 1e3}
         for index, outcome in zip(slots, outcomes):
-            job = jobs[index]
+            job = batch[index]
             if job.cancel.is_set():
                 replies[index] = wire.Error(job.request_id, "cancelled", "the request was cancelled")
             elif isinstance(outcome, Exception):
@@ -214,7 +210,7 @@ class ModelWorker:
     def _in_owner_thread(self) -> bool:
         return threading.get_ident() == self._owner
 
-    def _answer(self, runtime, job: _Job) -> wire.Message:
+    def _answer(self, runtime, job: _Held) -> wire.Message:
         try:
             if job.cancel.is_set():
                 raise wire.WireError("cancelled", "the request was cancelled before it started")
@@ -222,21 +218,20 @@ class ModelWorker:
         except Exception as exc:
             return self._error_reply(job, exc)
 
-    def _error_reply(self, job: _Job, exc: Exception) -> wire.Error:
+    def _error_reply(self, job: _Held, exc: Exception) -> wire.Error:
         code = getattr(exc, "code", None)
         if code not in wire.ERROR_CODES:
             log.error("%s: request %s failed", self.identity.decode(), job.request_id, exc_info=exc)
             code = "internal"
         return wire.Error(job.request_id, code, getattr(exc, "message", str(exc))[:500])
 
-    def _run(self, runtime, job: _Job) -> wire.Message:
-        spec = job.spec
-        if spec["kind"] in ("reset", "close"):
-            session = spec["session_id"]
-            existed = session in set(runtime.sessions)
+    def _run(self, runtime, job: _Held) -> wire.Message:
+        spec = job.job
+        if spec.kind in ("reset", "close"):
+            existed = spec.session_id in set(runtime.sessions)
             if existed:
-                getattr(runtime, spec["kind"])(session)
-            return wire.Closed(job.request_id, session, spec["kind"], existed)
+                getattr(runtime, spec.kind)(spec.session_id)
+            return wire.Closed(job.request_id, spec.session_id, spec.kind, existed)
         start = time.perf_counter()
         images = [decode_image(blob, self._draft_size) for blob in job.images]
         decoded = time.perf_counter()
@@ -253,10 +248,10 @@ class ModelWorker:
             if self._in_owner_thread() and now - last_progress[0] >= PROGRESS_INTERVAL_S:
                 last_progress[0] = now
                 message = wire.Progress(job.request_id, "generating", json_safe(dict(info)))
-                send_frames(self._socket, [b"OUT", job.identity, b"", *wire.encode(message)])
+                send_frames(self._socket, jobs.out_frames(job.identity, wire.encode(message)))
 
-        options = spec["options"]
-        result = runtime.chat(spec["session_id"], spec["prompt"], images=images, mode=spec["mode"],
+        options = spec.options
+        result = runtime.chat(spec.session_id, spec.prompt, images=images, mode=spec.mode,
                               max_new_tokens=options["max_new_tokens"], temperature=options["temperature"],
                               top_p=options["top_p"], seed=options["seed"], should_stop=should_stop,
                               on_progress=on_progress)
@@ -266,28 +261,24 @@ class ModelWorker:
         return self._result(job, result, {"image_decode_ms": (decoded - start) * 1e3,
                                           "model_ms": (finished - decoded) * 1e3})
 
-    def _result(self, job: _Job, result, extra_timings: dict) -> wire.Result:
+    def _result(self, job: _Held, result, extra_timings: dict) -> wire.Result:
         poses = [{name: np.asarray(getattr(pose, name), dtype=np.float32) for name in wire.POSE_ARRAYS}
                  for pose in result.poses]
         timings = {k: float(v) for k, v in dict(result.timings).items()
                    if isinstance(v, (int, float, np.generic)) and math.isfinite(float(v))}
         timings.update(extra_timings)
-        received, dispatched = job.spec.get("received_at"), job.spec.get("dispatched_at")
-        if isinstance(received, float) and isinstance(dispatched, float):
+        received, dispatched = job.job.received_at, job.job.dispatched_at
+        if received and dispatched:
             timings.update(queue_ms=(dispatched - received) * 1e3, server_ms=(time.monotonic() - received) * 1e3)
-        return wire.Result(job.request_id, job.spec["session_id"], result.text, poses, timings,
+        return wire.Result(job.request_id, job.job.session_id, result.text, poses, timings,
                            self.identity.decode())
 
 
-def _summary(reply: wire.Message) -> bytes:
+def _summary(reply: wire.Message) -> tuple[str, float]:
     """What the broker's log line needs of a final reply: its status and the model time."""
     status = reply.code if isinstance(reply, wire.Error) else "ok"
     model_ms = reply.timings.get("model_ms", 0.0) if isinstance(reply, wire.Result) else 0.0
-    return b'{"status":"%s","model_ms":%.3f}' % (status.encode("ascii", "replace"), model_ms)
-
-
-def _is_direct(job: _Job) -> bool:
-    return job.spec["kind"] == "chat" and job.spec["mode"] == "direct"
+    return status, model_ms
 
 
 def runtime_loader(checkpoint: str, device: str = "auto", dtype: str = "auto") -> Callable[[], Any]:

@@ -81,10 +81,10 @@ def wire_overhead(address: str, jpeg: bytes) -> dict[str, float]:
                                    images=[jpeg])
             round_trip = (time.perf_counter() - start) * 1e3
             if event.kind != "result":
-                raise RuntimeError(f"{event.error_code}: {event.message}")
+                raise RuntimeError(f"{event.code}: {event.message}")
             client.request("close", session_id=f"bench-{i}")
             if i >= WARMUP:
-                timings = event.header["timings"]
+                timings = event.timings
                 overheads.append(round_trip - timings["model_ms"] - timings["image_decode_ms"])
                 inside.append(timings["server_ms"] - timings["model_ms"] - timings["image_decode_ms"])
                 decode.append(timings["image_decode_ms"])
@@ -117,7 +117,7 @@ def throughput(address: str, clients: int) -> tuple[int, float]:
                 for event in c.pump():
                     if event.final:
                         if event.kind != "result":
-                            raise RuntimeError(f"{event.error_code}: {event.message}")
+                            raise RuntimeError(f"{event.code}: {event.message}")
                         done += 1
                         serial += 1
                         submit(c, serial + clients)

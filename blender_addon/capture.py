@@ -1,7 +1,9 @@
 """The picture sent with a prompt: an image file, a Blender image, or a small render of the camera.
 
 Every source ends as encoded file bytes (PNG/JPEG/WebP, what the wire format carries) plus the Blender
-image the chat message keeps. A camera render is packed into the .blend so the chat still shows what
+image the chat message keeps. A picture larger than the model reads (the model card's ``image_size``) is
+scaled down before it is sent, keeping its aspect: a 4K photo would otherwise cross the network at up
+to 16 MB for the server to shrink it anyway. A camera render is packed into the .blend so the chat still shows what
 was sent after the file is reopened elsewhere.
 """
 from __future__ import annotations
@@ -12,14 +14,14 @@ from pathlib import Path
 
 import bpy
 
-from .connection import ConnectionProblem
+from .reply_handling import AddonError
 
 CAMERA_RENDER_SIZE_PX = 256            # long side of the render sent to the model
 CYCLES_MAX_SAMPLES = 16                # enough for a silhouette; the scene's own count is restored after
 
 
-def _problem(message: str) -> ConnectionProblem:
-    return ConnectionProblem("bad_image", message)
+def _problem(message: str) -> AddonError:
+    return AddonError("bad_image", message)
 
 
 def image_from_file(path: str) -> tuple[bytes, bpy.types.Image]:
@@ -87,16 +89,46 @@ def render_camera(scene: bpy.types.Scene, size_px: int = CAMERA_RENDER_SIZE_PX) 
     return data, image
 
 
-def gather_image(scene: bpy.types.Scene) -> tuple[list[bytes], bpy.types.Image | None, str]:
-    """The images to send for the scene's current image source: (list of encoded images, image, path)."""
+def scaled_size(width: int, height: int, image_size: int | None) -> tuple[int, int] | None:
+    """The size to send a ``width`` × ``height`` picture at so its short side is ``image_size`` (what the
+    model reads), keeping the aspect; None when it is already that small or the model names no size."""
+    if not image_size or image_size < 1 or min(width, height) <= image_size:
+        return None
+    scale = image_size / min(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def downscaled(data: bytes, image: bpy.types.Image, image_size: int | None) -> bytes:
+    """``data`` (the encoded ``image``) as a PNG scaled down by ``scaled_size``, or ``data`` itself."""
+    width, height = image.size
+    size = scaled_size(width, height, image_size)
+    if size is None:
+        return data
+    copy = image.copy()
+    try:
+        copy.scale(*size)
+        with tempfile.TemporaryDirectory(prefix="posegpt_") as tmp:
+            target = os.path.join(tmp, "scaled.png")
+            copy.filepath_raw = target
+            copy.file_format = "PNG"
+            copy.save()
+            return Path(target).read_bytes()
+    finally:
+        bpy.data.images.remove(copy)
+
+
+def gather_image(scene: bpy.types.Scene, image_size: int | None = None
+                 ) -> tuple[list[bytes], bpy.types.Image | None, str]:
+    """The images to send for the scene's current image source: (list of encoded images, image, path).
+    ``image_size``: the side the model reads (model card); larger pictures are scaled down to it."""
     settings = scene.posegpt
     if settings.image_source == "NONE":
         return [], None, ""
     if settings.image_source == "FILE":
         data, image = image_from_file(settings.image_path)
-        return [data], image, settings.image_path
+        return [downscaled(data, image, image_size)], image, settings.image_path
     if settings.image_source == "BLENDER_IMAGE":
         data, image = image_from_datablock(settings.image)
-        return [data], image, image.filepath
+        return [downscaled(data, image, image_size)], image, image.filepath
     data, image = render_camera(scene)
     return [data], image, ""

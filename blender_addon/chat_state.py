@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import textwrap
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,21 +55,6 @@ def pose_from_json(text: str) -> np.ndarray:
     if data.get("frame") != "smpl":
         raise PoseFormatError(f"stored pose must be in the SMPL frame, not {data.get('frame')!r}")
     return check_rotmats(np.asarray(data.get("rotmat"), dtype=np.float64).reshape(NUM_JOINTS, 3, 3))
-
-
-@dataclass
-class ChatMessage:
-    """One line of a chat: who said it, what, and the pose an assistant reply carried (SMPL frame)."""
-    role: str
-    text: str
-    pose: np.ndarray | None = None      # (24, 3, 3) float64, SMPL frame
-    image_name: str = ""
-
-    def __post_init__(self):
-        if self.role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
-        if self.pose is not None:
-            self.pose = check_rotmats(self.pose)
 
 
 def display_text(text: str, pose_token: str = "<POSE>") -> str:

@@ -1,9 +1,10 @@
 """The add-on's side of the conversation with posegpt-serve, without bpy.
 
 ``Connection`` wraps ``posegpt_net.client.PoseClient``: it remembers which armature each request is for,
-turns the client's events into ``Outcome``s the Blender side applies on the main thread, and puts every
-failure into words (``reply_handling.describe_error``). ``poll()`` never blocks: Blender calls it from a
-``bpy.app.timers`` callback.
+turns the wire messages the client hands on into ``Outcome``s the Blender side applies on the main thread,
+and puts every failure into words (``reply_handling.AddonError``). A result's poses are validated here,
+once, where they enter the add-on. The client's timeout is the only one: a request the client has not
+ended is still alive. ``poll()`` never blocks: Blender calls it from a ``bpy.app.timers`` callback.
 """
 from __future__ import annotations
 
@@ -16,35 +17,24 @@ from pathlib import Path
 
 import numpy as np
 
-from .reply_handling import describe_error, pose_to_smpl_frame
+from .chat_state import check_rotmats
+from .reply_handling import AddonError, describe_error
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_TIMEOUT_S = 10.0
 CLIENT_NAME = "posegpt-blender"
-# Extra seconds past the timeout before this side gives up on its own, in case no event says so.
-LOCAL_TIMEOUT_GRACE_S = 1.0
 
 _ADDRESS_RE = re.compile(r"^tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\s]+):(?P<port>\d{1,5})$")
 _Z85_KEY_RE = re.compile(r"^[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$")
 
 
-class ConnectionProblem(Exception):
-    """A failure the artist must act on; ``code`` is a wire/runtime/add-on error code."""
-
-    def __init__(self, code: str, message: str, *, address: str = "", timeout_s: float = 0.0):
-        self.code = code
-        self.message = message
-        self.text = describe_error(code, message, address=address, timeout_s=timeout_s)
-        super().__init__(self.text)
-
-
 def address_host(address: str) -> str:
-    """The host part of ``tcp://HOST:PORT`` (brackets stripped); raises ConnectionProblem when malformed."""
+    """The host part of ``tcp://HOST:PORT`` (brackets stripped); raises AddonError when malformed."""
     if address.startswith(("ipc://", "inproc://")):
         return "localhost"
     match = _ADDRESS_RE.match(address.strip())
     if match is None or not 0 < int(match["port"]) < 65536:
-        raise ConnectionProblem("bad_address", f"cannot use backend address {address!r}", address=address)
+        raise AddonError("bad_address", f"cannot use backend address {address!r}", address=address)
     return match["host"].strip("[]")
 
 
@@ -62,7 +52,7 @@ def is_loopback(address: str) -> bool:
 def check_online_access(address: str, online_access: bool) -> None:
     """Blender ≥ 4.2 asks add-ons not to go online unless the user allowed it; loopback is not online."""
     if not online_access and not is_loopback(address):
-        raise ConnectionProblem("online_access", f"online access is disabled, so {address} is not contacted",
+        raise AddonError("online_access", f"online access is disabled, so {address} is not contacted",
                                 address=address)
 
 
@@ -73,12 +63,12 @@ def read_curve_key(value: str, *, secret: bool) -> bytes:
         return text.encode("ascii")
     path = Path(text).expanduser()
     if not path.is_file():
-        raise ConnectionProblem("bad_keys", f"{text!r} is neither a key file nor a 40-character Z85 key")
+        raise AddonError("bad_keys", f"{text!r} is neither a key file nor a 40-character Z85 key")
     import zmq.auth  # here, not at the top: the bpy-free import test needs no pyzmq
     public, secret_key = zmq.auth.load_certificate(str(path))
     key = secret_key if secret else public
     if not key:
-        raise ConnectionProblem("bad_keys", f"{path.name} holds no {'secret' if secret else 'public'} key")
+        raise AddonError("bad_keys", f"{path.name} holds no {'secret' if secret else 'public'} key")
     return key
 
 
@@ -89,7 +79,7 @@ def curve_settings(server_public_key: str, client_public_key: str, client_secret
     if not any(fields):
         return None
     if not all(fields):
-        raise ConnectionProblem("bad_keys", "CURVE needs the server public key and the client public and "
+        raise AddonError("bad_keys", "CURVE needs the server public key and the client public and "
                                 "secret keys")
     from posegpt_net.client import CurveKeys
     return CurveKeys(server_public=read_curve_key(fields[0], secret=False),
@@ -105,20 +95,22 @@ class Pending:
     target: str = ""                 # armature object name
     prompt: str = ""
     started: float = 0.0
-    last_heard: float = 0.0
     stage: str = "sent"
 
 
 @dataclass
 class Outcome:
     """Something the Blender side must act on. ``kind``: "connected", "result", "error", "progress",
-    "disconnected". ``poses`` are (24, 3, 3) float64 SMPL-frame rotations."""
+    "disconnected". ``poses``: the result's ``rotmat_smpl`` arrays, validated, as (24, 3, 3) float64
+    SMPL-frame rotations. ``note``: what the server said about the turn besides its answer (the history
+    it trimmed to make room), empty when nothing."""
     kind: str
     pending: Pending | None = None
     text: str = ""
     poses: list[np.ndarray] = field(default_factory=list)
     error_code: str = ""
     error_text: str = ""
+    note: str = ""
 
 
 class Connection:
@@ -145,8 +137,13 @@ class Connection:
             from posegpt_net.client import PoseClient as client_factory
         self._client = client_factory(address, timeout_s=self.timeout_s, curve=curve, client_name=CLIENT_NAME)
         now = clock()
-        hello_id = self._client.submit("hello", client=CLIENT_NAME)
-        self.pending[hello_id] = Pending(hello_id, "hello", started=now, last_heard=now)
+        # no resend: with no server there, the artist hears so after one timeout, not three
+        hello_id = self._client.submit("hello", client=CLIENT_NAME, retries=0)
+        self.pending[hello_id] = Pending(hello_id, "hello", started=now)
+
+    def add_observer(self, callback) -> None:
+        """Call ``callback(message)`` with every wire message the client receives (demo timings, tests)."""
+        self._client.add_observer(callback)
 
     # --- requests ------------------------------------------------------------------------------------
     @property
@@ -161,19 +158,18 @@ class Connection:
                   mode: str = "chat") -> str:
         """Send one turn for armature ``target``; returns the request id (the reply comes via poll())."""
         if self.state not in ("connecting", "connected"):
-            raise ConnectionProblem("not_connected", f"not connected to {self.address}", address=self.address)
+            raise AddonError("not_connected", f"not connected to {self.address}", address=self.address)
         if not prompt.strip():
-            raise ConnectionProblem("empty_prompt", "the prompt is empty")
+            raise AddonError("empty_prompt", "the prompt is empty")
         now = self._clock()
         if self.state == "connecting":          # goes out once the server has said hello
             request_id = f"queued-{uuid.uuid4().hex[:12]}"
             self._queued[request_id] = (session_id, prompt, list(images), mode)
             self.pending[request_id] = Pending(request_id, "chat", target=target, prompt=prompt, started=now,
-                                               last_heard=now, stage="waiting for the server")
+                                               stage="waiting for the server")
             return request_id
         request_id = self._client.chat(session_id, prompt, images=list(images), mode=mode)
-        self.pending[request_id] = Pending(request_id, "chat", target=target, prompt=prompt, started=now,
-                                           last_heard=now)
+        self.pending[request_id] = Pending(request_id, "chat", target=target, prompt=prompt, started=now)
         return request_id
 
     def _flush_queued(self) -> None:
@@ -183,7 +179,7 @@ class Connection:
             if pending is None:                  # cancelled while waiting
                 continue
             pending.request_id = self._client.chat(session_id, prompt, images=images, mode=mode)
-            pending.stage, pending.last_heard = "sent", self._clock()
+            pending.stage = "sent"
             self.pending[pending.request_id] = pending
 
     def _fail_queued(self, code: str, message: str) -> list[Outcome]:
@@ -200,7 +196,7 @@ class Connection:
         if self.state == "connected" and session_id:
             request_id = self._client.submit("reset", session_id=session_id)
             now = self._clock()
-            self.pending[request_id] = Pending(request_id, "reset", started=now, last_heard=now)
+            self.pending[request_id] = Pending(request_id, "reset", started=now)
 
     def cancel(self, request_id: str) -> None:
         """Ask the server to stop a request; its reply then comes back as a ``cancelled`` error."""
@@ -222,9 +218,8 @@ class Connection:
         if self.state in ("closed", "error"):
             return []
         outcomes: list[Outcome] = []
-        for event in self._client.pump():
-            outcomes.extend(self._handle(event))
-        outcomes.extend(self._expire())
+        for message in self._client.pump():
+            outcomes.extend(self._handle(message))
         return outcomes
 
     def _fail(self, pending: Pending | None, code: str, message: str) -> Outcome:
@@ -235,62 +230,52 @@ class Connection:
             self._client.close()
         return Outcome("error", pending=pending, error_code=code, error_text=text)
 
-    def _handle(self, event) -> list[Outcome]:
-        pending = self.pending.get(event.request_id or "")
-        if pending is not None:
-            pending.last_heard = self._clock()
-        if event.kind == "progress":
+    def _handle(self, message) -> list[Outcome]:
+        """One ``posegpt_net.wire`` message → what the Blender side must do."""
+        pending = self.pending.get(message.request_id or "")
+        if message.kind == "progress":
             if pending is None:
                 return []
-            pending.stage = str(event.header.get("stage", "running"))
+            pending.stage = message.stage
             return [Outcome("progress", pending=pending)]
         if pending is not None:
             del self.pending[pending.request_id]
-        if event.kind == "error":
-            code, message = event.error_code or "internal", event.message or ""
-            failed = [self._fail(pending, code, message)]
+        if message.kind == "error":
+            failed = [self._fail(pending, message.code, message.message)]
             if pending is None or pending.kind == "hello":
-                failed.extend(self._fail_queued(code, message))
+                failed.extend(self._fail_queued(message.code, message.message))
             return failed
-        if event.kind == "hello":
+        if message.kind == "hello":
             self.state, self.error_text = "connected", ""
-            self.model_card = dict(event.header.get("model_card") or {})
-            self.server_name = str(event.header.get("server", ""))
+            self.model_card = dict(message.model_card or {})
+            self.server_name = message.server
             self._flush_queued()
             return [Outcome("connected", pending=pending)]
-        if event.kind == "result" and pending is not None and pending.kind == "chat":
-            text = str(event.text or event.header.get("text", ""))
+        if message.kind == "result" and pending is not None and pending.kind == "chat":
+            # wire.decode checked each array's dtype and shape; what it cannot know is whether the
+            # numbers are rotations: checked here, once, before anything reaches Blender
             try:
-                poses = [pose_to_smpl_frame(p) for p in event.poses]
+                poses = [check_rotmats(pose["rotmat_smpl"]) for pose in message.poses]
             except ValueError as exc:
                 return [self._fail(pending, "bad_model_output", str(exc))]
             if not poses:
-                return [self._fail(pending, "no_pose", f"reply {text!r} has no pose")]
-            return [Outcome("result", pending=pending, text=text, poses=poses)]
-        if event.kind == "closed" and pending is None:
+                return [self._fail(pending, "no_pose", f"reply {message.text!r} has no pose")]
+            return [Outcome("result", pending=pending, text=message.text, poses=poses,
+                            note=_note(message))]
+        if message.kind == "closed" and pending is None:
             self.state = "closed"
             return [Outcome("disconnected")]
         return []                                                # pong, reset acknowledgements, ...
-
-    def _expire(self) -> list[Outcome]:
-        """Fail requests nothing was heard about for longer than the timeout (the client normally does
-        this itself with a ``timeout`` error; this is the safety net)."""
-        now, expired = self._clock(), []
-        for pending in list(self.pending.values()):
-            if pending.request_id in self._queued:
-                continue                         # waits on the hello, which fails them all if it expires
-            # The hello gets no grace: the client would resend it (lazy pirate) and the artist would wait
-            # several timeouts to learn that no server is there.
-            limit = self.timeout_s + (0.0 if pending.kind == "hello" else LOCAL_TIMEOUT_GRACE_S)
-            if now - pending.last_heard > limit:
-                del self.pending[pending.request_id]
-                message = f"no answer from {self.address}"
-                expired.append(self._fail(pending, "timeout", message))
-                if pending.kind == "hello":
-                    expired.extend(self._fail_queued("timeout", message))
-        return expired
 
 
 def new_session_id() -> str:
     """A fresh id for a chat's backend session."""
     return f"blender-{uuid.uuid4().hex[:16]}"
+
+
+def _note(result) -> str:
+    """The line the chat shows under a reply when the server dropped old turns to make room."""
+    trimmed = getattr(result, "history_trimmed", 0)
+    if not trimmed:
+        return ""
+    return f"{trimmed} oldest turn{'s' if trimmed != 1 else ''} dropped to fit the model's context."

@@ -9,9 +9,10 @@ from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from . import capture, session
 from .chat_state import PoseFormatError, pose_from_json
-from .connection import ConnectionProblem, new_session_id
+from .connection import new_session_id
 from .pose_files import load_pose, save_pose
 from .preferences import get_preferences
+from .reply_handling import AddonError
 
 
 def smpl_blender():
@@ -31,16 +32,33 @@ def target_armature(context):
 def _armature_by_name(operator, context):
     obj = bpy.data.objects.get(operator.armature) if operator.armature else target_armature(context)
     if obj is None or not smpl_blender().is_smpl_armature(obj):
-        raise ConnectionProblem("no_armature", f"{operator.armature or 'the active object'} is not an SMPL "
-                                "armature: select one or press Create body")
+        raise AddonError("no_armature", f"{operator.armature or 'the active object'} is not an SMPL "
+                         "armature: select one or press Create body")
     return obj
 
 
 def _message_pose(obj, index: int):
     messages = obj.posegpt_chat.messages
     if not 0 <= index < len(messages) or not messages[index].pose_json:
-        raise PoseFormatError(f"message {index} of {obj.name}'s chat carries no pose")
-    return pose_from_json(messages[index].pose_json)
+        raise AddonError("bad_pose", f"message {index} of {obj.name}'s chat carries no pose")
+    try:
+        return pose_from_json(messages[index].pose_json)
+    except PoseFormatError as exc:
+        raise AddonError("bad_pose", str(exc)) from None
+
+
+def _read_pose_file(path):
+    try:
+        return load_pose(path)
+    except (ValueError, OSError) as exc:
+        raise AddonError("bad_pose", f"cannot read {path!r}: {exc}") from None
+
+
+def _write_pose_file(path, rotmats) -> None:
+    try:
+        save_pose(path, rotmats)
+    except (ValueError, OSError) as exc:
+        raise AddonError("bad_pose", f"cannot write {path!r}: {exc}") from None
 
 
 class POSEGPT_OT_connect(bpy.types.Operator):
@@ -51,9 +69,9 @@ class POSEGPT_OT_connect(bpy.types.Operator):
     def execute(self, context):
         try:
             session.connect(context)
-        except (ConnectionProblem, ValueError) as exc:
-            session.fail(session.problem_text(exc))
-            self.report({"ERROR"}, session.problem_text(exc))
+        except AddonError as exc:
+            session.fail(exc.text)
+            self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
         return {"FINISHED"}
 
@@ -111,16 +129,16 @@ class POSEGPT_OT_send_prompt(bpy.types.Operator):
         try:
             obj = _armature_by_name(self, context)
             if not prompt:
-                raise ConnectionProblem("empty_prompt", "the prompt is empty")
+                raise AddonError("empty_prompt", "the prompt is empty")
             conn = session.ensure_connection(context)
             if settings.image_source != "NONE" and conn.model_card.get("accepts_images") is False:
-                raise ConnectionProblem("images_not_supported", "this model does not read images")
-            images, image, image_path = capture.gather_image(context.scene)
+                raise AddonError("images_not_supported", "this model does not read images")
+            images, image, image_path = capture.gather_image(context.scene, conn.model_card.get("image_size"))
             chat = obj.posegpt_chat
             if not chat.session_id:
                 chat.session_id = new_session_id()
             conn.send_chat(obj.name, chat.session_id, prompt, images, mode=settings.mode)
-        except ConnectionProblem as exc:
+        except AddonError as exc:
             session.fail(exc.text)
             self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
@@ -163,7 +181,7 @@ class POSEGPT_OT_reset_chat(bpy.types.Operator):
     def execute(self, context):
         try:
             obj = _armature_by_name(self, context)
-        except ConnectionProblem as exc:
+        except AddonError as exc:
             self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
         chat = obj.posegpt_chat
@@ -195,8 +213,8 @@ class POSEGPT_OT_apply_pose(bpy.types.Operator):
             obj = _armature_by_name(self, context)
             pose = _message_pose(obj, self.index)
             smpl_blender().apply_pose(obj, pose, global_orient=context.scene.posegpt.orientation.lower())
-        except (ConnectionProblem, ValueError) as exc:
-            self.report({"ERROR"}, session.problem_text(exc))
+        except AddonError as exc:
+            self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
         return {"FINISHED"}
 
@@ -222,8 +240,8 @@ class POSEGPT_OT_key_pose(bpy.types.Operator):
             from smpl_rig import blender_keys
             smpl_blender().apply_pose(obj, pose, global_orient=context.scene.posegpt.orientation.lower())
             blender_keys.key_pose(obj, frame)
-        except (ConnectionProblem, ValueError) as exc:
-            self.report({"ERROR"}, session.problem_text(exc))
+        except AddonError as exc:
+            self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
         obj.posegpt_chat.messages[self.index].keyed_frame = frame
         return {"FINISHED"}
@@ -272,9 +290,9 @@ class POSEGPT_OT_export_pose(bpy.types.Operator, ExportHelper):
         self.check(context)
         try:
             obj = _armature_by_name(self, context)
-            save_pose(self.filepath, smpl_blender().read_pose(obj))
-        except (ConnectionProblem, ValueError, OSError) as exc:
-            self.report({"ERROR"}, session.problem_text(exc))
+            _write_pose_file(self.filepath, smpl_blender().read_pose(obj))
+        except AddonError as exc:
+            self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
         self.report({"INFO"}, f"Saved the pose of {obj.name} to {self.filepath}")
         return {"FINISHED"}
@@ -294,10 +312,10 @@ class POSEGPT_OT_import_pose(bpy.types.Operator, ImportHelper):
     def execute(self, context):
         try:
             obj = _armature_by_name(self, context)
-            smpl_blender().apply_pose(obj, load_pose(self.filepath),
+            smpl_blender().apply_pose(obj, _read_pose_file(self.filepath),
                                       global_orient=context.scene.posegpt.orientation.lower())
-        except (ConnectionProblem, ValueError, OSError) as exc:
-            self.report({"ERROR"}, session.problem_text(exc))
+        except AddonError as exc:
+            self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
         return {"FINISHED"}
 

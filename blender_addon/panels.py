@@ -12,15 +12,6 @@ from .operators import target_armature
 MAX_MESSAGES_SHOWN = 40              # older messages stay in the .blend; the panel shows the latest ones
 ROLE_ICONS = {"user": "USER", "assistant": "ARMATURE_DATA", "error": "ERROR"}
 
-# How often each panel drew and how many chat messages the last draw showed: the GUI test reads these
-# from inside Blender to prove the panel really drew the conversation (not just that Blender started).
-DRAW_COUNTS: dict[str, int] = {}
-LAST_DRAWN: dict[str, int] = {"messages": 0, "poses": 0}
-
-
-def _count(panel) -> None:
-    DRAW_COUNTS[panel.bl_idname] = DRAW_COUNTS.get(panel.bl_idname, 0) + 1
-
 
 def _wrapped_labels(layout, context, text: str, **label_kw) -> None:
     columns = wrap_columns(context.region.width if context.region else 300, context.preferences.system.ui_scale)
@@ -42,7 +33,6 @@ class POSEGPT_PT_main(_SidebarPanel, bpy.types.Panel):
     bl_label = "PoseGPT"
 
     def draw(self, context):
-        _count(self)
         layout = self.layout
         conn = session.connection()
         connected = session.is_connected()
@@ -75,7 +65,6 @@ class POSEGPT_PT_body(_SidebarPanel, bpy.types.Panel):
     bl_parent_id = "POSEGPT_PT_main"
 
     def draw(self, context):
-        _count(self)
         layout = self.layout
         obj = target_armature(context)
         if obj is not None:
@@ -92,13 +81,11 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
     bl_parent_id = "POSEGPT_PT_main"
 
     def draw(self, context):
-        _count(self)
         layout = self.layout
         settings = context.scene.posegpt
         obj = target_armature(context)
         if obj is None:
             layout.label(text="No SMPL armature selected")
-            LAST_DRAWN.update(messages=0, poses=0)
             return
         self._draw_history(layout, context, obj)
         self._draw_waiting(layout, obj)
@@ -123,7 +110,6 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
         first = max(0, len(messages) - MAX_MESSAGES_SHOWN)
         if first:
             layout.label(text=f"{first} earlier messages not shown")
-        poses = 0
         for index in range(first, len(messages)):
             message = messages[index]
             box = layout.box()
@@ -136,7 +122,6 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
             text = display_text(message.text, pose_token) if message.role == "assistant" else message.text
             _wrapped_labels(box, context, text or "(no text)")
             if message.pose_json:
-                poses += 1
                 row = box.row(align=True)
                 apply = row.operator("posegpt.apply_pose", icon="POSE_HLT")
                 apply.armature, apply.index = obj.name, index
@@ -146,7 +131,6 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
                     box.label(text=f"Keyed at frame {message.keyed_frame}", icon="DECORATE_KEYFRAME")
         if not len(messages):
             layout.label(text="Describe a pose and press Send")
-        LAST_DRAWN.update(messages=len(messages) - first, poses=poses)
 
     def _draw_waiting(self, layout, obj):
         conn = session.connection()
@@ -172,7 +156,6 @@ class POSEGPT_PT_options(_SidebarPanel, bpy.types.Panel):
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        _count(self)
         layout = self.layout
         settings = context.scene.posegpt
         layout.prop(settings, "orientation")
@@ -192,7 +175,6 @@ class POSEGPT_PT_pose_file(_SidebarPanel, bpy.types.Panel):
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        _count(self)
         row = self.layout.row(align=True)
         row.operator("posegpt.export_pose", icon="EXPORT")
         row.operator("posegpt.import_pose", icon="IMPORT")

@@ -1,16 +1,10 @@
-"""What the add-on does with what the server sends: poses into the SMPL frame, errors into advice.
+"""What the add-on tells the artist: the one error class its operators catch, and advice per error code.
 
-No bpy here. The backend's result carries each pose in several frames (``posegpt_net.wire.POSE_ARRAYS``);
-the armature only ever receives SMPL-frame rotations, so the camera-frame global orientation is converted
-here, through ``smpl_rig.frames``, before anything reaches Blender.
+No bpy here. Every failure the add-on reports — from the connection, the server, the artist's input or a
+pose file — is an ``AddonError`` carrying a code (a wire/runtime code from ``posegpt_net.wire.ERROR_CODES``
+or one of the add-on's own below) and a sentence saying what to do.
 """
 from __future__ import annotations
-
-import numpy as np
-
-from smpl_rig import frames
-
-from .chat_state import check_rotmats
 
 # What to tell the artist for each error code (wire codes, runtime codes and the add-on's own).
 # ``{address}`` and ``{timeout}`` are filled in; keep each a sentence that says what to do.
@@ -44,6 +38,8 @@ ADVICE = {
     "no_armature": "Select an SMPL armature (or its body mesh), or press Create body.",
     "bad_image": "Pick another image or image source (PNG, JPEG or WebP).",
     "no_pose": "The reply carried no pose: rephrase the prompt or send it again.",
+    "bad_pose": "Pick a chat message that carries a pose, or a pose file written by Export pose.",
+    "history_trimmed": "The conversation outgrew the model's context: its oldest turns were dropped.",
 }
 GENERIC_ADVICE = "See the server log for details."
 
@@ -59,17 +55,12 @@ def describe_error(code: str, message: str, *, address: str = "", timeout_s: flo
     return f"{what} — {advice_for(code, address=address, timeout_s=timeout_s)}"
 
 
-def pose_to_smpl_frame(pose: dict) -> np.ndarray:
-    """One result pose (dict of arrays named as in ``posegpt_net.wire.POSE_ARRAYS``) → (24, 3, 3) float64
-    rotations in the SMPL model frame.
+class AddonError(Exception):
+    """A failure the artist must act on. ``code``: a wire/runtime/add-on error code; ``text``: what went
+    wrong and what to do, ready for ``Operator.report``."""
 
-    Uses the server's ``rotmat_smpl`` when present; otherwise converts the camera-frame ``rotmat``'s
-    global orientation with ``smpl_rig.frames.camera_to_smpl_orient``.
-    """
-    if "rotmat_smpl" in pose:
-        return check_rotmats(pose["rotmat_smpl"])
-    if "rotmat" not in pose:
-        raise ValueError(f"a result pose needs 'rotmat_smpl' or 'rotmat', got keys {sorted(pose)}")
-    rotmats = check_rotmats(pose["rotmat"]).copy()
-    rotmats[0] = frames.camera_to_smpl_orient(rotmats[0])
-    return rotmats
+    def __init__(self, code: str, message: str, *, address: str = "", timeout_s: float = 0.0):
+        self.code = code
+        self.message = message
+        self.text = describe_error(code, message, address=address, timeout_s=timeout_s)
+        super().__init__(self.text)

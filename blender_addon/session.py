@@ -11,7 +11,7 @@ from __future__ import annotations
 import bpy
 
 from .chat_state import pose_to_json
-from .connection import Connection, ConnectionProblem, Outcome, curve_settings
+from .connection import Connection, Outcome, curve_settings
 from .preferences import get_preferences
 
 PUMP_INTERVAL_S = 0.1            # how often the timer looks for replies while requests are in flight
@@ -144,6 +144,8 @@ def _on_result(outcome: Outcome) -> None:
         message = chat.messages.add()
         message.role = "assistant"
         message.text = outcome.text if k == 0 else f"(pose {k + 1} of {len(outcome.poses)})"
+        if k == 0 and outcome.note:
+            message.text += f"\n({outcome.note})"
         message.pose_json = pose_to_json(pose)
     chat.last_error = ""
     _undo_push("PoseGPT reply")                   # the chat keeps the reply when the pose is undone
@@ -182,6 +184,3 @@ def _redraw() -> None:
             if area.type == "VIEW_3D":
                 area.tag_redraw()
 
-
-def problem_text(exc: Exception) -> str:
-    return exc.text if isinstance(exc, ConnectionProblem) else str(exc)

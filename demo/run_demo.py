@@ -67,9 +67,9 @@ class Backend:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"the backend exited with code {self.process.returncode}; "
                                        f"see {self.log_path}:\n{self.log_path.read_text()[-2000:]}")
-                event = client.request("hello", timeout_s=5.0)
-                if event.kind == "hello":
-                    return dict(event.header.get("model_card") or event.header)
+                reply = client.request("hello", timeout_s=5.0)
+                if reply.kind == "hello" and reply.model_card:
+                    return dict(reply.model_card)
                 time.sleep(0.5)
         raise TimeoutError(f"the backend did not answer within {timeout_s:.0f} s; see {self.log_path}")
 
@@ -103,18 +103,16 @@ def enable_addon(address: str):
 
 
 class ReplyTimings:
-    """Wraps the add-on's live client ``pump`` to keep the server's timings of each result."""
+    """Keeps each result the add-on's connection receives (an observer), for the server's timings."""
 
     def __init__(self):
         from blender_addon import session
-        self.client = session.connection()._client
-        self.inner, self.results = self.client.pump, []
-        self.client.pump = self.pump
+        self.results = []
+        session.connection().add_observer(self.observe)
 
-    def pump(self):
-        events = self.inner()
-        self.results.extend(e for e in events if e.kind == "result")
-        return events
+    def observe(self, message):
+        if message.kind == "result":
+            self.results.append(message)
 
 
 def send(obj, prompt: str, frame: int) -> dict:
@@ -261,7 +259,7 @@ def run(chat, checkpoint: Path, out_dir: Path) -> list[dict]:
         turns = []
         for prompt, frame in chat:
             turn = send(obj, prompt, frame)
-            turn["server"] = dict(timings.results[-1].header.get("timings", {})) if timings.results else {}
+            turn["server"] = dict(timings.results[-1].timings) if timings.results else {}
             turns.append(turn)
             print(f"[frame {frame:>2}] you: {prompt}\n           PoseGPT: {turn['reply']}  "
                   f"({turn['wall_s'] * 1000:.0f} ms round trip, model "

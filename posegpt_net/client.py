@@ -3,8 +3,8 @@
     client = PoseClient("tcp://127.0.0.1:5555")
     rid = client.chat("session-1", "she is proposing marriage")
     ...                                     # every timer tick:
-    for event in client.pump():             # never blocks
-        if event.kind == "result": apply(event.poses[0]["rotmat_smpl"])
+    for message in client.pump():           # never blocks; wire messages (posegpt_net.wire)
+        if message.kind == "result": apply(message.poses[0]["rotmat_smpl"])
 
 Scripts and tests may block instead: ``client.request("ping")`` or ``client.wait(rid)``.
 
@@ -12,18 +12,22 @@ Reliability (the ZeroMQ guide's lazy pirate): the server sends a heartbeat for e
 at least every ``HEARTBEAT_S`` seconds, so a request that hears nothing for its timeout is lost. The
 client then closes its socket and opens a fresh one (dropping anything queued for the dead peer),
 resends the idempotent requests (hello, ping, cancel, reset, close) up to ``RETRIES`` times, and ends
-every chat that was in flight with an ``error`` event ("timeout" or "connection_lost"): a generation is
-never re-run behind the user's back. Only numpy, pyzmq and the standard library are used.
+every chat that was in flight with an ``error`` message ("timeout" or "connection_lost"): a generation is
+never re-run behind the user's back. This is the one timeout layer between the add-on and the server.
+
+``pump()`` hands on the typed messages ``posegpt_net.wire`` decoded (``wire.Result``, ``wire.Error``,
+``wire.Progress``, ...); the errors the client makes itself are ``wire.Error`` too. Observers
+(``add_observer``) see every message as it arrives. Only numpy, pyzmq and the standard library are used.
 """
 from __future__ import annotations
 
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
@@ -31,7 +35,7 @@ from zmq.utils.monitor import recv_monitor_message
 from posegpt_net import wire
 from posegpt_net.transport import NOBLOCK, readable, recv_frames, send_frames
 
-__all__ = ["PoseClient", "Event", "CurveKeys", "TIMEOUT_S", "RETRIES"]
+__all__ = ["PoseClient", "CurveKeys", "TIMEOUT_S", "RETRIES"]
 
 TIMEOUT_S = 10.0          # silence (no reply, no heartbeat) after which a request is lost
 RETRIES = 2               # resends of an idempotent request after a reconnect
@@ -60,36 +64,12 @@ class CurveKeys:
 
 
 @dataclass
-class Event:
-    """What ``pump()`` reports. ``kind``: "hello", "pong", "progress", "result", "closed" or "error".
-
-    ``header``: the message's JSON header (model card for hello, stage/info for progress, timings and
-    the frame of each pose array for result). ``poses``: for a result, one dict per pose mapping
-    "rotmat" (24, 3, 3), "rotvec" (24, 3), "d6" (24, 6), "quat_wxyz" (24, 4) (camera frame),
-    "rotmat_smpl" (24, 3, 3) (SMPL frame) and "rotmat_upright" (24, 3, 3) (joint 0 = identity) to
-    float32 arrays. ``error_code``/``message`` for errors (codes: ``posegpt_net.wire.ERROR_CODES``)."""
-
-    kind: str
-    request_id: str
-    header: dict = field(default_factory=dict)
-    poses: list[dict[str, np.ndarray]] = field(default_factory=list)
-    text: str = ""
-    error_code: str | None = None
-    message: str = ""
-
-    @property
-    def final(self) -> bool:
-        """True when this event ends its request (everything but progress)."""
-        return self.kind != "progress"
-
-
-@dataclass
 class _Pending:
     kind: str
     frames: list[bytes]
     timeout_s: float
     deadline: float
-    attempts: int = 0
+    retries: int                    # resends left after a reconnect (idempotent requests only)
 
 
 class PoseClient:
@@ -103,20 +83,21 @@ class PoseClient:
         self.timeout_s = float(timeout_s)
         self.curve = curve
         self.client_name = client_name
-        self.reconnects = 0
         self._context = context or zmq.Context.instance()
         self._pending: dict[str, _Pending] = {}
-        self._backlog: list[Event] = []
+        self._backlog: list[wire.Message] = []
+        self._observers: list[Callable[[wire.Message], None]] = []
         self._socket: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
         self._open()
 
     # --- requests ------------------------------------------------------------------------------------
 
-    def submit(self, kind: str, *, timeout_s: float | None = None, **fields) -> str:
+    def submit(self, kind: str, *, timeout_s: float | None = None, retries: int = RETRIES, **fields) -> str:
         """Send a request ("hello", "ping", "chat", "reset", "close") and return its request id.
 
         ``fields`` are the message's fields (see ``posegpt_net.wire``); images are encoded file bytes.
+        ``retries``: resends of an idempotent request after a timeout (0: its first timeout ends it).
         Raises ``ValueError`` (``wire.WireError``) for a request that cannot be sent."""
         if kind == "cancel":
             raise ValueError("use cancel(request_id) to cancel a request")
@@ -134,7 +115,7 @@ class PoseClient:
             message = wire.Close(request_id, **fields)
         else:
             raise ValueError(f"unknown request kind {kind!r}; expected one of {wire.REQUEST_TYPES}")
-        self._send(request_id, kind, wire.encode(message), timeout_s)
+        self._send(request_id, kind, wire.encode(message), timeout_s, retries if kind in IDEMPOTENT else 0)
         return request_id
 
     def chat(self, session_id: str, prompt: str, images=(), mode: str = "direct", *,
@@ -152,9 +133,6 @@ class PoseClient:
 
     def reset(self, session_id: str, **kw) -> str:
         return self.submit("reset", session_id=session_id, **kw)
-
-    def close_session(self, session_id: str, **kw) -> str:
-        return self.submit("close", session_id=session_id, **kw)
 
     def cancel(self, request_id: str) -> None:
         """Ask the server to drop or stop ``request_id``; it then ends with error "cancelled" (or its
@@ -175,33 +153,38 @@ class PoseClient:
 
     @property
     def pending(self) -> list[str]:
-        """Ids of the requests still waiting for their final event."""
+        """Ids of the requests still waiting for their final message."""
         return list(self._pending)
 
-    # --- events --------------------------------------------------------------------------------------
+    def add_observer(self, callback: Callable[[wire.Message], None]) -> None:
+        """Call ``callback(message)`` for every message as it arrives (before ``pump``/``wait`` return
+        it), client-made errors included: for logs, timings and tests."""
+        self._observers.append(callback)
 
-    def pump(self) -> list[Event]:
-        """Every event that has arrived, without blocking; also fires timeouts and reconnects."""
-        events, self._backlog = self._backlog, []
-        return events + self._pump_new()
+    # --- messages ------------------------------------------------------------------------------------
 
-    def wait(self, request_id: str, timeout_s: float | None = None) -> Event:
-        """Block until ``request_id`` has its final event and return it (its progress events are dropped,
-        other requests' events stay for the next ``pump()``). Raises ``TimeoutError`` only when
-        ``timeout_s`` runs out first; the request's own timeout ends it with an error event anyway."""
-        for index, event in enumerate(self._backlog):
-            if event.request_id == request_id and event.final:
+    def pump(self) -> list[wire.Message]:
+        """Every message that has arrived, without blocking; also fires timeouts and reconnects."""
+        messages, self._backlog = self._backlog, []
+        return messages + self._pump_new()
+
+    def wait(self, request_id: str, timeout_s: float | None = None) -> wire.Message:
+        """Block until ``request_id`` has its final message and return it (its progress is dropped, other
+        requests' messages stay for the next ``pump()``). Raises ``TimeoutError`` only when ``timeout_s``
+        runs out first; the request's own timeout ends it with an error message anyway."""
+        for index, message in enumerate(self._backlog):
+            if message.request_id == request_id and message.final:
                 return self._backlog.pop(index)
         if request_id not in self._pending:
             raise KeyError(f"no request {request_id!r} is pending")
         give_up = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             found = None
-            for event in self._pump_new():
-                if event.request_id != request_id:
-                    self._backlog.append(event)
-                elif event.final:
-                    found = event
+            for message in self._pump_new():
+                if message.request_id != request_id:
+                    self._backlog.append(message)
+                elif message.final:
+                    found = message
             if found is not None:
                 return found
             now = time.monotonic()
@@ -211,8 +194,8 @@ class PoseClient:
             wake = min(wake, give_up) if give_up is not None else wake
             self._socket.poll(max(1, min(100, int((wake - now) * 1000) + 1)), zmq.POLLIN)
 
-    def request(self, kind: str, *, timeout_s: float | None = None, **fields) -> Event:
-        """``submit`` then ``wait``: the final event of one request (for scripts and tests)."""
+    def request(self, kind: str, *, timeout_s: float | None = None, **fields) -> wire.Message:
+        """``submit`` then ``wait``: the final message of one request (for scripts and tests)."""
         return self.wait(self.submit(kind, timeout_s=timeout_s, **fields))
 
     def close(self) -> None:
@@ -246,29 +229,33 @@ class PoseClient:
             self._socket.close(linger=0)
             self._socket = self._monitor = None
 
-    def _send(self, request_id: str, kind: str, frames: list[bytes], timeout_s: float | None) -> None:
+    def _send(self, request_id: str, kind: str, frames: list[bytes], timeout_s: float | None,
+              retries: int) -> None:
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)
         if timeout <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout}")
-        self._pending[request_id] = _Pending(kind, frames, timeout, time.monotonic() + timeout)
+        self._pending[request_id] = _Pending(kind, frames, timeout, time.monotonic() + timeout, retries)
         try:
             send_frames(self._socket, frames, NOBLOCK)
         except zmq.Again:
             pass        # queue full towards a dead peer: the timeout will reconnect and resend or fail it
 
-    def _pump_new(self) -> list[Event]:
-        events: list[Event] = []
-        self._check_handshake(events)
+    def _pump_new(self) -> list[wire.Message]:
+        messages: list[wire.Message] = []
+        self._check_handshake(messages)
         for _ in range(MAX_MESSAGES_PER_PUMP):
             if not readable(self._socket):
                 break
-            event = self._event(recv_frames(self._socket, NOBLOCK))
-            if event is not None:
-                events.append(event)
-        self._check_timeouts(events)
-        return events
+            message = self._receive(recv_frames(self._socket, NOBLOCK))
+            if message is not None:
+                messages.append(message)
+        self._check_timeouts(messages)
+        for message in messages:
+            for observer in self._observers:
+                observer(message)
+        return messages
 
-    def _event(self, frames: list[bytes]) -> Event | None:
+    def _receive(self, frames: list[bytes]) -> wire.Message | None:
         try:
             message = wire.decode(frames, wire.CLIENT_LIMITS)
         except wire.WireError as err:
@@ -278,42 +265,43 @@ class PoseClient:
         pending = self._pending.get(message.request_id)
         if pending is None and message.request_id:
             return None                                   # late reply to a request already ended
+        if message.kind not in wire.REPLY_TYPES:
+            message = wire.Error(message.request_id, "unknown_type",
+                                 f"unexpected {message.kind} message from the server")
         if pending is not None:
             pending.deadline = time.monotonic() + pending.timeout_s
-        event = _to_event(message)
-        if event.final:
+        if message.final:
             self._pending.pop(message.request_id, None)
-        return event
+        return message
 
-    def _check_handshake(self, events: list[Event]) -> None:
+    def _check_handshake(self, messages: list[wire.Message]) -> None:
         failed = None
         while readable(self._monitor):
             failed = recv_monitor_message(self._monitor, zmq.NOBLOCK)
         if failed is not None and failed["event"] & _HANDSHAKE_FAILED:
             for request_id in list(self._pending):
                 del self._pending[request_id]
-                events.append(_error(request_id, "auth_failed",
-                                     f"{self.address} refused the connection during the security "
-                                     f"handshake (CURVE keys not allowed, or plaintext against CURVE)"))
+                messages.append(wire.Error(request_id, "auth_failed",
+                                           f"{self.address} refused the connection during the security "
+                                           f"handshake (CURVE keys not allowed, or plaintext against CURVE)"))
 
-    def _check_timeouts(self, events: list[Event]) -> None:
+    def _check_timeouts(self, messages: list[wire.Message]) -> None:
         now = time.monotonic()
         expired = [rid for rid, p in self._pending.items() if now >= p.deadline]
         if not expired:
             return
         for request_id in expired:
             pending = self._pending[request_id]
-            if pending.kind not in IDEMPOTENT or pending.attempts >= RETRIES:
+            if pending.retries <= 0:
                 del self._pending[request_id]
-                events.append(_error(request_id, "timeout", f"no answer from {self.address} within "
-                                                            f"{pending.timeout_s:g} s"))
+                messages.append(wire.Error(request_id, "timeout", f"no answer from {self.address} within "
+                                                                  f"{pending.timeout_s:g} s"))
         # Lazy pirate: the peer is gone or stuck; a fresh socket drops whatever was queued for it.
         self._close_socket()
         self._open()
-        self.reconnects += 1
         for request_id, pending in list(self._pending.items()):
             if pending.kind in IDEMPOTENT:
-                pending.attempts += request_id in expired
+                pending.retries -= request_id in expired
                 pending.deadline = now + pending.timeout_s
                 try:
                     send_frames(self._socket, pending.frames, NOBLOCK)
@@ -321,9 +309,9 @@ class PoseClient:
                     pass        # not connected yet: the next timeout tries again
             else:
                 del self._pending[request_id]
-                events.append(_error(request_id, "connection_lost",
-                                     f"lost the connection to {self.address} during the request; "
-                                     "it was not re-run"))
+                messages.append(wire.Error(request_id, "connection_lost",
+                                           f"lost the connection to {self.address} during the request; "
+                                           "it was not re-run"))
 
 
 def _image_bytes(image) -> bytes:
@@ -332,32 +320,3 @@ def _image_bytes(image) -> bytes:
     if isinstance(image, (str, os.PathLike)):
         return Path(image).read_bytes()
     raise ValueError(f"images must be encoded PNG/JPEG/WebP bytes or file paths, got {type(image).__name__}")
-
-
-def _error(request_id: str, code: str, message: str) -> Event:
-    return Event("error", request_id, {"code": code, "message": message}, error_code=code, message=message)
-
-
-def _to_event(message: wire.Message) -> Event:
-    rid = message.request_id
-    if isinstance(message, wire.Error):
-        return Event("error", rid, {"code": message.code, "message": message.message,
-                                    "details": message.details}, error_code=message.code, message=message.message)
-    if isinstance(message, wire.Result):
-        frames = {name: frame for name, (frame, _shape) in wire.POSE_ARRAYS.items()}
-        header = {"session_id": message.session_id, "text": message.text, "timings": message.timings,
-                  "frames": frames, "worker": message.worker}
-        return Event("result", rid, header, poses=message.poses, text=message.text)
-    if isinstance(message, wire.Progress):
-        return Event("progress", rid, {"stage": message.stage, "info": message.info})
-    if isinstance(message, wire.Hello):
-        return Event("hello", rid, {"server": message.server, "protocol_versions": message.protocol_versions,
-                                    "model_card": message.model_card, "capabilities": message.capabilities,
-                                    "limits": message.limits, "ready": message.ready})
-    if isinstance(message, wire.Pong):
-        return Event("pong", rid, {"server_time": message.server_time, "queued": message.queued,
-                                   "workers": message.workers})
-    if isinstance(message, wire.Closed):
-        return Event("closed", rid, {"session_id": message.session_id, "action": message.action,
-                                     "existed": message.existed})
-    return _error(rid, "unknown_type", f"unexpected {type(message).__name__} message from the server")

@@ -21,7 +21,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
@@ -29,17 +29,14 @@ __all__ = [
     "PROTOCOL_NAME", "PROTOCOL_VERSION", "PROTOCOL", "MESSAGE_TYPES", "ERROR_CODES", "POSE_ARRAYS",
     "Limits", "DEFAULT_LIMITS", "CLIENT_LIMITS", "WireError",
     "Hello", "Ping", "Pong", "Chat", "Progress", "Result", "Cancel", "Reset", "Close", "Closed", "Error",
-    "Message", "REQUEST_TYPES", "encode", "decode", "peek_request_id", "image_info", "check_image", "encode_array",
-    "decode_array",
+    "Message", "MessageType", "REQUEST_TYPES", "REPLY_TYPES", "FINAL_TYPES", "encode", "decode", "route", "peek_request_id",
+    "image_info", "check_image", "encode_array", "decode_array",
 ]
 
 PROTOCOL_NAME = b"POSEGPT"
 PROTOCOL_VERSION = 1
 PROTOCOL = PROTOCOL_NAME + b"/" + str(PROTOCOL_VERSION).encode()
 
-MESSAGE_TYPES = ("hello", "ping", "pong", "chat", "progress", "result", "cancel", "reset", "close",
-                 "closed", "error")
-REQUEST_TYPES = ("hello", "ping", "chat", "cancel", "reset", "close")
 
 # Stable error codes (the runtime's own codes from backend.posegpt.errors pass through unchanged).
 ERROR_CODES = {
@@ -135,6 +132,8 @@ class WireError(ValueError):
 
 
 # --- messages ------------------------------------------------------------------------------------------
+# Each class also has ``kind`` (its type name, frame 1) and ``final`` (a reply that ends its request),
+# set from the one table of message types at the end of this module.
 
 @dataclass
 class Hello:
@@ -201,7 +200,8 @@ class Result:
     text: str
     poses: list[dict[str, np.ndarray]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    worker: str = ""            # which model worker answered (the broker fills it in)
+    worker: str = ""            # which model worker answered
+    history_trimmed: int = 0    # oldest whole turns the server dropped so this one fits the context
 
 
 @dataclass
@@ -243,9 +243,6 @@ class Error:
 
 
 Message = Union[Hello, Ping, Pong, Chat, Progress, Result, Cancel, Reset, Close, Closed, Error]
-_TYPE_OF = {Hello: "hello", Ping: "ping", Pong: "pong", Chat: "chat", Progress: "progress",
-            Result: "result", Cancel: "cancel", Reset: "reset", Close: "close", Closed: "closed",
-            Error: "error"}
 
 
 # --- arrays --------------------------------------------------------------------------------------------
@@ -370,8 +367,8 @@ def _frames(kind: str, request_id: str, header: dict, blobs: list[bytes] = ()) -
 
 def encode(message: Message) -> list[bytes]:
     """The frames of one message (without any ROUTER identity)."""
-    kind = _TYPE_OF.get(type(message))
-    if kind is None:
+    kind = getattr(type(message), "kind", None)
+    if kind not in _TYPES:
         raise ValueError(f"not a wire message: {type(message).__name__}")
     rid = message.request_id
     if isinstance(message, Hello):
@@ -404,7 +401,8 @@ def encode(message: Message) -> list[bytes]:
                 arrays.append({"pose": index, "name": name, "frame": frame, **descriptor})
                 blobs.append(blob)
         header = {"session_id": message.session_id, "text": message.text, "num_poses": len(message.poses),
-                  "arrays": arrays, "timings": message.timings, "worker": message.worker}
+                  "arrays": arrays, "timings": message.timings, "worker": message.worker,
+                  "history_trimmed": message.history_trimmed}
         return _frames(kind, rid, header, blobs)
     if isinstance(message, (Reset, Close)):
         return _frames(kind, rid, {"session_id": message.session_id})
@@ -486,7 +484,7 @@ def decode(frames: list[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
     kind = kind_raw.decode("ascii", "replace")
     # an error about a message whose id was unreadable carries an empty id
     rid = "" if kind == "error" and not rid_raw else _request_id(rid_raw, limits)
-    if kind not in MESSAGE_TYPES:
+    if kind not in _TYPES:
         raise WireError("unknown_type", f"unknown message type {kind[:32]!r}", rid)
     if len(head) > limits.max_header_bytes:
         raise WireError("header_too_large", f"header has {len(head)} bytes, limit {limits.max_header_bytes}",
@@ -507,7 +505,7 @@ def decode(frames: list[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
         raise WireError("bad_header", "header is not UTF-8 JSON", rid) from None
     if not isinstance(header, dict):
         raise WireError("bad_header", "header is not a JSON object", rid)
-    return _DECODERS[kind](rid, header, blobs, limits, *([infos] if kind == "chat" else []))
+    return _TYPES[kind].decode(rid, header, blobs, limits, *([infos] if kind == "chat" else []))
 
 
 def _no_blobs(rid: str, blobs: list[bytes]) -> None:
@@ -597,7 +595,7 @@ def _decode_result(rid, header, blobs, limits):
     timings = _get(header, "timings", dict, {}, rid)
     return Result(rid, _get(header, "session_id", str, rid=rid), _get(header, "text", str, rid=rid), poses,
                   {k: float(v) for k, v in timings.items() if isinstance(v, (int, float))},
-                  _get(header, "worker", str, "", rid))
+                  _get(header, "worker", str, "", rid), _get(header, "history_trimmed", int, 0, rid))
 
 
 def _decode_cancel(rid, header, blobs, limits):
@@ -624,7 +622,49 @@ def _decode_error(rid, header, blobs, limits):
                  _get(header, "details", dict, {}, rid))
 
 
-_DECODERS = {"hello": _decode_hello, "ping": _decode_ping, "pong": _decode_pong, "chat": _decode_chat,
-             "progress": _decode_progress, "result": _decode_result, "cancel": _decode_cancel,
-             "reset": _decode_session_op(Reset), "close": _decode_session_op(Close), "closed": _decode_closed,
-             "error": _decode_error}
+# --- the one table of message types ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MessageType:
+    """One message type: its class, who sends it, whether it ends its request, how it is decoded."""
+
+    cls: type
+    request: bool            # a client sends it to the server
+    reply: bool              # the server sends it to a client
+    final: bool              # a reply that ends its request (everything but progress)
+    decode: Callable
+
+
+_TYPES = {
+    "hello": MessageType(Hello, True, True, True, _decode_hello),
+    "ping": MessageType(Ping, True, False, False, _decode_ping),
+    "pong": MessageType(Pong, False, True, True, _decode_pong),
+    "chat": MessageType(Chat, True, False, False, _decode_chat),
+    "progress": MessageType(Progress, False, True, False, _decode_progress),
+    "result": MessageType(Result, False, True, True, _decode_result),
+    "cancel": MessageType(Cancel, True, False, False, _decode_cancel),
+    "reset": MessageType(Reset, True, False, False, _decode_session_op(Reset)),
+    "close": MessageType(Close, True, False, False, _decode_session_op(Close)),
+    "closed": MessageType(Closed, False, True, True, _decode_closed),
+    "error": MessageType(Error, False, True, True, _decode_error),
+}
+MESSAGE_TYPES = tuple(_TYPES)
+REQUEST_TYPES = tuple(name for name, t in _TYPES.items() if t.request)
+REPLY_TYPES = tuple(name for name, t in _TYPES.items() if t.reply)
+FINAL_TYPES = frozenset(name for name, t in _TYPES.items() if t.final)
+_FINAL_RAW = frozenset(name.encode() for name in FINAL_TYPES)
+for _name, _type in _TYPES.items():
+    _type.cls.kind = _name                                   # e.g. Result.kind == "result"
+    _type.cls.final = _type.final                            # a reply that ends its request
+
+
+def route(frames: list) -> tuple[str, str, bool]:
+    """(type, request id, final) of a well-formed message without parsing its header: what a broker
+    needs to pass a worker's reply on. Raises ``WireError`` when the frames are not a message."""
+    if len(frames) < 4:
+        raise WireError("too_few_frames", f"{len(frames)} frames; at least 4 needed")
+    kind, rid = bytes(frames[1]), bytes(frames[2])
+    try:
+        return kind.decode("ascii"), rid.decode("ascii"), kind in _FINAL_RAW
+    except UnicodeDecodeError:
+        raise WireError("bad_request_id", "type or request id is not ASCII") from None

@@ -70,22 +70,16 @@ def create_body(name="SMPL"):
     return bpy.context.view_layer.objects.active
 
 
-class EventRecorder:
-    """Wraps the live client's pump() so a test sees the raw events the add-on received."""
+class MessageRecorder:
+    """An observer of the live connection: the wire messages the add-on received, as they arrived."""
 
     def __init__(self):
         from blender_addon import session
-        self.client = session.connection()._client
-        self.inner, self.events = self.client.pump, []
-        self.client.pump = self.pump
-
-    def pump(self):
-        events = self.inner()
-        self.events.extend(events)
-        return events
+        self.messages = []
+        session.connection().add_observer(self.messages.append)
 
     def results(self):
-        return [e for e in self.events if e.kind == "result"]
+        return [m for m in self.messages if m.kind == "result"]
 
 
 def send_and_wait(obj, prompt, *, expect="assistant", timeout=REPLY_TIMEOUT_S):
@@ -147,7 +141,7 @@ def test_send_prompt_poses_the_armature_with_the_returned_rotations(prefs):
     from blender_addon import session
     obj = create_body()
     assert bpy.ops.posegpt.connect() == {"FINISHED"}
-    recorder = EventRecorder()
+    recorder = MessageRecorder()
     message, _ = send_and_wait(obj, "she is proposing marriage")
     assert session.is_connected() and session.status_text() == "Connected"
     assert session.connection().model_card["accepts_images"] is True
@@ -330,6 +324,22 @@ def test_camera_render_is_small_and_restores_the_render_settings(prefs):
     assert tuple(image.size) == (256, 144) and image.packed_file is not None
     assert (render.resolution_x, render.resolution_y, render.resolution_percentage) == (1920, 1080, 50)
     assert (render.filepath, render.image_settings.file_format, scene.cycles.samples) == ("//frames/", "JPEG", 1)
+
+
+def test_a_photo_larger_than_the_model_reads_is_scaled_down_before_sending(prefs, tmp_path):
+    from blender_addon import capture
+    from posegpt_net import wire
+    from PIL import Image
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (1200, 800), (200, 120, 40)).save(path)
+    scene = bpy.context.scene
+    scene.posegpt.image_source, scene.posegpt.image_path = "FILE", str(path)
+    (data,), image, _ = capture.gather_image(scene, 336)
+    assert wire.image_info(data) == ("png", 504, 336)               # short side = image_size, aspect kept
+    assert tuple(image.size) == (1200, 800)                          # the chat keeps the original
+    (small,), _, _ = capture.gather_image(scene, 2000)
+    assert small == path.read_bytes()                                # never scaled up
+    assert capture.scaled_size(300, 200, None) is None
 
 
 def test_unregister_removes_everything_it_added(addon):

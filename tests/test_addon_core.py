@@ -112,13 +112,76 @@ def test_pose_file_layouts_other_tools_write(tmp_path):
         pose_files.load_pose(tmp_path / "pose.npy")
 
 
-def test_camera_frame_result_is_converted_to_the_smpl_frame():
-    camera = random_pose(4)
-    smpl = reply_handling.pose_to_smpl_frame({"rotmat": camera.astype(np.float32)})
-    np.testing.assert_allclose(smpl[0], np.diag([1.0, -1.0, -1.0]) @ camera[0], atol=1e-6)
-    np.testing.assert_allclose(smpl[1:], camera[1:], atol=1e-6)
-    # The server's own SMPL-frame array wins when present.
-    np.testing.assert_array_equal(reply_handling.pose_to_smpl_frame({"rotmat": camera, "rotmat_smpl": smpl}), smpl)
+class FakeClient:
+    """Stands in for PoseClient: hands ``Connection`` the wire messages a test queues."""
+
+    def __init__(self, address, **kw):
+        self.inbox, self.sent, self.observers = [], [], []
+
+    def submit(self, kind, **fields):
+        self.sent.append((kind, fields))
+        return f"r{len(self.sent)}"
+
+    def chat(self, session_id, prompt, images=(), mode="direct"):
+        return self.submit("chat", session_id=session_id, prompt=prompt)
+
+    def add_observer(self, callback):
+        self.observers.append(callback)
+
+    def pump(self):
+        messages, self.inbox = self.inbox, []
+        for message in messages:
+            for observer in self.observers:
+                observer(message)
+        return messages
+
+    def close(self):
+        pass
+
+
+def _connected():
+    from posegpt_net import wire
+    conn = connection.Connection("tcp://127.0.0.1:5555", client_factory=FakeClient)
+    conn._client.inbox.append(wire.Hello("r1", server="test", model_card={"image_size": 336}))
+    assert [o.kind for o in conn.poll()] == ["connected"]
+    return conn
+
+
+def _result(rid, rotmat_smpl, **fields):
+    from posegpt_net import wire
+    pose = {name: np.zeros(shape, np.float32) for name, (_frame, shape) in wire.POSE_ARRAYS.items()}
+    pose["rotmat_smpl"] = np.asarray(rotmat_smpl, np.float32)
+    return wire.Result(rid, "s", "Sure <POSE>", [pose], **fields)
+
+
+def test_a_result_reaches_the_armature_as_validated_smpl_rotations():
+    conn = _connected()
+    seen = []
+    conn.add_observer(seen.append)
+    rid = conn.send_chat("SMPL", "s", "arms up")
+    pose = random_pose(4)
+    conn._client.inbox.append(_result(rid, pose))
+    (outcome,) = conn.poll()
+    assert outcome.kind == "result" and outcome.pending.target == "SMPL" and outcome.note == ""
+    assert outcome.poses[0].dtype == np.float64 and outcome.poses[0].shape == (24, 3, 3)
+    np.testing.assert_allclose(outcome.poses[0], pose, atol=1e-6)
+    assert [m.kind for m in seen] == ["result"]                 # the observer saw the wire message
+
+
+def test_a_result_whose_numbers_are_not_rotations_is_refused_where_it_enters():
+    conn = _connected()
+    rid = conn.send_chat("SMPL", "s", "arms up")
+    conn._client.inbox.append(_result(rid, np.tile(2 * np.eye(3), (24, 1, 1))))
+    (outcome,) = conn.poll()
+    assert outcome.kind == "error" and outcome.error_code == "bad_model_output"
+
+
+def test_a_trimmed_history_is_told_with_the_reply():
+    conn = _connected()
+    rid = conn.send_chat("SMPL", "s", "arms up")
+    conn._client.inbox.append(_result(rid, random_pose(), history_trimmed=3))
+    (outcome,) = conn.poll()
+    assert outcome.kind == "result" and "3 oldest turns dropped" in outcome.note
 
 
 @pytest.mark.parametrize("address, loopback", [
@@ -132,12 +195,12 @@ def test_loopback_detection(address, loopback):
 
 @pytest.mark.parametrize("address", ["127.0.0.1:5555", "tcp://127.0.0.1", "tcp://host:99999", "http://x:1"])
 def test_malformed_address_says_what_it_should_look_like(address):
-    with pytest.raises(connection.ConnectionProblem, match="tcp://HOST:PORT"):
+    with pytest.raises(reply_handling.AddonError, match="tcp://HOST:PORT"):
         connection.Connection(address, 1.0)
 
 
 def test_online_access_off_refuses_remote_but_not_loopback():
-    with pytest.raises(connection.ConnectionProblem, match="online access") as info:
+    with pytest.raises(reply_handling.AddonError, match="online access") as info:
         connection.check_online_access("tcp://10.0.0.5:5555", online_access=False)
     assert info.value.code == "online_access" and "Preferences > System > Network" in info.value.text
     connection.check_online_access("tcp://127.0.0.1:5555", online_access=False)
@@ -156,9 +219,9 @@ def test_every_error_says_what_to_do(code, words):
 
 def test_curve_keys_all_or_nothing(tmp_path):
     assert connection.curve_settings("", "", "") is None
-    with pytest.raises(connection.ConnectionProblem, match="CURVE needs"):
+    with pytest.raises(reply_handling.AddonError, match="CURVE needs"):
         connection.curve_settings("x" * 40, "", "")
-    with pytest.raises(connection.ConnectionProblem, match="neither a key file"):
+    with pytest.raises(reply_handling.AddonError, match="neither a key file"):
         connection.curve_settings(str(tmp_path / "missing.key"), "a" * 40, "b" * 40)
 
 
@@ -191,7 +254,7 @@ def test_no_server_fails_hello_and_queued_chat_within_the_timeout():
     assert next(o for o in errors if o.pending.kind == "chat").pending.request_id == queued
     assert all(o.error_code == "timeout" and "make serve" in o.error_text for o in errors)
     assert conn.state == "error" and "make serve" in conn.error_text and conn.poll() == []
-    with pytest.raises(connection.ConnectionProblem, match="press Connect"):
+    with pytest.raises(reply_handling.AddonError, match="press Connect"):
         conn.send_chat("SMPL", "s1", "again")
 
 

@@ -60,7 +60,7 @@ def test_allow_listed_key_works(server, keys):
         png = io.BytesIO()
         Image.new("RGB", (8, 8)).save(png, "PNG")
         refused = client.request("chat", session_id="s", prompt="this one", images=[png.getvalue()])
-        assert (refused.kind, refused.error_code) == ("error", "images_not_supported")
+        assert (refused.kind, refused.code) == ("error", "images_not_supported")
 
 
 def test_unknown_key_is_refused(server, keys):
@@ -69,14 +69,14 @@ def test_unknown_key_is_refused(server, keys):
     with PoseClient(server.address, timeout_s=REFUSAL_TIMEOUT_S, curve=curve) as client:
         start = time.monotonic()
         event = client.request("ping")
-        assert event.kind == "error" and event.error_code == "auth_failed", event
+        assert event.kind == "error" and event.code == "auth_failed", event
         assert time.monotonic() - start < REFUSAL_TIMEOUT_S      # told at the handshake, not by a timeout
 
 
 def test_plaintext_client_is_refused(server):
     with PoseClient(server.address, timeout_s=REFUSAL_TIMEOUT_S) as client:
         event = client.request("ping")
-        assert event.kind == "error" and event.error_code == "auth_failed", event
+        assert event.kind == "error" and event.code == "auth_failed", event
         assert client.request("chat", session_id="s", prompt="arms up").kind == "error"
 
 
@@ -85,7 +85,7 @@ def test_wrong_server_key_is_refused(server, keys):
                                  keys / "server-side" / "clients" / "artist.key_secret")
     with PoseClient(server.address, timeout_s=REFUSAL_TIMEOUT_S, curve=curve) as client:
         event = client.request("ping")
-        assert event.kind == "error" and event.error_code == "auth_failed", event
+        assert event.kind == "error" and event.code == "auth_failed", event
 
 
 def test_curve_without_keys_refuses_to_start(tmp_path):

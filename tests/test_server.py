@@ -71,13 +71,13 @@ def _until_done(clients_and_ids, timeout_s=60.0):
 
 def test_hello_reports_versions_model_card_capabilities_and_limits(client, reference):
     event = client.request("hello")
-    assert event.kind == "hello" and event.header["ready"] is True
-    assert event.header["protocol_versions"] == [wire.PROTOCOL_VERSION]
-    card = event.header["model_card"]
+    assert event.kind == "hello" and event.ready is True
+    assert event.protocol_versions == [wire.PROTOCOL_VERSION]
+    card = event.model_card
     assert card["backbone"] == reference.model_card["backbone"] and card["accepts_images"] is True
     assert card["pose_token"] == "<POSE>"
-    assert event.header["capabilities"]["modes"] == ["direct", "chat"]
-    assert event.header["limits"]["max_images"] == wire.DEFAULT_LIMITS.max_images
+    assert event.capabilities["modes"] == ["direct", "chat"]
+    assert event.limits["max_images"] == wire.DEFAULT_LIMITS.max_images
     assert card["image_size"] == reference.family.input_side == 32      # what the server decodes JPEGs down to
 
 
@@ -102,8 +102,8 @@ def test_photos_are_decoded_only_as_large_as_the_model_reads():
 
 def test_ping_pong(client):
     event = client.request("ping")
-    assert event.kind == "pong" and abs(event.header["server_time"] - time.time()) < 5
-    assert event.header["workers"] == 1
+    assert event.kind == "pong" and abs(event.server_time - time.time()) < 5
+    assert event.workers == 1
 
 
 def test_chat_result_carries_the_runtimes_pose_in_all_forms(client, reference):
@@ -122,11 +122,10 @@ def test_chat_result_carries_the_runtimes_pose_in_all_forms(client, reference):
     np.testing.assert_allclose(got["rotmat_smpl"][0], camera_to_smpl_orient(got["rotmat"][0]), atol=1e-5)
     np.testing.assert_allclose(got["rotmat_upright"][0], np.eye(3), atol=1e-6)
     np.testing.assert_array_equal(got["rotmat_smpl"][1:], got["rotmat"][1:])
-    assert event.header["frames"]["rotmat"] == "camera" and event.header["frames"]["rotmat_smpl"] == "smpl"
-    timings = event.header["timings"]
+    timings = event.timings
     assert {"model_ms", "image_decode_ms", "queue_ms", "server_ms"} <= set(timings)
     assert timings["server_ms"] >= timings["model_ms"] + timings["image_decode_ms"] + timings["queue_ms"]
-    assert timings["model_ms"] > 0 and timings["queue_ms"] >= 0 and event.header["worker"] == "worker-0"
+    assert timings["model_ms"] > 0 and timings["queue_ms"] >= 0 and event.worker == "worker-0"
 
 
 def test_one_log_line_per_request_with_its_timings(client, caplog):
@@ -139,21 +138,22 @@ def test_one_log_line_per_request_with_its_timings(client, caplog):
     assert chat.kind == "result" and bad.kind == "error"
     model_ms = float(re.search(r"model_ms=([\d.]+)", lines[chat.request_id]).group(1))
     assert "chat session=logged worker=worker-0 status=ok" in lines[chat.request_id]
-    assert model_ms == pytest.approx(chat.header["timings"]["model_ms"], abs=0.1)
-    assert f"status={bad.error_code}" in lines[bad.request_id]
+    assert model_ms == pytest.approx(chat.timings["model_ms"], abs=0.1)
+    assert f"status={bad.code}" in lines[bad.request_id]
 
 
 def test_chat_mode_streams_progress_and_sessions_reset_and_close(client):
     rid = client.chat("talk", "tell me about a dancer", mode="chat", max_new_tokens=24)
     finals, progress = _until_done([(client, rid)])
     assert finals[rid].kind == "result", finals[rid].message
-    assert any(p.header["stage"] == "generating" for p in progress.get(rid, [])) or \
-        finals[rid].header["timings"]["model_ms"] < 100      # a very fast turn may finish between reports
-    assert client.request("reset", session_id="talk").header == {"session_id": "talk", "action": "reset", "existed": True}
+    assert any(p.stage == "generating" for p in progress.get(rid, [])) or \
+        finals[rid].timings["model_ms"] < 100      # a very fast turn may finish between reports
+    reset = client.request("reset", session_id="talk")
+    assert (reset.kind, reset.session_id, reset.action, reset.existed) == ("closed", "talk", "reset", True)
     closed = client.request("close", session_id="talk")
-    assert closed.kind == "closed" and closed.header["action"] == "close" and closed.header["existed"] is True
+    assert closed.kind == "closed" and closed.action == "close" and closed.existed is True
     again = client.request("close", session_id="talk")
-    assert again.kind == "closed" and again.header["existed"] is False
+    assert again.kind == "closed" and again.existed is False
 
 
 def test_cancel_stops_a_running_generation_and_drops_queued_work(client):
@@ -168,10 +168,10 @@ def test_cancel_stops_a_running_generation_and_drops_queued_work(client):
     start = time.monotonic()
     client.cancel(queued)
     event = client.wait(queued)
-    assert (event.kind, event.error_code) == ("error", "cancelled")
+    assert (event.kind, event.code) == ("error", "cancelled")
     client.cancel(running)
     event = client.wait(running)
-    assert (event.kind, event.error_code) == ("error", "cancelled")
+    assert (event.kind, event.code) == ("error", "cancelled")
     assert time.monotonic() - start < 5.0          # stopped at the next step, not after 1000 tokens
     assert client.request("ping").kind == "pong"
 
@@ -194,7 +194,7 @@ def test_a_slow_request_does_not_block_pings_or_other_sessions(server, client):
         time.sleep(0.02)
     assert len(beats) >= 2
     client.cancel(slow)
-    assert client.wait(slow).error_code == "cancelled"
+    assert client.wait(slow).code == "cancelled"
 
 
 def test_eight_concurrent_clients_get_their_own_answers(server, reference):
@@ -213,15 +213,15 @@ def test_eight_concurrent_clients_get_their_own_answers(server, reference):
         assert event.kind == "result", event.message
         np.testing.assert_allclose(event.poses[0]["rotmat"], want, atol=1e-4)
     # turns that queued up together ran as one padded batch, and still got their own poses
-    assert max(finals[rid].header["timings"].get("batch_size", 1) for _, rid in ids) > 1
+    assert max(finals[rid].timings.get("batch_size", 1) for _, rid in ids) > 1
 
 
 def test_errors_come_back_for_bad_requests_not_silence(server, client):
     too_long = client.request("chat", session_id="e", prompt="x" * 5000)
-    assert (too_long.kind, too_long.error_code) == ("error", "prompt_too_long")     # model card limit
+    assert (too_long.kind, too_long.code) == ("error", "prompt_too_long")     # model card limit
     big = _jpeg((32, 32)) + b"\0" * (wire.DEFAULT_LIMITS.max_image_bytes)
     event = client.request("chat", session_id="e", prompt="p", images=[big])
-    assert event.error_code == "image_too_large"
+    assert event.code == "image_too_large"
     # raw frames a well-behaved client would never send still get an error reply with the request id
     import zmq
     sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -244,9 +244,9 @@ def test_a_full_queue_answers_busy_and_cancel_empties_it(client):
     ids = [client.chat("flood", f"turn {i}", mode="chat", max_new_tokens=1000) for i in range(40)]
     finals, _ = _until_done([(client, rid) for rid in ids[33:]], timeout_s=TIMEOUT_S)
     # one runs, 32 (max_queue) wait, the rest are refused at once
-    assert [finals[rid].error_code for rid in ids[33:]] == ["busy"] * 7
+    assert [finals[rid].code for rid in ids[33:]] == ["busy"] * 7
     for rid in ids[:33]:
         client.cancel(rid)
     finals, _ = _until_done([(client, rid) for rid in ids[:33]], timeout_s=TIMEOUT_S)
-    assert all(finals[rid].error_code == "cancelled" for rid in ids[:33])
-    assert client.request("ping").header["queued"] == 0
+    assert all(finals[rid].code == "cancelled" for rid in ids[:33])
+    assert client.request("ping").queued == 0

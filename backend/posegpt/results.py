@@ -75,11 +75,3 @@ def pose_results(head_d6: torch.Tensor, token_indices: list[int] | None = None) 
                               quat_wxyz=f32(quat[n]), rotmat_smpl=f32(smpl[n]), rotmat_upright=f32(upright[n]),
                               token_index=-1 if token_indices is None else int(token_indices[n])))
     return out
-
-
-def pose_result(head_d6: torch.Tensor, token_index: int = -1) -> PoseResult:
-    """(24, 6) or (144,) raw head output → PoseResult; NaN/inf → raises PoseGPTError("bad_model_output")."""
-    result = pose_results(head_d6.reshape(1, -1), [token_index])[0]
-    if isinstance(result, PoseGPTError):
-        raise result
-    return result

@@ -35,6 +35,33 @@ TAB_STRIP_INSET_PX, TAB_CLICK_START_PX, TAB_CLICK_STEP_PX = 14, 12, 20
 # Driver: runs inside Blender
 # ======================================================================================================
 
+class DrawProbe:
+    """Counts each add-on panel's draws and what the chat panel's last draw showed, by wrapping the
+    panels' own methods from here (the add-on carries no test probes): proof that the panel really drew
+    the conversation, not just that Blender started."""
+
+    def __init__(self, panels):
+        self.counts: dict[str, int] = {}
+        self.last_drawn = {"messages": 0, "poses": 0}
+        for cls in panels.classes:
+            cls.draw = self._counting(cls.draw)
+        chat = panels.POSEGPT_PT_chat
+        chat._draw_history = self._recording(chat._draw_history, panels.MAX_MESSAGES_SHOWN)
+
+    def _counting(self, draw):
+        def wrapper(panel, context):
+            self.counts[panel.bl_idname] = self.counts.get(panel.bl_idname, 0) + 1
+            return draw(panel, context)
+        return wrapper
+
+    def _recording(self, draw_history, shown):
+        def wrapper(panel, layout, context, obj):
+            messages = list(obj.posegpt_chat.messages)[-shown:]
+            self.last_drawn.update(messages=len(messages), poses=sum(bool(m.pose_json) for m in messages))
+            return draw_history(panel, layout, context, obj)
+        return wrapper
+
+
 class Driver:
     """A small state machine stepped by ``bpy.app.timers``; writes the status file and quits Blender."""
 
@@ -43,7 +70,7 @@ class Driver:
         self.bpy, self.out_dir, self.address = bpy, out_dir, address
         self.state, self.started, self.state_since = "setup", time.monotonic(), time.monotonic()
         self.tab_tries, self.sent, self.notes, self.undo_check = 0, 0, [], {}
-        self.panels = sys.modules["posegpt_for_blender.panels"]
+        self.probe = DrawProbe(sys.modules["posegpt_for_blender.panels"])
         self.session = sys.modules["posegpt_for_blender.session"]
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -102,7 +129,7 @@ class Driver:
 
         Blender 3.4 has no Python API for the active sidebar tab, so click down the tab strip at the
         sidebar's right edge (with xdotool on the Xvfb display) until the add-on's panel has drawn."""
-        if self.panels.DRAW_COUNTS.get("POSEGPT_PT_main", 0):
+        if self.probe.counts.get("POSEGPT_PT_main", 0):
             self.notes.append(f"PoseGPT tab active after {self.tab_tries} clicks on the tab strip")
             self.go("frame")
             return 0.2
@@ -175,7 +202,7 @@ class Driver:
         window, area, region, sidebar = self.view3d()
         area.tag_redraw()
         # Let the sidebar draw the whole conversation before the picture is taken.
-        if self.panels.LAST_DRAWN["messages"] < 2 * len(PROMPTS) or time.monotonic() - self.state_since < 1.5:
+        if self.probe.last_drawn["messages"] < 2 * len(PROMPTS) or time.monotonic() - self.state_since < 1.5:
             return 0.25
         self.go("shot")
         return 0.3
@@ -214,8 +241,8 @@ class Driver:
         bpy = self.bpy
         status = {"ok": failure is None, "failure": failure, "state": self.state, "notes": self.notes,
                   "elapsed_s": round(time.monotonic() - self.started, 1),
-                  "blender": bpy.app.version_string, "draw_counts": dict(self.panels.DRAW_COUNTS),
-                  "last_drawn": dict(self.panels.LAST_DRAWN),
+                  "blender": bpy.app.version_string, "draw_counts": dict(self.probe.counts),
+                  "last_drawn": dict(self.probe.last_drawn),
                   "connection": self.session.status_text(), "undo": self.undo_check}
         try:
             obj = self.armature()

@@ -143,10 +143,6 @@ class Camera:
         c = self.to_camera(points)
         return np.stack([self.fx * c[..., 0] / c[..., 2] + self.cx, self.fy * c[..., 1] / c[..., 2] + self.cy], -1)
 
-    def as_dict(self) -> dict:
-        return {"world_to_camera": self.world_to_camera.tolist(), "translation": self.translation.tolist(),
-                "fx": self.fx, "fy": self.fy, "cx": self.cx, "cy": self.cy, "size": self.size}
-
 
 def look_at_rotation(yaw_deg: float, pitch_deg: float) -> np.ndarray:
     """World→camera rotation (3, 3) of a camera on a sphere around the body: yaw about +Y from the front
