@@ -129,7 +129,8 @@ def write_release(root: Path, *, legacy: bool = True, im_start_end: bool = True,
         **config, "architectures": ["ChatPoseForCausalLM"], "model_type": "llava",
         "mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_hidden_size": VISION_HIDDEN,
         "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
-        "mm_use_im_start_end": im_start_end, "mm_use_im_patch_token": False}))
+        "mm_use_im_start_end": im_start_end, "mm_use_im_patch_token": False,
+        "use_cache": False}))  # the authors' evaluate() reads every position's state: it needs uncached decoding
     vision = CLIPVisionModel(CLIPVisionConfig(hidden_size=VISION_HIDDEN, intermediate_size=64, num_hidden_layers=3,
                                               num_attention_heads=2, image_size=32, patch_size=8))
     vision.save_pretrained(str(clip))
@@ -140,12 +141,12 @@ def write_release(root: Path, *, legacy: bool = True, im_start_end: bool = True,
 def _save_weights(folder: Path, tensors: dict, weights_format: str) -> None:
     """"safetensors": one file; "sharded": two safetensors shards and their index; "bin": a pickled state dict."""
     if weights_format == "safetensors":
-        save_file(tensors, str(folder / "model.safetensors"))
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     elif weights_format == "sharded":
         keys = sorted(tensors)
         shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
         for name, part in shards.items():
-            save_file({k: tensors[k] for k in part}, str(folder / name))
+            save_file({k: tensors[k] for k in part}, str(folder / name), metadata={"format": "pt"})
         (folder / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {}, "weight_map": {k: name for name, part in shards.items() for k in part}}))
     elif weights_format == "bin":

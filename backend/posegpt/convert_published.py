@@ -159,7 +159,9 @@ def prompt_tokenizer_spec(published: Path, tokenizer) -> dict:
     if not (published / "tokenizer.model").is_file():
         log.warning("%s ships no tokenizer.model: prompts are tokenised by its fast tokenizer, piece by piece "
                     "between images, which may differ from the authors' slow tokenizer", published)
-        return {"kind": "checkpoint_tokenizer", "add_bos": True}
+        return {"kind": "checkpoint_tokenizer", "add_bos": True,
+                "attention_masked_ids": [tokenizer.unk_token_id] if tokenizer.unk_token_id not in
+                                        (None, tokenizer.eos_token_id) else []}
     config = _json(published / "tokenizer_config.json")
     special_map = _json(published / "special_tokens_map.json")
     vocab = tokenizer.get_vocab()
@@ -182,9 +184,16 @@ def prompt_tokenizer_spec(published: Path, tokenizer) -> dict:
         if ours in vocab:
             entries.append({"content": ours, "id": vocab[ours], "strip": rule["strip"], "special": rule["special"]})
     legacy = config.get("legacy", True)
+    # The chat script sets pad = unk, and 4.31's generate() then hides every <unk> of the prompt from attention.
+    unk = vocab.get(_content(special_map.get("unk_token", config.get("unk_token"))) or "<unk>")
     return {"kind": "sentencepiece_llama_slow", "model_file": PROMPT_MODEL_FILE,
             "legacy": True if legacy is None else bool(legacy), "bos_id": tokenizer.bos_token_id,
-            "add_bos": bool(config.get("add_bos_token", True)), "added_tokens": entries}
+            "add_bos": bool(config.get("add_bos_token", True)), "added_tokens": entries,
+            "attention_masked_ids": [unk] if unk is not None and unk != tokenizer.eos_token_id else []}
+
+
+def _content(value) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
 
 
 def remap_rows(matrix: torch.Tensor, original, tokenizer) -> torch.Tensor:

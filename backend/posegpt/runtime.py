@@ -103,6 +103,8 @@ class PoseRuntime:
         self.stop_ids = {self.turns.end_id} | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.turns.end_id
         # Control tokens a user must not be able to type in a "whole" conversation string.
+        # Prompt tokens the published generate() never attended to: its pad id (the script sets pad = unk).
+        self._masked_ids = set(self.manifest.get("prompt_tokenizer", {}).get("attention_masked_ids", []))
         self._control_texts = sorted(set(getattr(self.turns.prompt_tokenizer, "added", ()))
                                      | {t for t in tokenizer.all_special_tokens if t} | {self.manifest["pose_token"]})
         self.store = sessions or SessionStore()
@@ -293,7 +295,8 @@ class PoseRuntime:
                      text=text)
 
     def _check_budget(self, ids: list[int], mode: str, max_new_tokens: int) -> None:
-        budget = self.family.max_positions - (max_new_tokens + len(self.turns.end_of_answer()) if mode == "chat" else 0)
+        # Chat mode needs room for one token and the end; it stops early where the context ends.
+        budget = self.family.max_positions - (1 + len(self.turns.end_of_answer()) if mode == "chat" else 0)
         if len(ids) > budget:
             raise PoseGPTError("prompt_too_long", f"the conversation needs {len(ids)} tokens; the context holds "
                                f"{self.family.max_positions}")
@@ -322,9 +325,16 @@ class PoseRuntime:
             mask[r, c_max + n_max - len(tail):] = 1
             positions[:, r, n_max - len(tail):] = turn.positions[:, turn.start:]
             chunk_images += [im for pos, im in turn.images if pos >= turn.start]
+        attention = mask
+        if self._masked_ids:  # hidden from attention, as the published generate() hid them; still cached
+            attention = mask.clone()
+            for r, turn in enumerate(turns):
+                for i, token in enumerate(turn.ids):
+                    if token in self._masked_ids:
+                        attention[r, c_max - turn.start + i if i < turn.start else c_max + n_max - len(turn.ids) + i] = 0
         cache = DynamicCache(ddp_cache_data=self._batch_cache(turns, c_max)) if c_max else DynamicCache()
         out = self.model.decoder(
-            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+            input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
             position_ids=(positions[0] if npos == 1 else positions).to(self.device), cache=cache, use_cache=True,
             **self.family.image_kwargs(chunk_images, self.device, self.dtype))
         return out.last_hidden_state, out.cache, mask
@@ -395,6 +405,8 @@ class PoseRuntime:
         next_pos = int(turn.positions.max()) + 1
         npos = turn.positions.shape[0]
         total = len(turn.ids)
+        max_new_tokens = min(max_new_tokens, self.family.max_positions - total - len(self.turns.end_of_answer()))
+        attention = torch.tensor([[0 if t in self._masked_ids else 1 for t in turn.ids]], device=self.device)
         reply: list[int] = []
         pose_states: list[tuple[int, torch.Tensor]] = []
         last = hidden[:, -1]  # (1, H): the state whose next-token prediction we are making
@@ -416,8 +428,9 @@ class PoseRuntime:
                 break
             pos = torch.full((npos, 1, 1), next_pos, dtype=torch.long, device=self.device)
             total += 1
+            attention = torch.cat([attention, attention.new_ones(1, 1)], dim=1)
             out = self.model.decoder(input_ids=torch.tensor([[token]], device=self.device),
-                                     attention_mask=torch.ones(1, total, dtype=torch.long, device=self.device),
+                                     attention_mask=attention,
                                      position_ids=pos[0] if npos == 1 else pos, cache=cache, use_cache=True)
             cache, last, next_pos = out.cache, out.last_hidden_state[:, -1], next_pos + 1
         decode_s = time.perf_counter() - t0 - prefill_s
