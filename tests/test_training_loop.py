@@ -38,7 +38,8 @@ def _config(data_dir, out, **train):
         "data": {"synthetic_dir": str(data_dir), "max_length": 512},
         "optim": {"lr": 5e-3, "head_lr": 1e-2, "warmup_steps": 1},
         "train": {"output_dir": str(out), "max_steps": 4, "batch_size": 4, "grad_accum": 2, "save_every": 2,
-                  "eval_every": 0, "progress": False, "torch_threads": 1, "log_every": 1} | train})
+                  "eval_every": 0, "progress": False, "torch_threads": 1, "log_every": 1,
+                  "export_dtype": "fp32"} | train})
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,8 @@ def test_adapter_export_from_a_base_checkpoint_poses_like_the_training_model(dat
     cfg.model.tiny_family, cfg.model.checkpoint = "", str(base)
     cfg.data.mix = {"text": 1, "instruction": 1}
     train(cfg)
-    assert export_main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "adapter"), "--adapter"]) == 0
+    assert export_main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "adapter"), "--adapter",
+                        "--dtype", "fp32"]) == 0
     manifest = json.loads((tmp_path / "adapter" / "manifest.json").read_text())
     assert manifest["weights"] == "adapter" and manifest["base_model"] == str(base.resolve())
     expected = _training_predictions(tmp_path / "run" / "checkpoints" / "step-0000002", [TEXT_PROMPT], [None])

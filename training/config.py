@@ -96,6 +96,7 @@ class TrainConfig:
     progress: bool = True
     torch_threads: int = 0               # 0 = torch's default; 1 helps tiny CPU runs on a busy machine
     export_final: bool = True            # write <output_dir>/final in the backend format (LoRA merged)
+    export_dtype: str = "bf16"           # dtype of the exported backbone: "bf16" | "fp16" | "fp32" (head: fp32)
 
 
 @dataclass
@@ -239,6 +240,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("train.batch_size and train.grad_accum must be at least 1")
     if cfg.train.mixed_precision not in ("auto", "bf16", "fp16", "no"):
         raise ConfigError("train.mixed_precision must be one of auto, bf16, fp16, no")
+    if cfg.train.export_dtype not in ("bf16", "fp16", "fp32"):
+        raise ConfigError("train.export_dtype must be one of bf16, fp16, fp32")
     if cfg.optim.schedule not in ("cosine", "constant"):
         raise ConfigError("optim.schedule must be cosine or constant")
     if not cfg.data.mix or any((not isinstance(v, (int, float))) or v < 0 for v in cfg.data.mix.values()):

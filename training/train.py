@@ -100,9 +100,12 @@ def train(cfg: ExperimentConfig) -> dict:
 
     device = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     precision = _precision(cfg, device)
+    deepspeed = _deepspeed_plugin(cfg, precision)
+    # Under DeepSpeed its own accelerator picks the device (CUDA; on a machine without one, its CPU
+    # accelerator: single-process CPU runs only, for tests of the checkpoint format).
     accelerator = Accelerator(
-        cpu=device == "cpu", mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum,
-        deepspeed_plugin=_deepspeed_plugin(cfg, precision),
+        cpu=device == "cpu" and deepspeed is None, mixed_precision=precision,
+        gradient_accumulation_steps=cfg.train.grad_accum, deepspeed_plugin=deepspeed,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])  # text-only batches skip the head
     log.info("process %d of %d (%s)", accelerator.process_index, accelerator.num_processes,
              accelerator.distributed_type)
@@ -215,7 +218,8 @@ def train(cfg: ExperimentConfig) -> dict:
     if accelerator.is_main_process and cfg.train.export_final:
         from .export import export_model
         final = export_model(accelerator.unwrap_model(model), tokenizer, processor, manifest,
-                             output_dir / "final", merge=True, training_config=config_to_dict(cfg))
+                             output_dir / "final", merge=True, training_config=config_to_dict(cfg),
+                             dtype=cfg.train.export_dtype)
     return {"history": history, "final": final, "model": accelerator.unwrap_model(model), "tokenizer": tokenizer,
             "processor": processor, "manifest": manifest}
 
