@@ -51,7 +51,9 @@ class DataConfig:
     posescript_split: str = "train"
     hmr_npz: list = field(default_factory=list)      # HMR-style npz files (imgname, center/scale, pose, betas)
     hmr_image_root: str = ""
-    tars: list = field(default_factory=list)         # 4D-Humans webdataset tar shards
+    tars: list = field(default_factory=list)         # 4D-Humans webdataset tar shards (split between processes)
+    eft_json: list = field(default_factory=list)     # EFT pseudo-ground-truth fits (COCO2014-All-ver01.json, ...)
+    eft_image_root: str = ""
     llava_json: str = ""                 # LLaVA instruction mix (e.g. llava_v1_5_mix665k.json)
     llava_image_root: str = ""
     corpus_dir: str = ""                 # the project's own pose corpus (training/corpus): text and image records

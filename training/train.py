@@ -126,7 +126,7 @@ def train(cfg: ExperimentConfig) -> dict:
     log.info("model: %s", trainable_summary(model))
 
     # 2. Data: each source, the per-batch mix, the chat encoder.
-    sources = build_sources(cfg)
+    sources = build_sources(cfg, rank=accelerator.process_index, world=accelerator.num_processes)
     if not family.accepts_images:
         drop_image_samples(sources)
     encoder = ChatEncoder(tokenizer, template, family, model.pose_token_id, cfg.data.max_length,

@@ -14,6 +14,7 @@
 
 Human3.6M (``--h36m NPZ``) and 3DPW alike in SPIN's preprocessed npz layout (``h36m_valid_protocol2.npz``,
 ``3dpw_test.npz``): ``imgname`` (N,), ``center`` (N, 2), ``scale`` (N,) (box side 200 × scale px), and
+(4D-Humans' (N, 2) width, height: ``training.data.hmr.box_side``), and
 either ``S`` (N, 24, 4): ground-truth 3-D joints in metres in SPIN's 24-joint order with a confidence
 column, camera frame (Human3.6M's motion capture: no SMPL fit), or ``pose`` (N, 72) camera-frame axis-angle
 with ``shape`` (N, 10) and ``gender`` (N,) "m"/"f" (3DPW). SPIN's ``h36m_train.npz`` has no SMPL
@@ -30,7 +31,7 @@ import numpy as np
 
 from smpl_rig.rotations import rotvec_to_rotmat
 
-from .hmr import BOX_SCALE_PIXELS
+from .hmr import BOX_SCALE_PIXELS, box_side
 
 BOX_ENLARGE = 1.2                       # SPIN / HMR: the keypoint box enlarged by 20 %
 J24_PELVIS = 14                         # SPIN's 24-joint order: 0-13 the 14 LSP joints, 14 the pelvis
@@ -143,12 +144,12 @@ def read_spin_npz(path, image_root, dataset: str = "h36m") -> list[EstimationSam
     if "S" not in d and "pose" not in d:
         raise ValueError(f"{path}: needs ground truth, S (N, 24, 4) joints or pose (N, 72)")
     scale = np.asarray(d["scale"], dtype=np.float64)
-    scale = scale.max(-1) if scale.ndim == 2 else scale
+    sides = [box_side(s) for s in scale] if scale.ndim == 2 else scale * BOX_SCALE_PIXELS
     shape = d.get("shape", d.get("betas"))
     samples = []
     for i, name in enumerate(d["imgname"]):
         sample = EstimationSample(image_path=image_root / str(name), center=np.asarray(d["center"][i], dtype=np.float64),
-                                  box_size=float(scale[i]) * BOX_SCALE_PIXELS, meta={"dataset": dataset, "index": i})
+                                  box_size=float(sides[i]), meta={"dataset": dataset, "index": i})
         if "gender" in d:
             sample.gender = GENDERS[_text(d["gender"][i]).strip().lower()]
         if shape is not None:
