@@ -108,6 +108,47 @@ def test_posescript_prefers_human_captions_and_reads_amass_frames(tmp_path, v1):
     assert len(PoseScript(release, amass, "val")) == 1
 
 
+def test_posescript_automatic_captions_are_redrawn_each_time_a_pose_is_drawn(tmp_path):
+    from training.sources import MixedSamples
+
+    release, amass, _ = _write_posescript(tmp_path)
+    data = PoseScript(release, amass, "train", seed=3)
+    index = data.ids.index("1")
+    assert data[index].meta["caption_choices"] == ["auto one a", "auto one b", "auto one c"]
+    assert "caption_choices" not in data[data.ids.index("0")].meta          # human captions win, always
+
+    class Captions:                                   # stands in for the chat encoder: returns the caption
+        def encode(self, record, rng, earlier):
+            return record.caption
+
+    samples = MixedSamples({"text": data}, Captions(), seed=0)
+    drawn = [samples[("text", index, batch_no, 0)] for batch_no in range(30)]
+    assert set(drawn) == {"auto one a", "auto one b", "auto one c"}
+    assert drawn == [samples[("text", index, batch_no, 0)] for batch_no in range(30)]   # a resumed run draws alike
+
+
+def test_text_targets_follow_posescripts_normalisation_for_leaning_poses():
+    from training.data.amass import posescript_normalize
+    from smpl_rig.frames import amass_to_smpl_orient, canonical_camera_orient
+
+    def rz(a):
+        return np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+
+    # PoseScript: orientation = Rz(θz)·Ry(θy)·Rx(θx) in AMASS's Z-up frame; θz (the heading) is dropped.
+    for heading, side, forward in [(0.4, 0.2, 1.9), (-2.0, 0.6, 1.2), (2.9, -0.5, 2.4)]:
+        orient = rz(heading) @ rotmat_y(side) @ rotmat_x(forward)
+        np.testing.assert_allclose(posescript_normalize(orient), rotmat_y(side) @ rotmat_x(forward), atol=1e-12)
+        pose = np.broadcast_to(np.eye(3), (24, 3, 3)).copy()
+        pose[0] = orient
+        expected = rotmat_x(math.pi) @ rotmat_x(-math.pi / 2) @ rotmat_y(side) @ rotmat_x(forward)
+        np.testing.assert_allclose(canonical_text_target(pose)[0], expected, atol=1e-12)
+    # The conventions page's heading removal agrees for upright bodies, not for a body leaning sideways.
+    leaning = rz(0.4) @ rotmat_y(0.6) @ rotmat_x(1.2)
+    other = canonical_camera_orient(amass_to_smpl_orient(leaning))
+    ours = canonical_text_target(np.broadcast_to(leaning, (24, 3, 3)).copy())[0]
+    assert np.degrees(np.arccos((np.trace(other @ ours.T) - 1) / 2)) > 1.0
+
+
 def test_posescript_missing_sequence_is_a_clear_error(tmp_path):
     release, amass, _ = _write_posescript(tmp_path)
     (amass / "CMU/01/01_01_poses.npz").unlink()

@@ -129,3 +129,32 @@ def test_deepspeed_zero2_step_checkpoint_exports_like_the_same_run_without_deeps
     # ZeRO-2 on one process computes what plain accelerate does: the exports pose alike.
     np.testing.assert_allclose(_served_poses(tmp_path / "out"), _training_poses(run / "checkpoints" / "step-0000002"),
                                atol=1e-4)
+
+
+def test_a_frozen_output_layer_still_trains_the_pose_row_and_exports_it(data_dir, tmp_path):
+    # single_24gb.yaml keeps lm_head frozen (its Adam states would not fit): the <POSE> output row must
+    # learn anyway, or the model never emits <POSE> in chat mode.
+    cfg = _config(data_dir, tmp_path / "run")
+    cfg["model"]["train_lm_head"] = False
+    result = train(config_from_dict(cfg))
+    trained = [n for n, p in result["model"].named_parameters() if p.requires_grad and "lora_" not in n
+               and "pose_head" not in n]
+    assert len(trained) == 2 and any("embed_tokens" in n for n in trained) and any("lm_head" in n for n in trained)
+    assert export_main(["--run", str(tmp_path / "run"), "--out", str(tmp_path / "out"), "--dtype", "fp32"]) == 0
+    np.testing.assert_allclose(_served_poses(tmp_path / "out"), _training_poses(tmp_path / "run" / "checkpoints" / "step-0000002"),
+                               atol=1e-5)
+    from backend.posegpt.checkpoint import load_checkpoint
+    from backend.posegpt.tiny import build_tiny_model
+
+    exported, _, _, _ = load_checkpoint(tmp_path / "out")
+    start, _, _, _ = build_tiny_model("llava", seed=0)
+    pose_id = exported.pose_token_id
+    moved = (exported.lm_head.weight - start.lm_head.weight).abs().sum(1)
+    assert moved[pose_id] > 0 and moved[torch.arange(len(moved)) != pose_id].max() == 0
+
+
+def test_4bit_is_refused_where_it_would_be_ignored():
+    from training.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="load_in_4bit"):
+        validate(config_from_dict({"model": {"tiny_family": "llava", "load_in_4bit": True}}))

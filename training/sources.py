@@ -3,6 +3,7 @@ chats), the keys the mix sampler draws, and the DataLoader views that turn keys 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from pathlib import Path
@@ -118,6 +119,9 @@ class MixedSamples(torch.utils.data.Dataset):
         name, index, batch_no, slot = key
         rng = random.Random(f"{self.seed}:{batch_no}:{slot}")
         record = self.sources[name][index]
+        choices = getattr(record, "meta", {}).get("caption_choices")
+        if choices:    # e.g. PoseScript's automatic captions: a new one each time the pose is drawn
+            record = dataclasses.replace(record, caption=random.Random(f"{self.seed}:{batch_no}:{slot}:caption").choice(choices))
         earlier = []
         if (self.follow_up_every and batch_no % self.follow_up_every == self.follow_up_every - 1
                 and isinstance(record, PoseRecord) and record.kind == "text"):
