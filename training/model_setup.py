@@ -33,6 +33,7 @@ def build_model(cfg: ExperimentConfig, precision: str = "no", device: str = "cpu
     from peft import LoraConfig, get_peft_model
 
     from backend.posegpt.checkpoint import load_checkpoint
+    from backend.posegpt.model import unwrap_backbone
     from backend.posegpt.tiny import build_tiny_model
 
     if cfg.model.checkpoint:
@@ -63,11 +64,19 @@ def build_model(cfg: ExperimentConfig, precision: str = "no", device: str = "cpu
         backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
     tied = bool(getattr(backbone.config.get_text_config(), "tie_word_embeddings", False))
     if cfg.model.lora_r > 0:
+        # Only the new <POSE> row of the input embeddings learns; its output row learns with the whole
+        # output layer (train_lm_head), or alone when the output layer stays frozen (one 24 GB GPU): a model
+        # must learn to emit <POSE> in chat mode.
+        pose_rows = [model.pose_token_id]
+        if not cfg.model.train_lm_head and not tied:
+            base = unwrap_backbone(backbone)
+            names = {id(m): n.rsplit(".", 1)[-1] for n, m in base.named_modules()}
+            pose_rows = {names[id(base.get_input_embeddings())]: [model.pose_token_id],
+                         names[id(base.get_output_embeddings())]: [model.pose_token_id]}
         lora = LoraConfig(
             r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
             target_modules=_lora_target_regex(cfg.model.lora_targets), bias="none",
-            # Only the new <POSE> row of the input embeddings learns (its output row through lm_head).
-            trainable_token_indices=[model.pose_token_id],
+            trainable_token_indices=pose_rows,
             modules_to_save=["lm_head"] if cfg.model.train_lm_head and not tied else None)
         model.backbone = get_peft_model(backbone, lora)
     else:

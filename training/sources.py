@@ -3,6 +3,7 @@ chats), the keys the mix sampler draws, and the DataLoader views that turn keys 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from pathlib import Path
@@ -49,8 +50,13 @@ def use_synthetic_data(cfg: ExperimentConfig) -> None:
             setattr(cfg.eval, key, paths[key])
 
 
-def build_sources(cfg: ExperimentConfig, split: str = "train") -> dict[str, object]:
-    """{"image": ..., "text": ..., "instruction": ...} for the configured files (missing ones left out)."""
+def build_sources(cfg: ExperimentConfig, split: str = "train", rank: int = 0, world: int = 1) -> dict[str, object]:
+    """{"image": ..., "text": ..., "instruction": ...} for the configured files (missing ones left out).
+
+    rank / world: this process among ``world``. 4D-Humans tar shards are split between the processes
+    (shard i goes to process i mod world) when there are at least as many shards as processes, so no
+    process indexes or reads every shard; each process draws its own batches from what it holds."""
+    from .data.eft import EFTJson
     from .data.hmr import HMRNpz
     from .data.llava_instruct import LlavaInstruct
     from .data.posescript import PoseScript
@@ -69,8 +75,10 @@ def build_sources(cfg: ExperimentConfig, split: str = "train") -> dict[str, obje
                                      seed=cfg.train.seed, limit=limit))
     if split == "train":
         image_parts += [HMRNpz(p, d.hmr_image_root, limit=limit) for p in d.hmr_npz]
+        image_parts += [EFTJson(p, d.eft_image_root, limit=limit) for p in d.eft_json]
         if d.tars:
-            image_parts.append(FourDHumansTars(d.tars, limit=limit))
+            shards = list(d.tars)[rank::world] if len(d.tars) >= world else list(d.tars)
+            image_parts.append(FourDHumansTars(shards, limit=limit))
     if sum(len(p) for p in text_parts):
         sources["text"] = Concat(text_parts)
     if sum(len(p) for p in image_parts):
@@ -111,6 +119,9 @@ class MixedSamples(torch.utils.data.Dataset):
         name, index, batch_no, slot = key
         rng = random.Random(f"{self.seed}:{batch_no}:{slot}")
         record = self.sources[name][index]
+        choices = getattr(record, "meta", {}).get("caption_choices")
+        if choices:    # e.g. PoseScript's automatic captions: a new one each time the pose is drawn
+            record = dataclasses.replace(record, caption=random.Random(f"{self.seed}:{batch_no}:{slot}:caption").choice(choices))
         earlier = []
         if (self.follow_up_every and batch_no % self.follow_up_every == self.follow_up_every - 1
                 and isinstance(record, PoseRecord) and record.kind == "text"):

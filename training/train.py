@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .collate import ChatEncoder, collate
-from .config import ExperimentConfig, config_to_dict, load_config
+from .config import ExperimentConfig, config_to_dict, load_config, validate
 from .model_setup import build_model, make_family_for, trainable_summary
 from .run_state import STATE_FILE, resolve_resume, save_training_state
 from .sampler import MixSampler
@@ -94,15 +94,20 @@ def train(cfg: ExperimentConfig) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from tqdm.auto import tqdm
-    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
+                              get_linear_schedule_with_warmup)
 
     from backend.posegpt.templates import Template
 
+    validate(cfg)                      # configs built in code skip load_config's checks otherwise
     device = cfg.train.device if cfg.train.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     precision = _precision(cfg, device)
+    deepspeed = _deepspeed_plugin(cfg, precision)
+    # Under DeepSpeed its own accelerator picks the device (CUDA; on a machine without one, its CPU
+    # accelerator: single-process CPU runs only, for tests of the checkpoint format).
     accelerator = Accelerator(
-        cpu=device == "cpu", mixed_precision=precision, gradient_accumulation_steps=cfg.train.grad_accum,
-        deepspeed_plugin=_deepspeed_plugin(cfg, precision),
+        cpu=device == "cpu" and deepspeed is None, mixed_precision=precision,
+        gradient_accumulation_steps=cfg.train.grad_accum, deepspeed_plugin=deepspeed,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])  # text-only batches skip the head
     log.info("process %d of %d (%s)", accelerator.process_index, accelerator.num_processes,
              accelerator.distributed_type)
@@ -123,7 +128,7 @@ def train(cfg: ExperimentConfig) -> dict:
     log.info("model: %s", trainable_summary(model))
 
     # 2. Data: each source, the per-batch mix, the chat encoder.
-    sources = build_sources(cfg)
+    sources = build_sources(cfg, rank=accelerator.process_index, world=accelerator.num_processes)
     if not family.accepts_images:
         drop_image_samples(sources)
     encoder = ChatEncoder(tokenizer, template, family, model.pose_token_id, cfg.data.max_length,
@@ -141,18 +146,24 @@ def train(cfg: ExperimentConfig) -> dict:
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr,
                                   weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
     warmup = min(cfg.optim.warmup_steps, max(cfg.train.max_steps - 1, 0))
-    scheduler = (get_cosine_schedule_with_warmup(optimizer, warmup, cfg.train.max_steps)
-                 if cfg.optim.schedule == "cosine" else get_constant_schedule_with_warmup(optimizer, warmup))
+    if cfg.optim.schedule == "constant":
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
+    else:                                  # linear: DeepSpeed's WarmupDecayLR of the reference scripts
+        make = get_cosine_schedule_with_warmup if cfg.optim.schedule == "cosine" else get_linear_schedule_with_warmup
+        scheduler = make(optimizer, warmup, cfg.train.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)   # stepped by hand, once per optimizer step
 
     # 4. Data loader, then resume: weights, optimizer, scheduler and RNG states from accelerate; step and
-    #    data position here. The loader's iterator is made first because making it draws from torch's RNG,
-    #    which a resumed run must not do after its RNG state was restored.
+    #    data position here. Making the loader's iterator draws a seed from torch's RNG, which a resumed run
+    #    must not do after its RNG state was restored: without workers the iterator is made first; with
+    #    workers (made after the resume, so they copy the skipping sampler) the draw comes from the loader's
+    #    own generator, so torch's RNG, and with it LoRA's dropout, runs as in an uninterrupted run.
     batch_order = MixedBatches(sampler)
     loader = torch.utils.data.DataLoader(
         MixedSamples(sources, encoder, cfg.train.seed, cfg.data.follow_up_every), batch_sampler=batch_order,
-        collate_fn=lambda s: collate(s, tokenizer.pad_token_id or 0, family), num_workers=cfg.data.num_workers)
+        collate_fn=lambda s: collate(s, tokenizer.pad_token_id or 0, family), num_workers=cfg.data.num_workers,
+        generator=torch.Generator().manual_seed(seed) if cfg.data.num_workers else None)
     batches = iter(loader) if cfg.data.num_workers == 0 else None
     step, micro_batches = 0, 0
     resume_dir = resolve_resume(cfg)
@@ -215,7 +226,8 @@ def train(cfg: ExperimentConfig) -> dict:
     if accelerator.is_main_process and cfg.train.export_final:
         from .export import export_model
         final = export_model(accelerator.unwrap_model(model), tokenizer, processor, manifest,
-                             output_dir / "final", merge=True, training_config=config_to_dict(cfg))
+                             output_dir / "final", merge=True, training_config=config_to_dict(cfg),
+                             dtype=cfg.train.export_dtype)
     return {"history": history, "final": final, "model": accelerator.unwrap_model(model), "tokenizer": tokenizer,
             "processor": processor, "manifest": manifest}
 

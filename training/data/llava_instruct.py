@@ -68,13 +68,14 @@ class LlavaInstruct:
         if self.image_root is None:
             raise ValueError("LLaVA entries reference images: set data.llava_image_root")
         image_path = self.image_root / entry["image"]
-        # Exactly one placeholder for the one image: the first one mentioned (added in front when none is).
+        # Exactly one placeholder for the one image, at the front of the first user turn that mentions it
+        # (added to the first turn when none does), as LLaVA's preprocess_multimodal moves it: "<image>\n"
+        # then the rest of the turn.
         seen = False
         for k, (role, text) in enumerate(turns):
             if role == "user" and IMAGE_PLACEHOLDER in text:
-                head, _, tail = text.partition(IMAGE_PLACEHOLDER)
-                tail = tail.replace(IMAGE_PLACEHOLDER, "")
-                turns[k] = (role, head + tail if seen else head + IMAGE_PLACEHOLDER + tail)
+                rest = text.replace(IMAGE_PLACEHOLDER, "").strip()
+                turns[k] = (role, rest if seen else IMAGE_PLACEHOLDER + "\n" + rest)
                 seen = True
         if not seen:
             turns[0] = ("user", IMAGE_PLACEHOLDER + "\n" + turns[0][1])

@@ -22,7 +22,7 @@ import numpy as np
 
 from smpl_rig.rotations import rotvec_to_rotmat
 
-from .hmr import BOX_SCALE_PIXELS, crop_person
+from .hmr import box_side, crop_person
 from .records import PoseRecord, check_rotmat
 
 IMAGE_EXTS = ("jpg", "jpeg", "png")
@@ -110,8 +110,7 @@ class FourDHumansTars:
             pose = np.concatenate([np.asarray(person["global_orient"], dtype=np.float64).reshape(3), pose])
         if pose.size != 72:
             raise ValueError(f"{self.tar_paths[shard]}:{member}: body_pose has {pose.size} numbers, expected 72")
-        scale = np.asarray(person["scale"], dtype=np.float64).reshape(-1)
-        side = float(scale.max()) * BOX_SCALE_PIXELS
+        side = box_side(person["scale"])      # 4D-Humans' own crop: (w, h) widened to 192 : 256
         center = np.asarray(person["center"], dtype=np.float64).reshape(2)
         tar_path = self.tar_paths[shard]
 
