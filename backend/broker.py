@@ -1,17 +1,32 @@
 """Load-balancing broker: clients on a ROUTER in front, model workers on a ROUTER behind.
 
-The ZeroMQ guide's load-balancing pattern with one change: a session is pinned to the worker that holds
-its KV cache and history, so the broker keeps one queue per worker instead of one shared queue. The
-loop only moves frames, checks limits and answers cheap requests (hello, ping, cancel of queued work);
-it never waits on a model. Every request it holds gets a heartbeat at least every ``HEARTBEAT_S``.
+The ZeroMQ guide's load-balancing pattern with two changes. A session is pinned to the worker that holds
+its KV cache and history, so the broker keeps one queue per worker instead of one shared queue. And a
+studio shares the server, so the queue is fair: every client (its CURVE key, else its connection) has
+quotas on requests waiting and running (``Quotas``), past which it hears ``busy`` with a retry hint; an
+idle worker takes the next job from the client served least recently (round-robin), not from whoever
+queued most; the image bytes held for waiting requests have a hard ceiling; and a client that is gone
+(its connection closed, e.g. after its requests timed out) has its queued work dropped at the next
+heartbeat, never run for nobody.
 
-Run through ``posegpt-serve`` (backend/server.py), which binds the sockets and starts the workers.
+Images are decoded here, off the model's thread, by a small pool (``backend/images.py``: the decoder
+checks the size it decodes, and decodes only as large as the model reads). A job reaches its worker with
+the pixels, so a model never waits for a peer's 16 MB PNG, a cancel during a decode answers at once, and
+a queued request holds a few hundred kilobytes instead of the file.
+
+The loop only moves frames, checks limits and answers cheap requests (hello, ping, cancel of queued
+work); it never waits on a model or a decoder. Every request it holds hears from it at least every
+``HEARTBEAT_S``. Run through ``posegpt-serve`` (backend/server.py), which binds the sockets and starts
+the workers; the broker ↔ worker messages are backend/jobs.py.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import time
 from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -20,13 +35,15 @@ import zmq
 from posegpt_net import wire
 from posegpt_net.transport import NOBLOCK, readable, recv_frames, send_frames
 
-from . import jobs
+from . import images as image_decoding
+from . import jobs, memory
 from .jobs import Job
 
 log = logging.getLogger("posegpt.server")
 
-HEARTBEAT_S = 0.5          # a held request hears from the server at least this often
-POLL_MS = 50               # loop tick when idle: heartbeats and stop flag
+HEARTBEAT_S = 0.5          # a held request hears from the server at least this often (the documented bound)
+BEAT_EVERY_S = 0.3         # ... so it is sent after this much silence, leaving room for a busy loop tick
+TICK_S = 0.1               # the loop looks at heartbeats, workers and the stop flag at least this often
 MAX_BATCH_RECV = 256       # messages taken from one socket per tick, so neither side starves
 MAX_JOB_BATCH = 8          # direct-mode turns of distinct sessions handed to a worker together
 MAX_RESTARTS = 3           # a worker process that dies is started again at most this often
@@ -34,13 +51,44 @@ MAX_PINNED_SESSIONS = 100_000   # least recently used pins beyond this are forgo
 SERVER_NAME = "posegpt-serve/0.1.0"
 
 
+@dataclass(frozen=True)
+class Quotas:
+    """What one client may hold, and what all of them together may hold in images."""
+
+    client_queued: int = 8                    # requests one client may have waiting (decoding or queued)
+    client_running: int = 2                   # of one client's requests, at most this many run at once
+    queued_image_bytes: int = 256 * 1024 * 1024   # image bytes held for waiting requests, all clients
+    client_image_share: float = 0.5           # the part of that one client may hold
+    decode_threads: int = 2                   # images decoded at once (off the model's thread)
+
+    def __post_init__(self):
+        if min(self.client_queued, self.client_running, self.queued_image_bytes, self.decode_threads) < 1:
+            raise ValueError(f"every quota must be at least 1: {self}")
+        if not 0.0 < self.client_image_share <= 1.0:
+            raise ValueError(f"client_image_share must be in (0, 1], got {self.client_image_share}")
+
+
+@dataclass
+class _Client:
+    """What one client (CURVE key or connection) holds now."""
+
+    waiting: int = 0               # requests queued or decoding
+    running: int = 0               # requests a worker holds
+    image_bytes: int = 0           # bytes of its images (files, then pixels) held for waiting requests
+    decoding: int = 0              # its decodes running now
+
+
 @dataclass
 class _Request:
     identity: bytes
     request_id: str
+    client: bytes                     # the quota key: CURVE public key, else the connection identity
     job: Job                          # what the worker is asked to do
     worker: "WorkerSlot"
-    images: list[zmq.Frame]           # a chat's image frames as received from the client
+    images: list                      # the client's image frames until decoded, then the RGB pixel buffers
+    image_bytes: int = 0              # what ``images`` holds (counted against the quotas until dispatch)
+    ready: bool = True                # images decoded (or none)
+    decoding: bool = False
     received: float = field(default_factory=time.monotonic)
     started: float | None = None
     last_sent: float = field(default_factory=time.monotonic)
@@ -53,7 +101,7 @@ class WorkerSlot:
     ready: bool = False
     dead: bool = False
     model_card: dict | None = None
-    queue: deque = field(default_factory=deque)      # request keys waiting for this worker
+    queue: deque = field(default_factory=deque)      # request keys waiting for this worker, in arrival order
     running: list = field(default_factory=list)      # request keys the worker holds now
     served: int = 0
     respawn: Callable[[], Callable[[], bool]] | None = None   # starts it again; returns the new is_alive
@@ -69,16 +117,33 @@ class Broker:
     """Moves requests from ``frontend`` (clients) to ``backend`` (workers) and replies back."""
 
     def __init__(self, frontend: zmq.Socket, backend: zmq.Socket, workers: list[WorkerSlot],
-                 limits: wire.Limits = wire.DEFAULT_LIMITS, max_queue: int = 64):
+                 limits: wire.Limits = wire.DEFAULT_LIMITS, max_queue: int = 64, quotas: Quotas = Quotas()):
         self.frontend = frontend
         self.backend = backend
         self.workers = {w.identity: w for w in workers}
         self.limits = limits
         self.max_queue = max_queue
+        self.quotas = quotas
         self.requests: dict[tuple[bytes, str], _Request] = {}
         self.sessions: OrderedDict[str, WorkerSlot] = OrderedDict()    # session → worker, LRU order
+        self.clients: dict[bytes, _Client] = {}
+        self.turns: OrderedDict[bytes, None] = OrderedDict()      # clients, least recently served first
+        self.image_bytes = 0                                       # held for waiting requests, all clients
         self.rejected = 0
         self.served = 0
+        self.dropped_for_gone_clients = 0
+        self._service_s = 0.05                   # running mean of a job's time on a worker (retry hints)
+        self._decode_wait: deque = deque()       # request keys whose images wait for a decoder
+        self._decoders = ThreadPoolExecutor(quotas.decode_threads, thread_name_prefix="posegpt-decode")
+        self._decoded: deque = deque()           # (key, images, bytes, ms, error) from the decoder threads
+        self._wake_r, self._wake_w = os.pipe()   # a decoder thread writes a byte: the loop wakes up
+        os.set_blocking(self._wake_r, False)
+        self._trim_due = False
+        # a send to a client that has gone raises EHOSTUNREACH instead of vanishing: how gone clients
+        # are noticed (every held request is sent a heartbeat at least every BEAT_EVERY_S)
+        frontend.router_mandatory = True
+        self.curve = bool(frontend.curve_server)     # then quotas are per CURVE key, not per connection
+        image_decoding.configure(limits)
 
     # --- main loop -----------------------------------------------------------------------------------
 
@@ -86,18 +151,24 @@ class Broker:
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
-        next_beat = time.monotonic() + HEARTBEAT_S / 2
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_tick = time.monotonic() + TICK_S
         while not should_stop():
-            ready = dict(poller.poll(POLL_MS))
+            ready = dict(poller.poll(max(1, int((next_tick - time.monotonic()) * 1000) + 1)))
             if self.backend in ready:
                 self._drain(self.backend, self._on_worker)
+            if self._wake_r in ready:
+                self._on_decoded()
             if self.frontend in ready:
                 self._drain(self.frontend, self._on_client, copy=False)
             now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + HEARTBEAT_S / 2
+            if now >= next_tick:
+                next_tick = now + TICK_S
                 self._check_workers()
                 self._heartbeat(now)
+                if self._trim_due and not self.requests:
+                    self._trim_due = False
+                    memory.trim()            # the burst is over: give its memory back
 
     def wait_ready(self, timeout_s: float, should_stop: Callable[[], bool]) -> bool:
         """Serve only worker messages until every worker is ready (or failed); True if one is ready."""
@@ -105,7 +176,7 @@ class Broker:
         while time.monotonic() < deadline and not should_stop():
             if all(w.ready or w.dead for w in self.workers.values()):
                 break
-            if self.backend.poll(POLL_MS):
+            if self.backend.poll(int(TICK_S * 1000)):
                 self._drain(self.backend, self._on_worker)
             self._check_workers()
         return any(w.ready for w in self.workers.values())
@@ -121,7 +192,11 @@ class Broker:
         for worker in self.workers.values():
             if not worker.dead:
                 send_frames(self.backend, [worker.identity, jobs.STOP])
-        log.info("shutdown: %d requests served, %d malformed messages rejected", self.served, self.rejected)
+        self._decoders.shutdown(wait=False, cancel_futures=True)
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        log.info("shutdown: %d requests served, %d malformed messages rejected, %d requests of gone clients "
+                 "dropped", self.served, self.rejected, self.dropped_for_gone_clients)
 
     @staticmethod
     def _drain(sock: zmq.Socket, handle, copy: bool = True) -> None:
@@ -132,13 +207,26 @@ class Broker:
 
     # --- clients -------------------------------------------------------------------------------------
 
-    def _reply(self, identity: bytes, message: wire.Message) -> None:
-        send_frames(self.frontend, [identity, *wire.encode(message)])
+    def _send(self, identity: bytes, frames: list) -> bool:
+        """Send to a client without ever blocking; a client that is gone loses everything it held."""
+        try:
+            send_frames(self.frontend, [identity, *frames], NOBLOCK)
+            return True
+        except zmq.Again:
+            log.debug("client %s reads nothing; a message to it was dropped", identity.hex())
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self._drop_client(identity)
+        return False
+
+    def _reply(self, identity: bytes, message: wire.Message) -> bool:
+        return self._send(identity, wire.encode(message))
 
     def _on_client(self, frames: list[zmq.Frame]) -> None:
-        # A chat's images go on to the worker as the very frames received here: libzmq shares their
-        # buffers, so a 0.5 MB photo is not copied twice more inside this process.
+        # A chat's images stay the very frames received here until decoded: libzmq shares their buffers.
         # (identity and the four header frames become bytes; binary frames stay zmq.Frames)
+        user = _user_id(frames[1]) if self.curve and len(frames) > 1 else None
         identity, *frames = [frame.bytes if index < 5 else frame for index, frame in enumerate(frames)]
         try:
             message = wire.decode(frames, self.limits)
@@ -153,33 +241,43 @@ class Broker:
         if handler is None:
             self.rejected += 1
             self._reply(identity, wire.Error(message.request_id, "unknown_type",
-                                             f"{type(message).__name__.lower()} is not a request"))
+                                             f"{message.kind} is not a request"))
             return
-        handler(self, identity, message)
+        handler(self, identity, message, user.encode() if user else identity)
 
     def _model_card(self) -> dict | None:
         return next((w.model_card for w in self.workers.values() if w.ready and not w.dead), None)
 
-    def _on_hello(self, identity: bytes, message: wire.Hello) -> None:
+    def _on_hello(self, identity: bytes, message: wire.Hello, client: bytes) -> None:
         card = self._model_card()
         live = sum(w.ready and not w.dead for w in self.workers.values())
         capabilities = {"modes": ["direct", "chat"], "accepts_images": bool(card and card.get("accepts_images")),
                         "cancel": True, "progress": True, "sessions": True, "workers": live,
-                        "heartbeat_s": HEARTBEAT_S}
+                        "heartbeat_s": HEARTBEAT_S, "quotas": asdict(self.quotas), "max_queue": self.max_queue}
         self._reply(identity, wire.Hello(message.request_id, server=SERVER_NAME, model_card=card,
                                          capabilities=capabilities, limits=asdict(self.limits),
                                          ready=card is not None))
         log.info("request %s hello client=%r status=ok", message.request_id, message.client)
 
-    def _on_ping(self, identity: bytes, message: wire.Ping) -> None:
-        queued = sum(len(w.queue) for w in self.workers.values())
+    def _on_ping(self, identity: bytes, message: wire.Ping, client: bytes) -> None:
         live = sum(w.ready and not w.dead for w in self.workers.values())
-        self._reply(identity, wire.Pong(message.request_id, time.time(), queued, live))
+        self._reply(identity, wire.Pong(message.request_id, time.time(), self._queued(), live))
         log.debug("request %s ping status=ok", message.request_id)
 
-    def _on_chat(self, identity: bytes, message: wire.Chat) -> None:
+    def _queued(self) -> int:
+        return sum(len(w.queue) for w in self.workers.values())
+
+    def _retry_after(self, ahead: int) -> float:
+        """Seconds after which a refused request may find room: ``ahead`` jobs at the mean service time."""
+        live = max(1, sum(w.ready and not w.dead for w in self.workers.values()))
+        return round(min(60.0, max(0.1, self._service_s * (ahead + 1) / live)), 2)
+
+    def _on_chat(self, identity: bytes, message: wire.Chat, client: bytes) -> None:
         card = self._model_card()
-        error = None
+        holder = self.clients.get(client) or _Client()
+        image_bytes = sum(len(frame) for frame in message.images)
+        share = int(self.quotas.queued_image_bytes * self.quotas.client_image_share)
+        error, details = None, {}
         if card is None:
             error = ("not_ready", "no model worker is ready")
         elif message.images and not card.get("accepts_images", False):
@@ -187,34 +285,44 @@ class Broker:
         elif isinstance(card.get("max_prompt_chars"), int) and len(message.prompt) > card["max_prompt_chars"]:
             error = ("prompt_too_long", f"the prompt has {len(message.prompt)} characters; this model "
                                         f"accepts {card['max_prompt_chars']}")
-        elif sum(len(w.queue) for w in self.workers.values()) >= self.max_queue:
+        elif holder.waiting >= self.quotas.client_queued:
+            error = ("busy", f"this client already has {holder.waiting} requests waiting (its quota)")
+            details = {"retry_after_s": self._retry_after(holder.waiting), "reason": "client_quota"}
+        elif self._queued() >= self.max_queue:
             error = ("busy", f"{self.max_queue} requests are already queued")
+            details = {"retry_after_s": self._retry_after(self._queued()), "reason": "queue_full"}
+        elif image_bytes and (self.image_bytes + image_bytes > self.quotas.queued_image_bytes
+                              or holder.image_bytes + image_bytes > share):
+            error = ("busy", "the images waiting on this server already fill its memory budget")
+            details = {"retry_after_s": self._retry_after(holder.waiting), "reason": "image_memory"}
         if error is not None:
-            self._reply(identity, wire.Error(message.request_id, *error))
+            self._reply(identity, wire.Error(message.request_id, *error, details))
             log.info("request %s chat session=%s status=%s", message.request_id, message.session_id, error[0])
             return
         job = Job("chat", message.session_id, message.prompt, message.mode, message.options())
-        self._enqueue(identity, message.request_id, job, message.images)
+        request = self._enqueue(identity, client, message.request_id, job, message.images, image_bytes)
+        if request is not None and request.images:
+            self._decode_wait.append((identity, message.request_id))
+            self._start_decodes()
 
-    def _on_session_op(self, identity: bytes, message: wire.Reset | wire.Close) -> None:
+    def _on_session_op(self, identity: bytes, message: wire.Reset | wire.Close, client: bytes) -> None:
         if message.session_id not in self.sessions:
             self._reply(identity, wire.Closed(message.request_id, message.session_id, message.kind, existed=False))
             log.info("request %s %s session=%s status=ok existed=False", message.request_id, message.kind,
                      message.session_id)
             return
         # queued behind the session's chats, so a reset never races a turn of the same session
-        self._enqueue(identity, message.request_id, Job(message.kind, message.session_id), [])
+        self._enqueue(identity, client, message.request_id, Job(message.kind, message.session_id), [], 0)
 
-    def _on_cancel(self, identity: bytes, message: wire.Cancel) -> None:
+    def _on_cancel(self, identity: bytes, message: wire.Cancel, client: bytes) -> None:
         key = (identity, message.request_id)
         request = self.requests.get(key)
         if request is None:
             log.debug("cancel of %s: not held (already answered or unknown)", message.request_id)
             return
         if request.started is None:
-            request.worker.queue.remove(key)
-            del self.requests[key]
-            self._reply(identity, wire.Error(message.request_id, "cancelled", "cancelled while queued"))
+            self._release(key)
+            self._reply(identity, wire.Error(message.request_id, "cancelled", "the request was cancelled"))
             self._log(request, "cancelled")
         else:
             send_frames(self.backend, [request.worker.identity, *jobs.cancel_frames(identity, message.request_id)])
@@ -222,21 +330,69 @@ class Broker:
     _HANDLERS = {wire.Hello: _on_hello, wire.Ping: _on_ping, wire.Chat: _on_chat, wire.Reset: _on_session_op,
                  wire.Close: _on_session_op, wire.Cancel: _on_cancel}
 
+    def _drop_client(self, identity: bytes) -> None:
+        """The connection ``identity`` is gone: its queued work goes, its running work is cancelled."""
+        for key in [k for k in self.requests if k[0] == identity]:
+            request = self.requests[key]
+            if request.started is None:
+                self._release(key)
+            else:
+                send_frames(self.backend, [request.worker.identity, *jobs.cancel_frames(*key)])
+                request.last_sent = float("inf")          # no more heartbeats to nobody
+            self.dropped_for_gone_clients += 1
+            self._log(request, "client_gone")
+
     # --- queues --------------------------------------------------------------------------------------
 
-    def _enqueue(self, identity: bytes, request_id: str, job: Job, images: list[zmq.Frame]) -> None:
+    def _enqueue(self, identity: bytes, client: bytes, request_id: str, job: Job, images: list,
+                 image_bytes: int) -> _Request | None:
         key = (identity, request_id)
         if key in self.requests:
             self._reply(identity, wire.Error(request_id, "duplicate_request",
                                              f"request {request_id} is already in flight"))
-            return
+            return None
         worker = self._pin(job.session_id)
         if worker is None:
             self._reply(identity, wire.Error(request_id, "not_ready", "no model worker is ready"))
-            return
-        self.requests[key] = _Request(identity, request_id, job, worker, images)
+            return None
+        request = _Request(identity, request_id, client, job, worker, images, image_bytes, ready=not images)
+        self.requests[key] = request
+        holder = self.clients.setdefault(client, _Client())
+        holder.waiting += 1
+        holder.image_bytes += image_bytes
+        self.image_bytes += image_bytes
+        self._trim_due = self._trim_due or image_bytes > 0
+        if client not in self.turns:            # a client not served lately goes first
+            self.turns[client] = None
+            self.turns.move_to_end(client, last=False)
         worker.queue.append(key)
         self._dispatch(worker)
+        return request
+
+    def _release(self, key: tuple[bytes, str]) -> _Request:
+        """Forget a request that has not started (cancelled, or its client is gone)."""
+        request = self.requests.pop(key)
+        if key in request.worker.queue:
+            request.worker.queue.remove(key)
+        holder = self.clients[request.client]
+        holder.waiting -= 1
+        if not request.decoding:              # else the decoder still holds them: released when it ends
+            self._free_images(request)
+        self._forget_idle(request.client)
+        return request
+
+    def _free_images(self, request: _Request) -> None:
+        holder = self.clients.get(request.client)
+        if holder is not None:
+            holder.image_bytes -= request.image_bytes
+        self.image_bytes -= request.image_bytes
+        request.image_bytes, request.images = 0, []
+
+    def _forget_idle(self, client: bytes) -> None:
+        holder = self.clients.get(client)
+        if holder is not None and not (holder.waiting or holder.running or holder.decoding or holder.image_bytes):
+            del self.clients[client]
+            self.turns.pop(client, None)
 
     def _pin(self, session_id: str) -> WorkerSlot | None:
         worker = self.sessions.get(session_id)
@@ -253,33 +409,138 @@ class Broker:
         return worker
 
     def _dispatch(self, worker: WorkerSlot) -> None:
-        """Hand an idle worker its next job: the queue head, joined by later direct-mode turns of other
-        sessions (the runtime runs those as one padded batch), never overtaking a session's own turn."""
+        """Hand an idle worker its next job, round-robin over clients: the first ready request of the client
+        served least recently, joined by other clients' (then the same clients') direct-mode turns of
+        distinct sessions, which the runtime runs as one padded batch. A request never overtakes an
+        earlier one of its own client or session, and a client never has more than its quota running."""
         if worker.running or not worker.queue or worker.dead:
             return
-        batch = [worker.queue.popleft()]
-        if self.requests[batch[0]].job.batchable:
-            sessions = {self.requests[batch[0]].job.session_id}
-            for key in list(worker.queue):
-                if len(batch) >= MAX_JOB_BATCH:
+        heads: OrderedDict[bytes, list] = OrderedDict((client, []) for client in self.turns)
+        for key in worker.queue:
+            heads.setdefault(self.requests[key].client, []).append(key)
+        batch: list = []
+        sessions: set = set()
+        blocked_sessions: set = set()
+        taken: dict[bytes, int] = {}
+        progress = True
+        while progress and len(batch) < MAX_JOB_BATCH:
+            progress = False
+            for client, keys in heads.items():
+                if not keys or len(batch) >= MAX_JOB_BATCH:
+                    continue
+                request = self.requests[keys[0]]
+                running = self.clients[client].running + taken.get(client, 0)
+                if (not request.ready or running >= self.quotas.client_running
+                        or request.job.session_id in blocked_sessions | sessions
+                        or (batch and not (request.job.batchable and self.requests[batch[0]].job.batchable))):
+                    # this client's turn is over for this job: its next request may not overtake this one
+                    blocked_sessions.add(request.job.session_id)
+                    keys.clear()
+                    continue
+                batch.append(keys.pop(0))
+                sessions.add(request.job.session_id)
+                taken[client] = taken.get(client, 0) + 1
+                progress = True
+                if not request.job.batchable:
                     break
-                job = self.requests[key].job
-                if job.batchable and job.session_id not in sessions:
-                    worker.queue.remove(key)
-                    batch.append(key)
-                sessions.add(job.session_id)          # later turns of a skipped session wait their turn
+            if batch and not self.requests[batch[0]].job.batchable:
+                break
+        if not batch:
+            return
         now = time.monotonic()
         for key in batch:
             request = self.requests[key]
+            worker.queue.remove(key)
             request.started = now
             worker.running.append(key)
+            holder = self.clients[request.client]
+            holder.waiting -= 1
+            holder.running += 1
+            self.turns.move_to_end(request.client)        # served: to the back of the round
             # the worker reports queue_ms and server_ms on this (system-wide monotonic) clock itself,
             # so its reply passes through here untouched
             request.job.received_at, request.job.dispatched_at = request.received, now
             send_frames(self.backend, [worker.identity, *jobs.job_frames(request.identity, request.request_id,
                                                                          request.job, request.images)],
                         copy=False)
-            request.images = []        # the images are the worker's now
+            self._free_images(request)        # the pixels are the worker's now
+
+    # --- image decoding (a thread pool; the loop never waits for it) ---------------------------------
+
+    def _start_decodes(self) -> None:
+        """Start decodes while a decoder is free, taking first the client with the fewest running."""
+        busy = sum(h.decoding for h in self.clients.values())
+        while busy < self.quotas.decode_threads and self._decode_wait:
+            key = min(self._decode_wait, key=lambda k: self.clients[self.requests[k].client].decoding
+                      if k in self.requests else -1)
+            self._decode_wait.remove(key)
+            request = self.requests.get(key)
+            if request is None:
+                continue
+            card = request.worker.model_card or {}
+            size = card.get("image_size")
+            request.decoding = True
+            self.clients[request.client].decoding += 1
+            busy += 1
+            self._decoders.submit(self._decode, request, request.images,
+                                  size if isinstance(size, int) and size > 0 else None)
+
+    def _decode(self, request: _Request, files: list, draft_size: int | None) -> None:
+        """In a decoder thread: the files → RGB pixels (or the error), handed back to the loop."""
+        start = time.perf_counter()
+        try:
+            pictures = [image_decoding.decode_image(f.buffer if hasattr(f, "buffer") else f, self.limits,
+                                                    draft_size) for f in files]
+            outcome = [((p.width, p.height), p.tobytes()) for p in pictures]
+        except wire.WireError as err:
+            outcome = err
+        except Exception as exc:                       # never lose a request to a decoder bug
+            log.exception("decoding the images of %s failed", request.request_id)
+            outcome = wire.WireError("bad_image", f"the image could not be decoded ({type(exc).__name__})")
+        self._decoded.append((request, outcome, (time.perf_counter() - start) * 1e3))
+        try:
+            os.write(self._wake_w, b"d")
+        except OSError:
+            pass                                       # shut down meanwhile
+
+    def _on_decoded(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        touched = set()
+        while self._decoded:
+            request, outcome, decode_ms = self._decoded.popleft()
+            key = (request.identity, request.request_id)
+            request.decoding = False
+            self.clients[request.client].decoding -= 1
+            if self.requests.get(key) is not request:
+                # cancelled, or its client gone, while decoding: the files are free only now
+                self._free_images(request)
+                self._forget_idle(request.client)
+                continue
+            if isinstance(outcome, wire.WireError):
+                self._release(key)
+                self._reply(request.identity, wire.Error(request.request_id, outcome.code, outcome.message))
+                self._log(request, outcome.code)
+                continue
+            pixels = [data for _size, data in outcome]
+            self._resize_images(request, pixels, sum(len(p) for p in pixels))
+            request.job.images = [list(size) for size, _data in outcome]
+            request.job.image_decode_ms = decode_ms
+            request.ready = True
+            touched.add(request.worker.identity)
+        self._start_decodes()
+        for identity in touched:
+            self._dispatch(self.workers[identity])
+
+    def _resize_images(self, request: _Request, images: list, image_bytes: int) -> None:
+        holder = self.clients[request.client]
+        delta = image_bytes - request.image_bytes
+        holder.image_bytes += delta
+        self.image_bytes += delta
+        request.images, request.image_bytes = images, image_bytes
 
     # --- workers -------------------------------------------------------------------------------------
 
@@ -310,21 +571,33 @@ class Broker:
         if request is None:
             return                  # answered already (shutdown, worker failure)
         now = time.monotonic()
-        request.last_sent = now
-        if final:
-            del self.requests[key]
-            if key in worker.running:
-                worker.running.remove(key)
-            worker.served += 1
-            self.served += 1
-            if kind == "closed" and request.job.kind == "close":
-                self.sessions.pop(request.job.session_id, None)
-            send_frames(self.frontend, [identity, *frames])
-            self._dispatch(worker)
-            if log.isEnabledFor(logging.INFO):
-                self._log(request, *jobs.parse_summary(summary))
-        else:
-            send_frames(self.frontend, [identity, *frames])
+        if not final:
+            if request.last_sent != float("inf"):          # its client is not known to be gone
+                request.last_sent = now
+                self._send(identity, frames)
+            return
+        del self.requests[key]
+        if key in worker.running:
+            worker.running.remove(key)
+        self._finished(request, now)
+        worker.served += 1
+        self.served += 1
+        if kind == "closed" and request.job.kind == "close":
+            self.sessions.pop(request.job.session_id, None)
+        if request.last_sent != float("inf"):
+            self._send(identity, frames)
+        self._dispatch(worker)
+        if log.isEnabledFor(logging.INFO):
+            self._log(request, *jobs.parse_summary(summary))
+
+    def _finished(self, request: _Request, now: float) -> None:
+        """A started request ended: its client's running count, the mean service time."""
+        holder = self.clients.get(request.client)
+        if holder is not None:
+            holder.running -= 1
+            self._forget_idle(request.client)
+        if request.started is not None:
+            self._service_s += 0.2 * ((now - request.started) - self._service_s)
 
     def _check_workers(self) -> None:
         for worker in self.workers.values():
@@ -342,27 +615,38 @@ class Broker:
 
     def _fail_worker(self, worker: WorkerSlot, code: str, message: str) -> None:
         worker.dead = True
-        keys = list(worker.queue) + list(worker.running)
-        worker.queue.clear()
-        worker.running.clear()
-        for key in keys:
-            request = self.requests.pop(key)
+        now = time.monotonic()
+        for key in list(worker.queue):
+            request = self._release(key)
             self._reply(request.identity, wire.Error(request.request_id, code, message))
             self._log(request, code)
+        for key in list(worker.running):
+            request = self.requests.pop(key)
+            self._finished(request, now)
+            self._reply(request.identity, wire.Error(request.request_id, code, message))
+            self._log(request, code)
+        worker.queue.clear()
+        worker.running.clear()
         for session, owner in list(self.sessions.items()):
             if owner is worker:
                 del self.sessions[session]
 
     def _heartbeat(self, now: float) -> None:
+        """A progress message for every held request silent for ``BEAT_EVERY_S``; a send that finds its
+        client gone drops all that client's work (``_drop_client``)."""
         for worker in self.workers.values():
-            positions = {key: i for i, key in enumerate(worker.queue)}
+            positions, counts = {}, {}
+            for key in worker.queue:           # a queued request's place among its own client's requests
+                client = self.requests[key].client
+                counts[client] = positions[key] = counts.get(client, 0) + 1
             for key in [*worker.running, *worker.queue]:
                 request = self.requests.get(key)
-                if request is None or now - request.last_sent < HEARTBEAT_S:
+                if request is None or now - request.last_sent < BEAT_EVERY_S:
                     continue
                 request.last_sent = now
                 if request.started is None:
-                    stage, info = "queued", {"position": positions[key] + 1}
+                    stage = "queued" if request.ready else "decoding"
+                    info = {"position": positions[key], "clients_waiting": len(self.turns)}
                 else:
                     stage, info = "running", {"elapsed_ms": round((now - request.started) * 1e3, 1)}
                 self._reply(request.identity, wire.Progress(request.request_id, stage, info))
@@ -372,5 +656,12 @@ class Broker:
         queue_ms = ((request.started or now) - request.received) * 1e3
         log.info("request %s %s session=%s worker=%s status=%s queue_ms=%.1f model_ms=%.1f total_ms=%.1f",
                  request.request_id, request.job.kind, request.job.session_id, request.worker.identity.decode(),
-                 status,
-                 queue_ms, model_ms, (now - request.received) * 1e3)
+                 status, queue_ms, model_ms, (now - request.received) * 1e3)
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    """The ZAP user id of the peer that sent ``frame`` (with CURVE: its public key, Z85), if any."""
+    try:
+        return frame.get("User-Id") or None
+    except zmq.ZMQError:
+        return None

@@ -6,12 +6,13 @@ the worker's identity in front of what the worker sends and routes on the identi
     worker → broker   [READY, json{model_card, pid}]
                       [FAILED, json{code, message}]                   the model could not load
                       [OUT, client_identity, summary, *wire_frames]    a reply, passed to the client as is
-    broker → worker   [JOB, client_identity, request_id, json job, *image_frames]
+    broker → worker   [JOB, client_identity, request_id, json job, *pixel_frames]
                       [CANCEL, client_identity, request_id]
                       [STOP]
 
-``summary`` is json{status, model_ms} of a final reply (the broker's log line), empty for progress. A
-job's images travel as the very frames the client sent (libzmq shares their buffers, no copy).
+``summary`` is json{status, model_ms} of a final reply (the broker's log line), empty for progress. The
+broker decodes a chat's image files itself (off the model's thread); a job carries each picture as raw
+RGB bytes, one frame per image, its size in ``Job.images``.
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ class Job:
     prompt: str = ""
     mode: str = "direct"
     options: dict[str, Any] = field(default_factory=dict)   # max_new_tokens, temperature, top_p, seed
+    images: list[list[int]] = field(default_factory=list)   # [width, height] of each RGB pixel frame
+    image_decode_ms: float = 0.0                              # the broker's decoding of the client's files
     received_at: float = 0.0
     dispatched_at: float = 0.0
 

@@ -37,8 +37,9 @@ from zmq.auth.thread import ThreadAuthenticator
 import posegpt_net
 from posegpt_net import wire
 
-from .broker import Broker, WorkerSlot
-from .worker import ModelWorker, runtime_loader
+from . import memory
+from .broker import Broker, Quotas, WorkerSlot
+from .worker import KVBudget, ModelWorker, runtime_loader
 
 log = logging.getLogger("posegpt.server")
 
@@ -48,6 +49,7 @@ WORKER_STOP_TIMEOUT_S = 15.0  # then worker processes are terminated
 SEND_LINGER_MS = 1000         # time given to the last error replies to leave at shutdown
 SWITCH_INTERVAL_S = 0.0005    # broker and worker threads hand frames over often: don't wait 5 ms for the GIL
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+IPC_PREFIX = "posegpt-"                # the private folder of the workers' ipc:// endpoint
 
 
 class ServerError(RuntimeError):
@@ -65,6 +67,8 @@ class ServerOptions:
     allow_dir: str | None = None         # default: <keys_dir>/allowed
     limits: wire.Limits = field(default_factory=lambda: wire.DEFAULT_LIMITS)
     max_queue: int = 64
+    quotas: Quotas = field(default_factory=Quotas)      # per client, and the images held for the queue
+    kv: KVBudget = field(default_factory=KVBudget)      # per worker: the sessions' KV caches
     device: str = "auto"
     dtype: str = "auto"
     devices: list[str] | None = None     # CUDA_VISIBLE_DEVICES entry per worker process
@@ -100,7 +104,8 @@ class Server:
 
     def __init__(self, options: ServerOptions, runtime_factory: Callable[[], Any] | None = None):
         self.options = options
-        self.runtime_factory = runtime_factory or runtime_loader(options.checkpoint, options.device, options.dtype)
+        self.runtime_factory = runtime_factory or runtime_loader(options.checkpoint, options.device, options.dtype,
+                                                                 options.kv)
         self.context = zmq.Context()
         self.address: str | None = None
         self._threads: list[threading.Thread] = []
@@ -115,6 +120,7 @@ class Server:
     def start(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         opts = self.options
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
+        memory.pin_mmap_threshold()          # large frames and tensors go back to the OS when freed
         self.frontend = self.context.socket(zmq.ROUTER)
         self.frontend.linger = SEND_LINGER_MS
         # frames beyond the image limit are refused by libzmq itself, before Python sees them
@@ -132,7 +138,7 @@ class Server:
         self.backend.linger = 0
         self.backend.router_handover = 1      # a restarted worker takes its identity back at once
         slots = self._start_workers()
-        self.broker = Broker(self.frontend, self.backend, slots, opts.limits, opts.max_queue)
+        self.broker = Broker(self.frontend, self.backend, slots, opts.limits, opts.max_queue, opts.quotas)
         if not self.broker.wait_ready(opts.ready_timeout_s, should_stop) and not should_stop():
             raise ServerError(f"no model worker became ready within {opts.ready_timeout_s:g} s "
                               f"(checkpoint {opts.checkpoint}); see the log above")
@@ -171,7 +177,9 @@ class Server:
                 self._threads.append(thread)
                 slots.append(WorkerSlot(worker.identity, thread.is_alive))
             return slots
-        self._ipc_dir = tempfile.mkdtemp(prefix="posegpt-")      # 0700: other users cannot pose as workers
+        _remove_stale_ipc_dirs()
+        self._ipc_dir = tempfile.mkdtemp(prefix=IPC_PREFIX)      # 0700: other users cannot pose as workers
+        Path(self._ipc_dir, "server.pid").write_text(str(os.getpid()))
         endpoint = f"ipc://{self._ipc_dir}/workers.ipc"
         self.backend.bind(endpoint)
         gpus = opts.devices or _gpu_slots()
@@ -185,7 +193,8 @@ class Server:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
             command = [sys.executable, "-m", "backend.worker", "--connect", endpoint, "--identity",
                        f"worker-{i}", "--checkpoint", str(opts.checkpoint), "--device", opts.device,
-                       "--dtype", opts.dtype, "--parent-pid", str(os.getpid()), "--log-level", opts.log_level]
+                       "--dtype", opts.dtype, "--parent-pid", str(os.getpid()), "--log-level", opts.log_level,
+                       *opts.kv.args()]
             process = subprocess.Popen(command, env=dict(env))
             if i < len(self._processes):
                 self._processes[i].wait()            # reap the dead one
@@ -236,6 +245,24 @@ class Server:
             self.context.term()
         if self._ipc_dir:
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
+
+def _remove_stale_ipc_dirs() -> None:
+    """Remove the worker folders of servers that were killed without cleaning up (SIGKILL, power loss);
+    their workers normally do it, this catches the rest. Only this user's folders, of dead processes."""
+    for folder in Path(tempfile.gettempdir()).glob(IPC_PREFIX + "*"):
+        try:
+            if folder.stat().st_uid != os.getuid():
+                continue
+            pid = int((folder / "server.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass
 
 
 class ServerHandle:
@@ -320,7 +347,23 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-prompt-chars", type=int, default=d.max_prompt_chars)
     limits.add_argument("--max-header-bytes", type=int, default=d.max_header_bytes)
     limits.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    limits.add_argument("--max-queue", type=int, default=64, help="requests waiting for a worker")
+    limits.add_argument("--max-queue", type=int, default=64, help="requests waiting for a worker, all clients")
+    q = Quotas()
+    fair = parser.add_argument_group("sharing (per client: its CURVE key, else its connection)")
+    fair.add_argument("--client-queue", type=int, default=q.client_queued,
+                      help="requests one client may have waiting; more are answered busy with a retry hint")
+    fair.add_argument("--client-running", type=int, default=q.client_running,
+                      help="requests of one client that run at once")
+    fair.add_argument("--max-queued-image-bytes", type=int, default=q.queued_image_bytes,
+                      help="image bytes held for waiting requests, all clients (one client: half of it)")
+    fair.add_argument("--decode-threads", type=int, default=q.decode_threads, help="images decoded at once")
+    kv = parser.add_argument_group("KV cache (per worker; least recently used caches are evicted and rebuilt)")
+    kv.add_argument("--kv-budget-tokens", type=int, default=None,
+                    help="tokens of context all sessions' caches may hold (default: from --kv-budget-gb)")
+    kv.add_argument("--kv-budget-gb", type=float, default=None,
+                    help="GiB of KV cache (default: 40%% of the device memory free after the model loads)")
+    kv.add_argument("--max-sessions", type=int, default=KVBudget.max_sessions,
+                    help="sessions holding a KV cache at once")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -334,7 +377,10 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
     return ServerOptions(args.checkpoint, bind=args.bind, workers=args.workers, curve=args.curve,
                          keys_dir=args.keys_dir, allow_dir=args.allow_dir, limits=limits,
                          max_queue=args.max_queue, device=args.device, dtype=args.dtype, devices=devices,
-                         log_level=args.log_level)
+                         log_level=args.log_level,
+                         quotas=Quotas(args.client_queue, args.client_running, args.max_queued_image_bytes,
+                                       decode_threads=args.decode_threads),
+                         kv=KVBudget(args.kv_budget_tokens, args.kv_budget_gb, args.max_sessions))
 
 
 def main(argv: list[str] | None = None) -> int:

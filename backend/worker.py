@@ -14,10 +14,10 @@ The broker ↔ worker messages and the job they carry are backend/jobs.py.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -32,6 +32,7 @@ from posegpt_net import wire
 from posegpt_net.transport import NOBLOCK, readable, recv_frames, send_frames
 
 from . import jobs
+from .images import from_pixels
 from .jobs import Job
 
 log = logging.getLogger("posegpt.worker")
@@ -47,7 +48,7 @@ class _Held:
     identity: bytes
     request_id: str
     job: Job
-    images: list[zmq.Frame]           # encoded files, still in the received frames
+    images: list[zmq.Frame]           # RGB pixels (decoded by the broker), still in the received frames
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -66,21 +67,13 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def decode_image(data: bytes, draft_size: int | None = None):
-    """PNG/JPEG/WebP file bytes or buffer (a ``zmq.Frame``; size-checked by ``wire.check_image``) → RGB image.
-
-    ``draft_size``: the model's input side; JPEGs are then decoded at the smallest DCT scale that is
-    still at least that large (the model resizes down anyway), several times faster for photos."""
-    from PIL import Image
-
-    try:
-        image = Image.open(io.BytesIO(data))
-        if draft_size and image.format == "JPEG":
-            image.draft("RGB", (draft_size, draft_size))
-        image.load()
-        return image.convert("RGB")
-    except Exception as exc:  # PIL raises many types for broken files
-        raise wire.WireError("bad_image", f"image could not be decoded: {exc}") from None
+def _pictures(held: "_Held") -> list:
+    """The job's RGB pixel frames as PIL images (over the frames' buffers: no copy)."""
+    sizes = held.job.images
+    if len(sizes) != len(held.images):
+        raise wire.WireError("bad_image", f"{len(held.images)} pixel frames for {len(sizes)} image sizes")
+    return [from_pixels(width, height, frame.buffer if hasattr(frame, "buffer") else frame)
+            for (width, height), frame in zip(sizes, held.images)]
 
 
 class ModelWorker:
@@ -98,7 +91,7 @@ class ModelWorker:
         self._stopping = threading.Event()
         self._socket: zmq.Socket | None = None
         self._owner: int | None = None                      # the thread that may touch the socket
-        self._draft_size: int | None = None
+        self.orphaned = False                               # stopped because the server process died
 
     def stop(self) -> None:
         """Stop after the current step (any thread; the runtime's should_stop sees it)."""
@@ -120,6 +113,7 @@ class ModelWorker:
                         self._read_commands()
                     if self.parent_pid is not None and os.getppid() != self.parent_pid:
                         log.warning("%s: the server process is gone; stopping", self.identity.decode())
+                        self.orphaned = True
                         self.stop()
                     continue
                 batch = self._next_jobs()
@@ -140,15 +134,13 @@ class ModelWorker:
             log.exception("%s: the model could not be loaded", self.identity.decode())
             send_frames(self._socket, jobs.failed_frames(code, str(exc)))
             return None
-        size = card.get("image_size")
-        self._draft_size = size if isinstance(size, int) and size > 0 else None
         send_frames(self._socket, jobs.ready_frames(card, os.getpid()))
         return runtime
 
     def _read_commands(self) -> None:
         """Take every waiting broker message without blocking (only from the socket's own thread)."""
         while readable(self._socket):
-            # images stay in libzmq's buffers (zmq.Frame) until decoded: no copy of a photo on the way in
+            # pixels stay in libzmq's buffers (zmq.Frame): no copy on the way in
             command, *rest = recv_frames(self._socket, NOBLOCK, copy=False)
             command = command.bytes
             if command == jobs.JOB:
@@ -177,10 +169,9 @@ class ModelWorker:
         """Direct-mode turns of distinct sessions as one padded forward pass (``runtime.chat_batch``)."""
         replies: list[wire.Message | None] = [None] * len(batch)
         requests, slots = [], []
-        start = time.perf_counter()
         for index, job in enumerate(batch):
             try:
-                images = [decode_image(blob, self._draft_size) for blob in job.images]
+                images = _pictures(job)
             except wire.WireError as err:
                 replies[index] = wire.Error(job.request_id, err.code, err.message)
                 continue
@@ -190,13 +181,13 @@ class ModelWorker:
                                  temperature=options["temperature"], top_p=options["top_p"], seed=options["seed"],
                                  should_stop=job.cancel.is_set))
             slots.append(index)
-        decoded = time.perf_counter()
+        start = time.perf_counter()
         try:
             outcomes = runtime.chat_batch(requests) if requests else []
         except Exception as exc:                      # the whole batch failed: every turn says why
             outcomes = [exc] * len(requests)
         finished = time.perf_counter()
-        extra = {"image_decode_ms": (decoded - start) * 1e3, "model_ms": (finished - decoded) * 1e3}
+        extra = {"model_ms": (finished - start) * 1e3}
         for index, outcome in zip(slots, outcomes):
             job = batch[index]
             if job.cancel.is_set():
@@ -232,9 +223,8 @@ class ModelWorker:
             if existed:
                 getattr(runtime, spec.kind)(spec.session_id)
             return wire.Closed(job.request_id, spec.session_id, spec.kind, existed)
+        images = _pictures(job)
         start = time.perf_counter()
-        images = [decode_image(blob, self._draft_size) for blob in job.images]
-        decoded = time.perf_counter()
         last_progress = [time.monotonic()]      # a turn shorter than the interval sends no progress
 
         def should_stop() -> bool:
@@ -258,20 +248,22 @@ class ModelWorker:
         finished = time.perf_counter()
         if job.cancel.is_set():
             return wire.Error(job.request_id, "cancelled", "the request was cancelled")
-        return self._result(job, result, {"image_decode_ms": (decoded - start) * 1e3,
-                                          "model_ms": (finished - decoded) * 1e3})
+        return self._result(job, result, {"model_ms": (finished - start) * 1e3})
 
     def _result(self, job: _Held, result, extra_timings: dict) -> wire.Result:
         poses = [{name: np.asarray(getattr(pose, name), dtype=np.float32) for name in wire.POSE_ARRAYS}
                  for pose in result.poses]
         timings = {k: float(v) for k, v in dict(result.timings).items()
                    if isinstance(v, (int, float, np.generic)) and math.isfinite(float(v))}
-        timings.update(extra_timings)
+        timings.update(extra_timings, image_decode_ms=job.job.image_decode_ms)
         received, dispatched = job.job.received_at, job.job.dispatched_at
         if received and dispatched:
-            timings.update(queue_ms=(dispatched - received) * 1e3, server_ms=(time.monotonic() - received) * 1e3)
+            # queue_ms: waiting for a worker; the broker's decoding of the images (image_decode_ms) happens
+            # in that time and is not counted twice
+            timings.update(queue_ms=max(0.0, (dispatched - received) * 1e3 - job.job.image_decode_ms),
+                           server_ms=(time.monotonic() - received) * 1e3)
         return wire.Result(job.request_id, job.job.session_id, result.text, poses, timings,
-                           self.identity.decode())
+                           self.identity.decode(), int(getattr(result, "history_trimmed", 0)))
 
 
 def _summary(reply: wire.Message) -> tuple[str, float]:
@@ -281,11 +273,36 @@ def _summary(reply: wire.Message) -> tuple[str, float]:
     return status, model_ms
 
 
-def runtime_loader(checkpoint: str, device: str = "auto", dtype: str = "auto") -> Callable[[], Any]:
-    """A factory that loads the project checkpoint with the model runtime (imported only when called)."""
+@dataclass(frozen=True)
+class KVBudget:
+    """The bound on the KV caches a worker's sessions keep (``PoseRuntime.set_kv_budget``): ``tokens`` of
+    context in all, else ``gigabytes`` of cache, else sized from the device's free memory once the model
+    is loaded; at most ``max_sessions`` sessions holding a cache."""
+
+    tokens: int | None = None
+    gigabytes: float | None = None
+    max_sessions: int = 32
+
+    def args(self) -> list[str]:
+        """The ``python -m backend.worker`` arguments that carry this budget."""
+        out = ["--max-sessions", str(self.max_sessions)]
+        if self.tokens is not None:
+            out += ["--kv-budget-tokens", str(self.tokens)]
+        if self.gigabytes is not None:
+            out += ["--kv-budget-gb", str(self.gigabytes)]
+        return out
+
+
+def runtime_loader(checkpoint: str, device: str = "auto", dtype: str = "auto",
+                   kv: KVBudget = KVBudget()) -> Callable[[], Any]:
+    """A factory that loads the project checkpoint with the model runtime (imported only when called) and
+    bounds its KV caches."""
     def load():
         from backend.posegpt.runtime import PoseRuntime
-        return PoseRuntime.from_checkpoint(checkpoint, device=device, dtype=dtype)
+        runtime = PoseRuntime.from_checkpoint(checkpoint, device=device, dtype=dtype)
+        tokens = runtime.set_kv_budget(kv.tokens, kv.gigabytes, kv.max_sessions)
+        log.info("KV cache budget: %d tokens in at most %d sessions", tokens, kv.max_sessions)
+        return runtime
     return load
 
 
@@ -297,15 +314,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--kv-budget-tokens", type=int, default=None)
+    parser.add_argument("--kv-budget-gb", type=float, default=None)
+    parser.add_argument("--max-sessions", type=int, default=KVBudget.max_sessions)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Ctrl-C reaches the whole process group; the server decides when its workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker = ModelWorker(runtime_loader(args.checkpoint, args.device, args.dtype), args.connect,
+    kv = KVBudget(args.kv_budget_tokens, args.kv_budget_gb, args.max_sessions)
+    worker = ModelWorker(runtime_loader(args.checkpoint, args.device, args.dtype, kv), args.connect,
                          args.identity.encode(), parent_pid=args.parent_pid)
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     worker.run()
+    if worker.orphaned and args.connect.startswith("ipc://"):
+        # the server was killed without its cleanup (SIGKILL): the last worker out removes its folder
+        shutil.rmtree(os.path.dirname(args.connect[len("ipc://"):]), ignore_errors=True)
     return 0
 
 

@@ -30,7 +30,7 @@ __all__ = [
     "Limits", "DEFAULT_LIMITS", "CLIENT_LIMITS", "WireError",
     "Hello", "Ping", "Pong", "Chat", "Progress", "Result", "Cancel", "Reset", "Close", "Closed", "Error",
     "Message", "MessageType", "REQUEST_TYPES", "REPLY_TYPES", "FINAL_TYPES", "encode", "decode", "route", "peek_request_id",
-    "image_info", "check_image", "encode_array", "decode_array",
+    "image_info", "declared_sizes", "check_image", "encode_array", "decode_array",
 ]
 
 PROTOCOL_NAME = b"POSEGPT"
@@ -346,11 +346,72 @@ def _webp_info(data: bytes) -> tuple[str, int, int]:
     raise WireError("bad_image", "WebP without a readable VP8/VP8L/VP8X header")
 
 
+_MAX_HEADER_CHUNKS = 64      # chunks / markers scanned for a second size declaration (bounded work)
+
+
+def declared_sizes(data: bytes) -> set[tuple[int, int]]:
+    """Every (width, height) the file's headers declare before its pixel data: a PNG's IHDR chunks, a
+    JPEG's SOF markers, a WebP's VP8X canvas and its VP8/VP8L bitstream. A well-formed file declares one;
+    a decoder may believe a later one than ``image_info`` reads, so more than one is refused."""
+    sizes = {image_info(data)[1:]}
+    mv = memoryview(data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        pos = 8
+        for _ in range(_MAX_HEADER_CHUNKS):
+            if pos + 8 > len(data):
+                break
+            (length,), kind = struct.unpack(">I", mv[pos:pos + 4]), bytes(mv[pos + 4:pos + 8])
+            if kind == b"IDAT":
+                break
+            if kind == b"IHDR" and length >= 8 and pos + 16 <= len(data):
+                sizes.add(struct.unpack(">II", mv[pos + 8:pos + 16]))
+            pos += 12 + length
+    elif data[:3] == b"\xff\xd8\xff":
+        pos = 2
+        for _ in range(_MAX_HEADER_CHUNKS):
+            if pos + 4 > len(data) or data[pos] != 0xFF:
+                break
+            marker = data[pos + 1]
+            if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD8:
+                pos += 1 if marker == 0xFF else 2
+                continue
+            if marker in (0xDA, 0xD9):
+                break
+            (length,) = struct.unpack(">H", mv[pos + 2:pos + 4])
+            if marker in _JPEG_SOF and pos + 9 <= len(data):
+                height, width = struct.unpack(">HH", mv[pos + 5:pos + 9])
+                sizes.add((width, height))
+            pos += 2 + max(length, 2)
+    elif data[12:16] == b"VP8X":
+        canvas = next(iter(sizes))
+        pos = 30
+        for _ in range(_MAX_HEADER_CHUNKS):
+            if pos + 8 > len(data):
+                break
+            kind, (length,) = bytes(mv[pos:pos + 4]), struct.unpack("<I", mv[pos + 4:pos + 8])
+            if kind in (b"VP8 ", b"VP8L"):
+                try:
+                    sizes.add(_webp_info(b"RIFF\0\0\0\0WEBP" + bytes(mv[pos:pos + 18]))[1:])
+                except WireError:
+                    pass
+                break
+            if kind == b"ANMF" and pos + 20 <= len(data):
+                x, y, w, h = (int.from_bytes(mv[pos + 8 + 3 * k:pos + 11 + 3 * k], "little") for k in range(4))
+                if 2 * x + w + 1 > canvas[0] or 2 * y + h + 1 > canvas[1]:
+                    sizes.add((2 * x + w + 1, 2 * y + h + 1))       # a frame outside the canvas
+            pos += 8 + length + (length & 1)
+    return sizes
+
+
 def check_image(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[str, int, int]:
-    """``image_info`` plus the byte and pixel limits."""
+    """``image_info`` plus the byte and pixel limits; a file declaring two sizes is ``image_too_large``."""
     if len(data) > limits.max_image_bytes:
         raise WireError("image_too_large", f"image has {len(data)} bytes, limit {limits.max_image_bytes}")
     fmt, width, height = image_info(data)
+    sizes = declared_sizes(data)
+    if len(sizes) > 1:
+        raise WireError("image_too_large", f"the {fmt} file declares {len(sizes)} different sizes "
+                                           f"({', '.join(f'{w}×{h}' for w, h in sorted(sizes))})")
     if max(width, height) > limits.max_image_side or width * height > limits.max_image_pixels:
         raise WireError("image_too_many_pixels",
                         f"{width}×{height} image exceeds {limits.max_image_pixels} pixels "

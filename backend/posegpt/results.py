@@ -42,13 +42,15 @@ class PoseResult:
 @dataclass
 class ChatResult:
     """``text``: the assistant reply (`<POSE>` kept where it was emitted); ``poses`` in reply order;
-    ``timings``: seconds and token counts of this turn; ``token_ids``: the reply's token ids."""
+    ``timings``: seconds and token counts of this turn; ``token_ids``: the reply's token ids;
+    ``history_trimmed``: the oldest whole turns dropped from the session so this one fits the context."""
 
     text: str
     poses: list[PoseResult]
     timings: dict[str, float]
     session_id: str = ""
     token_ids: list[int] = field(default_factory=list)
+    history_trimmed: int = 0
 
 
 def pose_results(head_d6: torch.Tensor, token_indices: list[int] | None = None) -> list[PoseResult | PoseGPTError]:

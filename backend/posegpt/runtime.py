@@ -32,7 +32,7 @@ from .errors import PoseGPTError
 from .families import ImageInput, make_family
 from .model import PoseGPT, unwrap_backbone
 from .results import ChatResult, pose_results
-from .sessions import Session, SessionStore, cache_to_list
+from .sessions import Session, SessionStore, cache_to_list, kv_budget_tokens, kv_bytes_per_token
 from .templates import IMAGE_MARK, Template, TurnEncoder
 
 MODES = ("direct", "chat")
@@ -77,6 +77,8 @@ class _Turn:
     cache: list | None
     positions: torch.Tensor        # (P, len(ids))
     text: str = ""                 # "whole" templates: the conversation text up to the generation prompt
+    turn_starts: list[int] = None  # where each user turn begins in ``ids`` (this one included)
+    trimmed: int = 0               # oldest whole turns dropped so that this one fits the context
 
 
 class PoseRuntime:
@@ -138,6 +140,7 @@ class PoseRuntime:
                 "max_context_tokens": self.family.max_positions, "modes": list(MODES),
                 "hidden_size": m.get("hidden_size"), "description": m.get("description", ""),
                 "image_size": self.family.input_side,
+                "kv_budget_tokens": self.store.max_cached_tokens, "max_cached_sessions": self.store.max_cached,
                 "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
 
     # ------------------------------------------------------------------ sessions
@@ -152,6 +155,32 @@ class PoseRuntime:
     def close(self, session_id: str) -> None:
         with self._lock:
             self.store.close(session_id)
+
+    def set_kv_budget(self, tokens: int | None = None, gigabytes: float | None = None,
+                      max_sessions: int | None = None) -> int:
+        """Bound the KV caches the sessions keep: ``tokens`` of context in all (else ``gigabytes`` of cache,
+        else 40 % of the device's memory free now, converted with this model's bytes per token) and at
+        most ``max_sessions`` sessions holding one; least recently used caches go first and rebuild from
+        their stored ids on their next turn. Returns the token budget."""
+        with self._lock:
+            if tokens is None:
+                per_token = self._kv_bytes_per_token()
+                tokens = kv_budget_tokens(per_token, self.device,
+                                          budget_bytes=None if gigabytes is None else int(gigabytes * 1024 ** 3))
+            if tokens < 1 or (max_sessions is not None and max_sessions < 1):
+                raise ValueError("the KV budget and the session count must be at least 1")
+            self.store.max_cached_tokens = int(tokens)
+            if max_sessions is not None:
+                self.store.max_cached = int(max_sessions)
+            self.store.store_cache(Session("__budget__"), None, 0)      # enforce the new bounds now
+            return int(tokens)
+
+    def _kv_bytes_per_token(self) -> int:
+        if getattr(self, "_kv_per_token", None) is None:
+            scratch = Session("__kv__")
+            self._run_direct([self._prepare(scratch, "warm up", [], "direct", 1, 0.0, 1.0)])
+            self._kv_per_token = kv_bytes_per_token(scratch.cache)
+        return self._kv_per_token
 
     # ------------------------------------------------------------------ public entry points
     def chat(self, session_id: str, prompt: str, images: list | None = None, mode: str = "direct",
@@ -173,6 +202,7 @@ class PoseRuntime:
             else:
                 result = self._run_chat(turn, max_new_tokens, temperature, top_p, seed, should_stop, on_progress)
             result.timings.update(prepare_s=t1 - t0, total_s=time.perf_counter() - t0)
+            result.history_trimmed = turn.trimmed
             return result
 
     def chat_batch(self, requests: list[dict]) -> list[ChatResult | PoseGPTError]:
@@ -219,7 +249,9 @@ class PoseRuntime:
             outs = self._run_direct([turn for _, turn in batch])
         except PoseGPTError as exc:
             outs = [exc] * len(batch)
-        for (index, _), out in zip(batch, outs):
+        for (index, turn), out in zip(batch, outs):
+            if not isinstance(out, PoseGPTError):
+                out.history_trimmed = turn.trimmed
             results[index] = out
 
     # ------------------------------------------------------------------ preparing a turn
@@ -255,12 +287,21 @@ class PoseRuntime:
         starts = _image_starts(ids, first_new, encoded, self.family)
         if mode == "direct":
             ids += self.direct_answer_ids
-        self._check_budget(ids, mode, max_new_tokens)
-        all_images = list(session.images) + list(zip(starts, encoded))
+        budget = self._budget(mode)
+        old_images, turn_starts, trimmed = list(session.images), list(session.turn_starts), 0
+        turn_starts.append(first_new)
+        if len(ids) > budget:
+            ids, old_images, starts, turn_starts, trimmed = _trim_history(ids, old_images, starts, turn_starts,
+                                                                          budget)
+        if len(ids) > budget:
+            raise PoseGPTError("prompt_too_long", f"the conversation needs {len(ids)} tokens; the context holds "
+                               f"{self.family.max_positions}")
+        all_images = old_images + list(zip(starts, encoded))
         positions = self.family.positions(ids, [im for _, im in all_images])
-        start = session.cache_len if session.cache is not None else 0
+        start = session.cache_len if session.cache is not None and not trimmed else 0
         return _Turn(session=session, ids=ids, images=all_images, start=start,
-                     cache=session.cache if start else None, positions=positions)
+                     cache=session.cache if start else None, positions=positions, turn_starts=turn_starts,
+                     trimmed=trimmed)
 
     def _prepare_whole(self, session: Session, prompt: str, content: str, encoded: list, mode: str,
                        max_new_tokens: int) -> _Turn:
@@ -294,9 +335,13 @@ class PoseRuntime:
         return _Turn(session=session, ids=ids, images=all_images, start=start, cache=cache, positions=positions,
                      text=text)
 
+    def _budget(self, mode: str) -> int:
+        """Most tokens a turn's input may take. Chat mode needs room for one token and the end; it stops
+        early where the context ends rather than reserving max_new_tokens."""
+        return self.family.max_positions - (1 + len(self.turns.end_of_answer()) if mode == "chat" else 0)
+
     def _check_budget(self, ids: list[int], mode: str, max_new_tokens: int) -> None:
-        # Chat mode needs room for one token and the end; it stops early where the context ends.
-        budget = self.family.max_positions - (1 + len(self.turns.end_of_answer()) if mode == "chat" else 0)
+        budget = self._budget(mode)
         if len(ids) > budget:
             raise PoseGPTError("prompt_too_long", f"the conversation needs {len(ids)} tokens; the context holds "
                                f"{self.family.max_positions}")
@@ -364,6 +409,7 @@ class PoseRuntime:
         if self.template.encoding == "whole":
             turn.session.text = turn.text + self.turns.history_answer_text(answer)
         turn.session.images = turn.images
+        turn.session.turn_starts = turn.turn_starts or []
         turn.session.turns += 1
         self.store.store_cache(turn.session, kv, kv[0][0].shape[2])
 
@@ -486,6 +532,25 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+def _trim_history(ids: list[int], images: list, starts: list[int], turn_starts: list[int], budget: int,
+                  headroom: float = 0.75):
+    """Drop the oldest whole turns until ``ids`` fits ``budget``, keeping the system part before the first
+    turn; aim for ``headroom`` of it, so the turns after this one reuse the rebuilt cache instead of
+    trimming (and re-encoding) again at once. The newest turn (``turn_starts[-1]``) is never dropped.
+    Returns (ids, old images, new images' starts, turn starts, turns dropped), positions shifted."""
+    prefix = turn_starts[0]
+    candidates = turn_starts[1:]                       # cut here: drop every turn before this one
+    if not candidates:
+        return ids, images, starts, turn_starts, 0
+    fits = [cut for cut in candidates if len(ids) - (cut - prefix) <= budget * headroom]
+    cut = fits[0] if fits else next((c for c in candidates if len(ids) - (c - prefix) <= budget), candidates[-1])
+    shift = cut - prefix
+    kept_images = [(pos - shift, image) for pos, image in images if pos >= cut]
+    return (ids[:prefix] + ids[cut:], kept_images, [pos - shift for pos in starts],
+            [prefix] + [t - shift for t in turn_starts if t > cut],
+            sum(t < cut for t in turn_starts))
 
 
 def _image_starts(ids: list[int], first: int, images: list[ImageInput], family) -> list[int]:

@@ -1,11 +1,14 @@
 """Chat sessions: the token history (small, kept) and its KV cache (large, evictable).
 
-A session holds every token id of the conversation so far, the preprocessed images with the position of
-their placeholders, and optionally the KV cache of a prefix of those ids. Memory is bounded twice:
+A session holds every token id of the conversation so far, where each of its turns starts, the
+preprocessed images with the position of their placeholders, and optionally the KV cache of a prefix of
+those ids. Memory is bounded twice:
 - KV caches: at most ``max_cached`` sessions keep one, and all caches together cover at most
-  ``max_cached_tokens`` tokens (least recently used dropped first); a cache unused for ``cache_ttl_s`` is
-  dropped. A session without a cache is rebuilt transparently on its next
-  turn by encoding its stored history (same ids, same images, so the same outputs).
+  ``max_cached_tokens`` tokens (least recently used dropped first; ``kv_budget_tokens`` sizes that budget
+  from the model and the device's memory); a cache unused for ``cache_ttl_s`` is dropped. A session
+  without a cache is rebuilt transparently on its next turn by encoding its stored history (same ids,
+  same images, so the same outputs). A stored cache never views a larger tensor (a batch's): it is
+  copied to its own row's size, so the memory the store counts is the memory it holds.
 - Histories: at most ``max_sessions`` sessions (LRU), each forgotten after ``session_ttl_s`` idle.
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Session:
     cache_len: int = 0
     turns: int = 0
     text: str = ""  # "whole" templates: the conversation as text, as the published code kept it
+    turn_starts: list[int] = field(default_factory=list)   # index in ids where each user turn begins
     last_used: float = field(default_factory=time.monotonic)
 
     def drop_cache(self):
@@ -105,6 +109,11 @@ class SessionStore:
             self.get(session_id).drop_cache()
             self.evictions += 1
 
+    def cached_tokens(self) -> int:
+        """Tokens covered by all KV caches held now (what ``max_cached_tokens`` bounds)."""
+        with self._lock:
+            return sum(s.cache_len for s in self._sessions.values() if s.cache is not None)
+
     def cached_ids(self) -> list[str]:
         with self._lock:
             self._expire()
@@ -137,11 +146,44 @@ class SessionStore:
 
 def cache_to_list(cache, keep: torch.Tensor | None = None, row: int = 0) -> KVCache:
     """A DynamicCache → per-layer (keys, values) of one batch ``row``, keeping the key positions ``keep``
-    (1-D index tensor; all when None). Returns new tensors of batch size 1."""
+    (1-D index tensor; all when None). Returns tensors of batch size 1 that own their memory: a slice of
+    a batch's cache would keep the whole batch's tensor alive while the store counts one row."""
     out = []
     for layer in cache.layers:
         k, v = layer.keys[row:row + 1], layer.values[row:row + 1]
         if keep is not None:
-            k, v = k[:, :, keep], v[:, :, keep]
+            k, v = k[:, :, keep], v[:, :, keep]          # advanced indexing: already a copy of this row
+        elif layer.keys.shape[0] > 1:
+            k, v = k.clone(), v.clone()                  # a view into the batch: copy this row only
         out.append((k, v))
     return out
+
+
+def kv_bytes_per_token(cache: KVCache) -> int:
+    """Bytes one token of context takes in a KV cache like ``cache`` (every layer's keys and values)."""
+    return sum(k.element_size() * k.shape[1] * k.shape[3] + v.element_size() * v.shape[1] * v.shape[3]
+               for k, v in cache)
+
+
+def kv_budget_tokens(bytes_per_token: int, device: torch.device, *, budget_bytes: int | None = None,
+                     fraction: float = 0.4) -> int:
+    """Tokens of KV cache to allow: ``budget_bytes`` when given, else ``fraction`` of the memory the device
+    has free now (after the weights are loaded: CUDA's free memory, else the machine's available RAM)."""
+    if budget_bytes is None:
+        free = _free_memory(device)
+        budget_bytes = int(free * fraction) if free else 4 * 1024 ** 3
+    return max(1, budget_bytes // max(1, bytes_per_token))
+
+
+def _free_memory(device: torch.device) -> int:
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
