@@ -160,7 +160,9 @@ def test_send_prompt_poses_the_armature_with_the_returned_rotations(prefs):
     assert session.pump() is None
     bpy.context.scene.posegpt.prompt = "now she waves"
     bpy.ops.posegpt.send_prompt(armature=obj.name)
-    assert bpy.app.timers.is_registered(session.pump) and session.pump() == session.PUMP_INTERVAL_S
+    assert bpy.app.timers.is_registered(session.pump)
+    # The pump keeps asking to be called while the request is out (a fast reply may already be in).
+    assert session.pump() in (session.PUMP_INTERVAL_S, None)
 
 
 def test_upright_option_replaces_the_global_orientation(prefs):
