@@ -71,12 +71,17 @@ def test_the_deepspeed_launchers_local_rank_argument_is_accepted(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(train_module, "train", lambda cfg: seen.setdefault("cfg", cfg) and {"history": [], "final": None})
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    # main() sets LOCAL_RANK itself: set then delete it through monkeypatch, so the variable is gone again
+    # after the test (a leaked LOCAL_RANK makes every later Accelerator think it is distributed).
+    monkeypatch.setenv("LOCAL_RANK", "unset-after-the-test")
+    monkeypatch.delenv("LOCAL_RANK")
     args = ["--local_rank=1", "--config", str(REPO / "training/configs/smoke_tiny.yaml"), "train.max_steps=3"]
     assert train_module.main(args) == 0
     assert seen["cfg"].train.max_steps == 3 and os.environ["LOCAL_RANK"] == "1"
     monkeypatch.delenv("LOCAL_RANK")
     assert train_module.main(["--local-rank", "0", "--config", str(REPO / "training/configs/smoke_tiny.yaml")]) == 0
+    assert os.environ["LOCAL_RANK"] == "0"
+    monkeypatch.delenv("LOCAL_RANK")
 
 
 @pytest.mark.slow
