@@ -233,6 +233,8 @@ def test_4dhumans_tar_reads_every_person_and_crops(tmp_path):
                                                          "body_pose": [0.1] * 72}]).encode())
     data = FourDHumansTars([tmp_path / "shard-000000.tar"], crop_size=40)
     assert len(data) == 2
+    # The index holds flat arrays (pose, box, place in the shard), not the annotation dicts and keypoints.
+    assert data.pose.shape == (2, 72) and data.pose.dtype == np.float32 and data.members == ["coco/000017.png", "coco/000018.png"]
     first = data[0]
     np.testing.assert_allclose(first.pose_rotmat, rotvec_to_rotmat(people[0]["body_pose"].reshape(24, 3).astype(np.float64)), atol=1e-6)
     # A wide 50 × 40 px box: 4D-Humans widens it to its 192 : 256 aspect first, so the square is 50 × 256 / 192.
