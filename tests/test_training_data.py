@@ -233,6 +233,8 @@ def test_4dhumans_tar_reads_every_person_and_crops(tmp_path):
                                                          "body_pose": [0.1] * 72}]).encode())
     data = FourDHumansTars([tmp_path / "shard-000000.tar"], crop_size=40)
     assert len(data) == 2
+    # The index holds flat arrays (pose, box, place in the shard), not the annotation dicts and keypoints.
+    assert data.pose.shape == (2, 72) and data.pose.dtype == np.float32 and data.members == ["coco/000017.png", "coco/000018.png"]
     first = data[0]
     np.testing.assert_allclose(first.pose_rotmat, rotvec_to_rotmat(people[0]["body_pose"].reshape(24, 3).astype(np.float64)), atol=1e-6)
     # A wide 50 × 40 px box: 4D-Humans widens it to its 192 : 256 aspect first, so the square is 50 × 256 / 192.
@@ -332,6 +334,27 @@ def test_llava_instruct_reads_the_mix_layout(tmp_path):
     assert many[1] == ("assistant", "An image tag")
     assert many[0][1] == "<image>\nLook  here"                       # moved to the front, as LLaVA does
     assert many[2] == ("user", "again")
+
+
+def test_llava_instruct_from_its_line_index_reads_the_same_chats_without_holding_the_file(tmp_path, monkeypatch):
+    (tmp_path / "coco").mkdir()
+    _gradient_image().save(tmp_path / "coco" / "1.jpg")
+    entries = [{"id": str(i), **({"image": "coco/1.jpg"} if i % 2 else {}), "conversations": [
+                   {"from": "human", "value": ("<image>\n" if i % 2 else "") + f"Question {i} é?"},
+                   {"from": "gpt", "value": f"Answer {i}."}]} for i in range(7)]
+    entries.insert(3, {"id": "bad", "conversations": [{"from": "gpt", "value": "answer first"}]})
+    (tmp_path / "mix.json").write_text(json.dumps(entries))
+    plain = LlavaInstruct(tmp_path / "mix.json", tmp_path)
+    indexed = LlavaInstruct(tmp_path / "mix.json", tmp_path, cache_dir=tmp_path / "cache")
+    assert indexed.entries is None and len(indexed) == len(plain) == 7
+    for a, b in zip(plain, indexed):
+        assert a.turns == b.turns and a.meta == b.meta and (a.load_image is None) == (b.load_image is None)
+    # A second reader (another process, a resumed run) uses the index: the JSON is not parsed again.
+    monkeypatch.setattr(json, "load", lambda *a, **k: pytest.fail("the JSON was parsed again"))
+    again = LlavaInstruct(tmp_path / "mix.json", tmp_path, cache_dir=tmp_path / "cache", limit=5)
+    assert [r.meta["id"] for r in again] == ["0", "1", "2", "3", "4"]
+    assert again.keep_text_only() == (5, 3) and [r.meta["id"] for r in again] == ["0", "2", "4"]
+    assert len(list((tmp_path / "cache").iterdir())) == 2                # the lines and their index, no temp files
 
 
 # --- benchmarks ----------------------------------------------------------------------------------------

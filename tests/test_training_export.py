@@ -78,6 +78,7 @@ def run(data_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_export_defaults_to_bf16_and_serves_close_to_the_training_model(run, tmp_path):
     assert export_main(["--run", str(run), "--out", str(tmp_path / "bf16")]) == 0
     assert _dtypes(tmp_path / "bf16") == {"BF16"}
@@ -92,6 +93,7 @@ def test_export_defaults_to_bf16_and_serves_close_to_the_training_model(run, tmp
     assert angle.max() < 2.0
 
 
+@pytest.mark.slow
 def test_export_of_an_earlier_step_in_fp32_poses_like_that_step(run, tmp_path):
     assert export_main(["--run", str(run), "--step", "1", "--out", str(tmp_path / "s1"), "--dtype", "fp32"]) == 0
     assert _dtypes(tmp_path / "s1") == {"F32"}
@@ -131,6 +133,7 @@ def test_deepspeed_zero2_step_checkpoint_exports_like_the_same_run_without_deeps
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_frozen_output_layer_still_trains_the_pose_row_and_exports_it(data_dir, tmp_path):
     # single_24gb.yaml keeps lm_head frozen (its Adam states would not fit): the <POSE> output row must
     # learn anyway, or the model never emits <POSE> in chat mode.

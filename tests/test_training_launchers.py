@@ -57,9 +57,9 @@ def data_dir(tmp_path_factory):
     return folder
 
 
-def _launch(command: list[str], tmp_path: Path, data_dir: Path) -> str:
+def _launch(command: list[str], tmp_path: Path, data_dir: Path, cwd: Path | None = None) -> str:
     shutil.copytree(data_dir, tmp_path / "data", dirs_exist_ok=True)
-    done = subprocess.run(command + _script_args(tmp_path), cwd=tmp_path, env=_env(), capture_output=True,
+    done = subprocess.run(command + _script_args(tmp_path), cwd=cwd or tmp_path, env=_env(), capture_output=True,
                           text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert (tmp_path / "run" / "checkpoints" / "step-0000002" / "trainer_state.json").is_file()
@@ -71,12 +71,17 @@ def test_the_deepspeed_launchers_local_rank_argument_is_accepted(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(train_module, "train", lambda cfg: seen.setdefault("cfg", cfg) and {"history": [], "final": None})
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    # main() sets LOCAL_RANK itself: set then delete it through monkeypatch, so the variable is gone again
+    # after the test (a leaked LOCAL_RANK makes every later Accelerator think it is distributed).
+    monkeypatch.setenv("LOCAL_RANK", "unset-after-the-test")
+    monkeypatch.delenv("LOCAL_RANK")
     args = ["--local_rank=1", "--config", str(REPO / "training/configs/smoke_tiny.yaml"), "train.max_steps=3"]
     assert train_module.main(args) == 0
     assert seen["cfg"].train.max_steps == 3 and os.environ["LOCAL_RANK"] == "1"
     monkeypatch.delenv("LOCAL_RANK")
     assert train_module.main(["--local-rank", "0", "--config", str(REPO / "training/configs/smoke_tiny.yaml")]) == 0
+    assert os.environ["LOCAL_RANK"] == "0"
+    monkeypatch.delenv("LOCAL_RANK")
 
 
 @pytest.mark.slow
@@ -91,6 +96,17 @@ def test_accelerate_launch_two_processes(tmp_path, data_dir):
     out = _launch([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
                    "-m", "training.train"], tmp_path, data_dir)
+    _check([out])
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_the_shipped_config_file(tmp_path, data_dir):
+    # The docs' command, run from the repository root as shown (the config names the ZeRO JSON relative
+    # to it); --num_processes 2 instead of the file's 8. Its DEEPSPEED type needs deepspeed installed.
+    pytest.importorskip("deepspeed")
+    out = _launch([str(BIN / "accelerate"), "launch", "--config_file", "training/accelerate_config.yaml",
+                   "--num_processes", "2", "--main_process_port", str(_free_port()), "-m", "training.train"],
+                  tmp_path, data_dir, cwd=REPO)
     _check([out])
 
 

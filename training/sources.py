@@ -84,7 +84,8 @@ def build_sources(cfg: ExperimentConfig, split: str = "train", rank: int = 0, wo
     if sum(len(p) for p in image_parts):
         sources["image"] = Concat(image_parts)
     if d.llava_json and split == "train":
-        sources["instruction"] = LlavaInstruct(d.llava_json, d.llava_image_root, limit=limit)
+        sources["instruction"] = LlavaInstruct(d.llava_json, d.llava_image_root, limit=limit,
+                                               cache_dir=Path(cfg.train.output_dir) / "data_cache")
     return sources
 
 
@@ -94,11 +95,9 @@ def drop_image_samples(sources: dict) -> None:
         log.warning("the backbone reads no images: image→pose data dropped from the mix")
     chats = sources.get("instruction")
     if chats is not None:
-        before = len(chats.entries)
-        chats.entries = [e for e in chats.entries if not e.get("image")]
-        log.info("text-only backbone: %d of %d instruction chats kept (those without an image)",
-                 len(chats.entries), before)
-        if not chats.entries:
+        before, after = chats.keep_text_only()
+        log.info("text-only backbone: %d of %d instruction chats kept (those without an image)", after, before)
+        if not after:
             sources.pop("instruction")
 
 

@@ -7,13 +7,14 @@ Many GPUs, the same config, ZeRO-2 through accelerate's DeepSpeed plugin (never 
     accelerate launch --config_file training/accelerate_config.yaml -m training.train \
         --config training/configs/paper_8xa100.yaml
     deepspeed --num_gpus 8 --module training.train --config training/configs/paper_8xa100.yaml
+    torchrun --nproc_per_node 8 -m training.train --config training/configs/paper_8xa100.yaml
+(several nodes: docs/training.md, "Launching on many GPUs"). Export a step afterwards with training.export.
 Resume: ``train.resume=latest`` (or a checkpoint folder). Losses (CE and pose separately) go to the
 progress bar and to ``<output_dir>/metrics.jsonl``; the final model is exported to ``<output_dir>/final``
 in the backend checkpoint format.
 
 The loop reads top to bottom: draw a mixed batch, forward (``PoseGPT.forward`` returns the loss,
-1.0 × CE + 0.1 × pose L1), backward with
-accumulation, clip, step, schedule, log, evaluate, checkpoint.
+1.0 × CE + 0.1 × pose L1), backward with accumulation, clip, step, schedule, log, evaluate, checkpoint.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend.posegpt.model import CE_WEIGHT, POSE_WEIGHT
+
 from .collate import ChatEncoder, collate
 from .config import ExperimentConfig, config_to_dict, load_config, validate
 from .model_setup import build_model, make_family_for, trainable_summary
@@ -39,7 +42,8 @@ log = logging.getLogger("training")
 
 # --- loss ---------------------------------------------------------------------------------------------
 
-def forward_batch(model, batch: dict, family, device, dtype, ce_weight: float = 1.0, pose_weight: float = 0.1):
+def forward_batch(model, batch: dict, family, device, dtype, ce_weight: float = CE_WEIGHT,
+                  pose_weight: float = POSE_WEIGHT):
     """One collated batch through ``PoseGPT.forward`` with its labels and pose targets; the output's ``loss``
     is ce_weight × CE over assistant tokens + pose_weight × pose L1 over the batch's `<POSE>` tokens
     (``ce_loss`` and ``pose_loss`` its parts)."""
