@@ -131,6 +131,8 @@ class _Calibration:
                                 #      follows (through reset bones), or m for "follows nothing driven"
     follow: np.ndarray = None   # (k, 3, 3) identity-pose orientation = P[anchor] · follow (or follow alone)
     blended: list = None        # [(index in names, index of the followed mapped bone, blend model)]
+    indices: list = None        # index of each of ``names`` in ``obj.pose.bones``
+    switch_indices: list = None # index of each switch's bone in ``obj.pose.bones`` (None: absent)
 
 
 def _state_key(obj, mapping, text):
@@ -280,14 +282,14 @@ def calibrate(obj, mapping: retarget.RigMapping | None = None) -> _Calibration:
                                blends={n: b for n, b in blends.items() if b is not None},
                                frame=frame, targets=targets, rest_floor=rest_floor, root=root,
                                root_rest=rest[index[root]] if root in index else np.eye(4), scale=scale, key=key)
-    _vectorise(calibration, driven)
+    _vectorise(calibration, driven, {pb.name: i for i, pb in enumerate(obj.pose.bones)})
     if not obj.get(MAPPING_PROPERTY):
         obj[MAPPING_PROPERTY] = text               # the detected mapping now lives in the .blend
     _CACHE[key] = calibration
     return calibration
 
 
-def _vectorise(calibration: _Calibration, driven: list) -> None:
+def _vectorise(calibration: _Calibration, driven: list, bone_index: dict) -> None:
     """Fold reset bones (identity pose) into constant relations: each driven bone's identity-pose
     orientation is then one product with the target orientation of a mapped bone (or a constant)."""
     mapped = [n for n in driven if n in calibration.targets]
@@ -303,6 +305,8 @@ def _vectorise(calibration: _Calibration, driven: list) -> None:
         anchor.append(position[up] if up is not None else len(mapped))
         follow.append(rot.orthonormalize_rotmat(k))
     calibration.names = names
+    calibration.indices = [bone_index[n] for n in names]
+    calibration.switch_indices = [bone_index.get(b) for b, _, _ in calibration.mapping.switches]
     calibration.joint = np.array([calibration.targets[n][0] for n in mapped], dtype=np.int64)
     calibration.aligned_rest = np.array([calibration.targets[n][1] for n in mapped]).reshape(-1, 3, 3)
     calibration.anchor = np.array(anchor, dtype=np.int64)
@@ -369,18 +373,28 @@ def _blend_model(obj, name, follow, rest_n, rest_follow):
     actual = np.array(pose_bones[name].matrix, dtype=np.float64)[:3, :3]
     probed_follow = np.array(pose_bones[follow].matrix, dtype=np.float64)[:3, :3]
     pose_bones[follow].rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
-    predicted = _blend(model, probed_follow[None])[0]
+    predicted = _blend(model, probed_follow)
     return model if np.allclose(predicted, actual, atol=1e-4) else None
 
 
-def _blend(model, follow_orientations) -> np.ndarray:
-    """Identity-pose orientations (n, 3, 3) of a blended bone for its followed bone's orientations (n, 3, 3)."""
+def _blend(model, follow_orientation) -> np.ndarray:
+    """Identity-pose orientation (3, 3) of a blended bone for its followed bone's orientation (3, 3): the
+    slerp from its own chain's orientation A toward the constant C, A · exp(w · log(Aᵀ C)) (Rodrigues,
+    written out: this runs on every apply)."""
     k_pre, c, w, k_post = model
-    own = rot.rotmat_to_quat_wxyz(follow_orientations @ k_pre)
-    blended = rot.quat_wxyz_slerp(own, np.broadcast_to(rot.rotmat_to_quat_wxyz(c), own.shape), np.full(len(own), w))
-    return rot.quat_wxyz_to_rotmat(blended) @ k_post
-
-
+    own = follow_orientation @ k_pre                                         # A
+    d = own.T @ c
+    vee = 0.5 * np.array([d[2, 1] - d[1, 2], d[0, 2] - d[2, 0], d[1, 0] - d[0, 1]])   # sin θ · axis
+    sin, cos = float(np.linalg.norm(vee)), 0.5 * (float(np.trace(d)) - 1.0)
+    theta = np.arctan2(sin, cos)
+    if sin < 1e-12:
+        if cos > 0:
+            return own @ k_post
+        return own @ rot.rotvec_to_rotmat(w * rot.rotmat_to_rotvec(d)) @ k_post          # θ = π: any axis
+    x, y, z = vee / sin
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    t = w * theta
+    return own @ (np.eye(3) + np.sin(t) * k + (1.0 - np.cos(t)) * (k @ k)) @ k_post
 
 
 def _leg_length(joints, mapped) -> float:
@@ -393,10 +407,16 @@ def _leg_length(joints, mapped) -> float:
     return total or 1.0
 
 
-def _set_switches(obj, mapping) -> None:
-    for bone, prop, value in mapping.switches:
-        pose_bone = obj.pose.bones.get(bone)
-        if pose_bone is not None and prop in pose_bone.keys():
+def _set_switches(obj, mapping, indices=None) -> None:
+    """Set the mapping's rig switches (Rigify's IK/FK to FK) where they exist and differ. indices: the
+    switch bones' indices in ``obj.pose.bones`` (a name lookup scans a big rig's bones)."""
+    pose_bones = obj.pose.bones
+    for k, (bone, prop, value) in enumerate(mapping.switches):
+        pose_bone = pose_bones[indices[k]] if indices is not None and indices[k] is not None else None
+        if pose_bone is None or pose_bone.name != bone:
+            pose_bone = pose_bones.get(bone)
+        current = pose_bone.get(prop) if pose_bone is not None else None
+        if current is not None and current != value:
             pose_bone[prop] = value
 
 
@@ -417,7 +437,7 @@ def solve(calibration: _Calibration, rotmats, translation=None) -> tuple[np.ndar
     anchors = np.concatenate([targets, np.eye(3)[None]], 0)[calibration.anchor]    # (k, 3, 3)
     identity_pose = anchors @ calibration.follow                                   # (k, 3, 3) H
     for i, followed, model in calibration.blended:                                 # Rigify's half-following neck
-        identity_pose[i] = _blend(model, targets[followed][None])[0]
+        identity_pose[i] = _blend(model, targets[followed])
     basis = np.tile(np.eye(3), (len(calibration.names), 1, 1))
     basis[:m] = np.swapaxes(identity_pose[:m], -1, -2) @ targets                   # M = Hᵀ P
     location = np.zeros(3)
@@ -453,16 +473,15 @@ def apply_pose(obj, pose, *, options: ApplyOptions | None = None, global_orient:
     if global_orient == "upright":
         rotmats[0] = np.eye(3)
 
-    _set_switches(obj, calibration.mapping)
+    _set_switches(obj, calibration.mapping, calibration.switch_indices)
     quats, root_location = solve(calibration, rotmats, translation)
     names = calibration.names
-    pose_bones = obj.pose.bones
+    pose_bones = _driven_pose_bones(obj, calibration)
     blend = options.strength < 1.0
     last = obj.get(LAST_POSE_PROPERTY) if options.keep_changed else None
     last = np.asarray(last, dtype=np.float64).reshape(-1, 4) if last is not None and len(last) == 4 * len(names) else None
     written = []
-    for i, n in enumerate(names):
-        pb = pose_bones[n]
+    for i, pb in enumerate(pose_bones):
         if options.only_selected and not _selected(pb):
             continue
         quat = quats[i]
@@ -475,20 +494,32 @@ def apply_pose(obj, pose, *, options: ApplyOptions | None = None, global_orient:
         if pb.rotation_mode != "QUATERNION":
             pb.rotation_mode = "QUATERNION"
         pb.rotation_quaternion = quat
-        written.append(n)
+        written.append(names[i])
     if calibration.nonrigid and any(n in written for n in calibration.nonrigid):
         _correct_nonrigid(obj, calibration, rotmats, options, set(written))
     root = calibration.root
-    if root is not None and (not options.only_selected or _selected(pose_bones[root])):
-        pose_bones[root].location = root_location
+    root_bone = obj.pose.bones[root] if root is not None else None
+    if root_bone is not None and (not options.only_selected or _selected(root_bone)):
+        root_bone.location = root_location
         if options.floor_contact:
             rest_to_low = calibration.rest_floor - lowest_point(obj, calibration.mapping)
             world = np.array(obj.matrix_world, dtype=np.float64)[:3, :3]
             shift_armature = np.linalg.solve(world, np.array([0.0, 0.0, rest_to_low]))
             h_root = _identity_pose_rotation(obj, root)
-            pose_bones[root].location = root_location + h_root.T @ shift_armature
-    obj[LAST_POSE_PROPERTY] = [v for n in names for v in pose_bones[n].rotation_quaternion]
+            root_bone.location = root_location + h_root.T @ shift_armature
+    obj[LAST_POSE_PROPERTY] = [v for pb in pose_bones for v in pb.rotation_quaternion]
     return rotmats
+
+
+def _driven_pose_bones(obj, calibration) -> list:
+    """The pose bones of ``calibration.names``, fetched by index (a name lookup scans a big rig's bones)."""
+    pose_bones = obj.pose.bones
+    count = len(pose_bones)
+    found = []
+    for name, index in zip(calibration.names, calibration.indices):
+        pb = pose_bones[index] if index < count else None
+        found.append(pb if pb is not None and pb.name == name else pose_bones[name])
+    return found
 
 
 def _correct_nonrigid(obj, calibration, rotmats, options, written) -> None:
