@@ -17,6 +17,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from . import blender as smpl_blender
 from . import bones, retarget
 from . import rotations as rot
 from .body import load as load_body
@@ -269,7 +270,8 @@ def calibrate(obj, mapping: retarget.RigMapping | None = None) -> _Calibration:
             raise ValueError(f"the driven bones of {obj.name!r} follow each other in a loop; check the mapping")
 
     frame = retarget.body_frame(np.nan_to_num(rig_joints), mapped)
-    reference = reference_joints()
+    # an armature smpl_rig.blender built is its own reference: Q = I, and the rule is exactly M = DᵀRD
+    reference = smpl_blender.rest_joints(obj) if smpl_blender.is_smpl_armature(obj) else reference_joints()
     align = retarget.rest_alignments(np.nan_to_num(rig_joints), reference, frame, mapped)
     targets = {}
     for j, name in enumerate(JOINT_NAMES):
