@@ -147,6 +147,35 @@ def _state_key(obj, mapping, text):
     return (obj.name, obj.data.name, len(rest_bones), text, hash(tuple(rest)))
 
 
+_INTERNAL_PREFIXES = ("ORG-", "MCH-", "DEF-")   # Rigify's internal bones: driven by constraints, never posed
+
+
+def _chain_bones(obj, mapping) -> list:
+    """Plain bones between two mapped bones (a fourth spine bone, a second neck bone, a palm): they are set
+    to rest on every apply, so the chain moves rigidly and its end lands where SMPL's joint does. Bones with
+    constraints and Rigify's internal bones are left alone; so are bones off the chains (twist bones, fingers)."""
+    mapped = np.array([j in mapping.joints for j in JOINT_NAMES])
+    driven = set(mapping.driven_bones())
+    pose_bones = obj.pose.bones
+    chain = []
+    for j, ends in enumerate(retarget.next_mapped_joints(mapped)):
+        if not mapped[j]:
+            continue
+        top = mapping.joints[JOINT_NAMES[j]]
+        for c in ends:
+            path, bone = [], pose_bones[mapping.joints[JOINT_NAMES[c]]].parent
+            while bone is not None and bone.name != top:
+                path.append(bone)
+                bone = bone.parent
+            if bone is None:
+                continue
+            for b in path:
+                if (b.name not in driven and b.name not in chain and not b.constraints
+                        and not b.name.startswith(_INTERNAL_PREFIXES)):
+                    chain.append(b.name)
+    return chain
+
+
 def forget_calibration(obj=None) -> None:
     """Drop cached rig data (all of it, or one armature's) after its rest pose or mapping changed."""
     for key in [k for k in _CACHE if k != "reference" and (obj is None or k[0] == obj.name)]:
@@ -218,7 +247,9 @@ def calibrate(obj, mapping: retarget.RigMapping | None = None) -> _Calibration:
     problem = retarget_problem(obj, mapping)
     if problem:
         raise ValueError(problem)
-    driven = mapping.driven_bones()
+    chain = _chain_bones(obj, mapping)
+    driven = mapping.driven_bones() + chain
+    at_rest = set(mapping.reset) | set(chain)
     pose_bones = obj.pose.bones
     saved = {n: (pose_bones[n].rotation_mode, tuple(pose_bones[n].rotation_quaternion),
                  tuple(pose_bones[n].rotation_euler), tuple(pose_bones[n].location), tuple(pose_bones[n].scale))
@@ -241,7 +272,7 @@ def calibrate(obj, mapping: retarget.RigMapping | None = None) -> _Calibration:
         rest_floor = lowest_point(obj, mapping)
         probes = {}
         for n in driven:
-            if n in mapping.reset:               # always at identity: its turning never has to be followed
+            if n in at_rest:                     # always at identity: its turning never has to be followed
                 continue
             pose_bones[n].rotation_quaternion = _PROBE
             bpy.context.view_layer.update()

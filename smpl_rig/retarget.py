@@ -210,6 +210,9 @@ RIGIFY_ORG = {
     "elbow": "ORG-forearm.{L}", "wrist": "ORG-hand.{L}", "hand": "ORG-f_middle.01.{L}",
 }
 RIGIFY_RESET = ("torso", "hips", "chest")
+# Auto-Rig Pro's control rig: IK/FK switches on the IK controls, 1 = FK (its c_*_fk bones are the ones posed).
+ARP_SWITCHES = (("c_hand_ik.l", "ik_fk_switch", 1.0), ("c_hand_ik.r", "ik_fk_switch", 1.0),
+                ("c_foot_ik.l", "ik_fk_switch", 1.0), ("c_foot_ik.r", "ik_fk_switch", 1.0))
 RIGIFY_SWITCHES = (("upper_arm_parent.L", "IK_FK", 1.0), ("upper_arm_parent.R", "IK_FK", 1.0),
                    ("thigh_parent.L", "IK_FK", 1.0), ("thigh_parent.R", "IK_FK", 1.0))
 
@@ -261,7 +264,9 @@ def detect_mapping(bone_names) -> RigMapping:
                     joints[joint] = found
                     break
         if len(joints) > best.mapped_count:
-            best = RigMapping(joints=joints, convention=convention)
+            switches = ARP_SWITCHES if convention == "auto_rig_pro" else ()
+            best = RigMapping(joints=joints, convention=convention,
+                              switches=tuple(s for s in switches if s[0] in names))
     return best
 
 
@@ -430,7 +435,7 @@ def rest_alignments(rig_joints, smpl_joints, frame, mapped) -> np.ndarray:
     for j in range(NUM_JOINTS):
         if not mapped[j]:
             continue
-        if not ends[j]:                       # a leaf keeps its parent's alignment
+        if not ends[j] or np.linalg.norm(rig[ends[j][0]] - rig[j]) < 1e-9:   # a leaf keeps its parent's alignment
             p = PARENTS[j]
             while p >= 0 and not mapped[p]:
                 p = PARENTS[p]
