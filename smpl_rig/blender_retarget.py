@@ -5,12 +5,12 @@ others, the rest floor) and then poses it in closed form (``apply_pose``): numpy
 rotation, one bulk write puts them on the bones. The mapping lives on the armature object as a JSON custom
 property (``MAPPING_PROPERTY``), so it is saved in the .blend; without one it is detected from bone names.
 
-Public: ``rig_mapping``, ``store_mapping``, ``retarget_problem``, ``is_retargetable``, ``apply_pose``,
-``read_pose_quaternions``, ``world_joint_positions``, ``lowest_point``, ``save_preset``, ``load_preset``.
+Public: ``apply_pose`` (with ``ApplyOptions``), ``describe``, ``rig_mapping``, ``store_mapping``,
+``retarget_problem``, ``is_retargetable``, ``world_joint_positions``, ``lowest_point``, ``save_preset``,
+``load_preset``, ``calibrate``, ``forget_calibration``, ``reference_joints``.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +24,8 @@ from .body import load as load_body
 from .skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS
 
 __all__ = ["MAPPING_PROPERTY", "LAST_POSE_PROPERTY", "ApplyOptions", "rig_mapping", "store_mapping",
-           "retarget_problem", "is_retargetable", "apply_pose", "world_joint_positions", "lowest_point",
-           "save_preset", "load_preset", "calibrate", "forget_calibration"]
+           "retarget_problem", "is_retargetable", "apply_pose", "describe", "world_joint_positions",
+           "lowest_point", "save_preset", "load_preset", "calibrate", "forget_calibration", "reference_joints"]
 
 MAPPING_PROPERTY = "posegpt_rig_mapping"       # JSON preset (``retarget.mapping_to_json``) on the armature object
 LAST_POSE_PROPERTY = "posegpt_last_pose"       # the driven bones' quaternions after the last apply, flat
@@ -111,8 +111,8 @@ def is_retargetable(obj) -> bool:
 
 @dataclass
 class _Calibration:
+    """What ``calibrate`` read from a rig: everything ``solve`` needs to pose it without evaluating it."""
     mapping: retarget.RigMapping
-    order: list                 # driven bone names, each after the driven bone it follows
     parent: dict                # bone → driven bone it follows (None: follows nothing driven)
     relation: dict              # bone → K (4, 4): identity-pose matrix = parent's matrix · K
     nonrigid: list              # bones whose parent relation is not rigid: corrected after one evaluation
@@ -120,8 +120,7 @@ class _Calibration:
     frame: np.ndarray           # F (3, 3)
     targets: dict               # bone → (joint index, Q_j B_b (3, 3)) for mapped bones
     rest_floor: float           # world height of the lowest point in rest pose
-    root: str | None
-    root_rest: np.ndarray       # (4, 4) identity-pose matrix of the root bone at rest
+    root: str | None            # the bone whose location moves the body
     scale: float                # rig leg length / SMPL leg length (for translations)
     key: tuple
     # the closed form, vectorised over the k driven bones (``solve``):
@@ -289,12 +288,11 @@ def calibrate(obj, mapping: retarget.RigMapping | None = None) -> _Calibration:
             pb.rotation_quaternion, pb.rotation_euler, pb.location, pb.scale = quat, euler, loc, scale
     index = {n: i for i, n in enumerate(driven)}
     nonrigid = [n for n in nonrigid if blends[n] is None]
-    order, placed = [], set()
-    while len(order) < len(driven):
+    placed: set = set()                     # "follows" must be a tree (constraints could make it a loop)
+    while len(placed) < len(driven):
         progress = False
         for n in driven:
             if n not in placed and (parent[n] is None or parent[n] in placed):
-                order.append(n)
                 placed.add(n)
                 progress = True
         if not progress:
@@ -311,10 +309,9 @@ def calibrate(obj, mapping: retarget.RigMapping | None = None) -> _Calibration:
             targets[b] = (j, align[j] @ rot.orthonormalize_rotmat(rest[index[b]][:3, :3]))
     root = mapping.root_bone()
     scale = _leg_length(rig_joints, mapped) / _leg_length(reference @ frame.T, mapped)
-    calibration = _Calibration(mapping=mapping, order=order, parent=parent, relation=relation, nonrigid=nonrigid,
+    calibration = _Calibration(mapping=mapping, parent=parent, relation=relation, nonrigid=nonrigid,
                                blends={n: b for n, b in blends.items() if b is not None},
-                               frame=frame, targets=targets, rest_floor=rest_floor, root=root,
-                               root_rest=rest[index[root]] if root in index else np.eye(4), scale=scale, key=key)
+                               frame=frame, targets=targets, rest_floor=rest_floor, root=root, scale=scale, key=key)
     _vectorise(calibration, driven, {pb.name: i for i, pb in enumerate(obj.pose.bones)})
     if not obj.get(MAPPING_PROPERTY):
         obj[MAPPING_PROPERTY] = text               # the detected mapping now lives in the .blend
@@ -609,7 +606,3 @@ def describe(obj) -> dict:
     mapping = rig_mapping(obj)
     return {"problem": retarget_problem(obj, mapping), "mapped": mapping.mapped_count, "missing": mapping.missing,
             "convention": mapping.convention}
-
-
-def mapping_json(obj) -> str:
-    return json.dumps(rig_mapping(obj).to_dict())
