@@ -133,6 +133,7 @@ class _Calibration:
     blended: list = None        # [(index in names, index of the followed mapped bone, blend model)]
     indices: list = None        # index of each of ``names`` in ``obj.pose.bones``
     switch_indices: list = None # index of each switch's bone in ``obj.pose.bones`` (None: absent)
+    chains: list = None         # torso chains the rotation is spread over (``_torso_chains``)
 
 
 def _state_key(obj, mapping, text):
@@ -313,6 +314,7 @@ def calibrate(obj, mapping: retarget.RigMapping | None = None) -> _Calibration:
                                blends={n: b for n, b in blends.items() if b is not None},
                                frame=frame, targets=targets, rest_floor=rest_floor, root=root, scale=scale, key=key)
     _vectorise(calibration, driven, {pb.name: i for i, pb in enumerate(obj.pose.bones)})
+    calibration.chains = _torso_chains(obj, calibration, chain, {n: rest[i] for i, n in enumerate(driven)})
     if not obj.get(MAPPING_PROPERTY):
         obj[MAPPING_PROPERTY] = text               # the detected mapping now lives in the .blend
     _CACHE[key] = calibration
@@ -347,6 +349,97 @@ def _vectorise(calibration: _Calibration, driven: list, bone_index: dict) -> Non
             calibration.blended.append((names.index(n), position[calibration.parent[n]], model))
         else:
             calibration.nonrigid.append(n)
+
+
+SPREAD_JOINTS = ("pelvis", "spine1", "spine2", "spine3", "neck")   # torso chains bend; limb chains stay rigid
+
+
+@dataclass
+class _Chain:
+    """A mapped torso bone b, the plain bones e_1..e_k between it and the next mapped bone c, and their rest
+    geometry in local frames: the joint's rotation is spread over b, e_1..e_k, then b swings so c lands on
+    the line SMPL's joint is on."""
+    top: int                    # index of b in ``names``
+    extras: list                # indices of e_1..e_k in ``names``, top-down
+    to_top: np.ndarray          # (k, 3, 3) e_i local → b local, at rest (axis of the shared rotation)
+    relative: np.ndarray        # (k, 3, 3) rest rotation of e_i in its parent's frame
+    offsets: np.ndarray         # (k + 1, 3) head of e_1..e_k, c in its parent's frame (rest)
+    end: np.ndarray             # (3,) head of c in b's frame (rest)
+    attached: dict              # extra index → indices of mapped bones hanging below that extra
+
+
+def _torso_chains(obj, calibration, chain_bones, rest) -> list:
+    mapping = calibration.mapping
+    names = calibration.names
+    where = {n: i for i, n in enumerate(names)}
+    mapped = np.array([j in mapping.joints for j in JOINT_NAMES])
+    ends = retarget.next_mapped_joints(mapped)
+    m = len(calibration.joint)
+    chains = []
+    for joint in SPREAD_JOINTS:
+        j = JOINT_INDEX[joint]
+        if not mapped[j] or not ends[j]:
+            continue
+        top, bone = mapping.joints[joint], obj.pose.bones[mapping.joints[JOINT_NAMES[ends[j][0]]]]
+        path, bone = [bone.name], bone.parent
+        while bone is not None and bone.name != top:
+            path.append(bone.name)
+            bone = bone.parent
+        extras = path[1:][::-1]
+        if bone is None or not extras or not all(e in chain_bones for e in extras):
+            continue
+        frames_ = [rest[top]] + [rest[e] for e in extras] + [rest[path[0]]]
+        rots = [rot.orthonormalize_rotmat(f[:3, :3]) for f in frames_]
+        offsets = np.array([rots[i].T @ (frames_[i + 1][:3, 3] - frames_[i][:3, 3]) for i in range(len(extras) + 1)])
+        attached = {where[e]: [] for e in extras}
+        for i in range(m):                  # mapped bones that follow b through an extra (by the hierarchy)
+            if calibration.anchor[i] != where[top]:
+                continue
+            up = obj.pose.bones[names[i]].parent
+            while up is not None and up.name != top and up.name not in extras:
+                up = up.parent
+            if up is not None and up.name in extras:
+                attached[where[up.name]].append(i)
+        chains.append(_Chain(top=where[top], extras=[where[e] for e in extras],
+                             to_top=np.array([rots[0].T @ r for r in rots[1:-1]]),
+                             relative=np.array([rots[i].T @ rots[i + 1] for i in range(len(extras))]),
+                             offsets=offsets, end=rots[0].T @ (frames_[-1][:3, 3] - frames_[0][:3, 3]),
+                             attached=attached))
+    return chains
+
+
+def _spread(chains, basis, identity_pose, targets) -> None:
+    """Spread each torso chain's rotation M over its bones (the same physical axis, angle / (k + 1) each),
+    swing the top bone so the chain's end is where M puts it, and re-aim the mapped bones hanging below the
+    chain (their targets are absolute). Chains top-down, each seeing the corrections of those above it; in
+    place on ``basis`` and ``identity_pose`` (k, 3, 3)."""
+    for chain in chains:
+        k = len(chain.extras)
+        m, h = basis[chain.top].copy(), identity_pose[chain.top]
+        part = rot.rotmat_to_rotvec(m) / (k + 1)
+        own = rot.rotvec_to_rotmat(np.concatenate([part[None], np.swapaxes(chain.to_top, -1, -2) @ part], 0))
+        frames_ = [own[0]]                                                            # posed frames in b's frame
+        point = own[0] @ chain.offsets[0]
+        for i in range(k):
+            frames_.append(frames_[-1] @ chain.relative[i] @ own[i + 1])
+            point = point + frames_[-1] @ chain.offsets[i + 1]
+        s = rot.rotvec_to_rotmat(_swing_rotvec(point, m @ chain.end))
+        basis[chain.top] = s @ own[0]
+        rigid = np.eye(3)
+        for i, e in enumerate(chain.extras):
+            basis[e] = own[i + 1]
+            rigid = rigid @ chain.relative[i]
+            change = h @ s @ frames_[i + 1] @ rigid.T @ m.T @ h.T                     # posed e_i vs rigid e_i
+            for x in chain.attached[e]:
+                identity_pose[x] = change @ identity_pose[x]
+                basis[x] = identity_pose[x].T @ targets[x]
+
+
+def _swing_rotvec(a, b) -> np.ndarray:
+    """Axis-angle (3,) of the smallest rotation turning direction a onto direction b."""
+    axis = np.cross(a, b)
+    sin, cos = float(np.linalg.norm(axis)), float(a @ b)
+    return axis / sin * np.arctan2(sin, cos) if sin > 1e-12 else np.zeros(3)
 
 
 _PROBE = tuple(rot.rotvec_to_quat_wxyz(np.array([0.3, 0.8, -0.5]) * _PROBE_ANGLE).tolist())
@@ -470,6 +563,8 @@ def solve(calibration: _Calibration, rotmats, translation=None) -> tuple[np.ndar
         identity_pose[i] = _blend(model, targets[followed])
     basis = np.tile(np.eye(3), (len(calibration.names), 1, 1))
     basis[:m] = np.swapaxes(identity_pose[:m], -1, -2) @ targets                   # M = Hᵀ P
+    if calibration.chains:
+        _spread(calibration.chains, basis, identity_pose, targets)
     location = np.zeros(3)
     if translation is not None and calibration.root in calibration.names:
         h_root = identity_pose[calibration.names.index(calibration.root)]

@@ -82,9 +82,10 @@ def rigify_metarig():
 def rigify_generated():
     meta = rigify_metarig()
     _select_only(meta)
+    before = set(bpy.data.objects)
     result = bpy.ops.pose.rigify_generate()
     assert result == {"FINISHED"}, result
-    rig = next(o for o in bpy.data.objects if o.type == "ARMATURE" and o is not meta)
+    rig = next(o for o in bpy.data.objects if o.type == "ARMATURE" and o not in before)
     deform = [b.name for b in rig.data.bones if b.name.startswith("DEF-") and b.use_deform and not any(
         k in b.name for k in ("face", "forehead", "temple", "jaw", "chin", "cheek", "brow", "lid", "ear", "nose",
                               "lip", "tongue", "teeth", "eye", "breast", "pelvis"))]
