@@ -62,6 +62,15 @@ def add_box_mesh(arm_obj, deform_bones, name="Body", thickness=0.04):
     return mesh_obj
 
 
+_FACE_AND_HELPERS = ("face", "forehead", "temple", "jaw", "chin", "cheek", "brow", "lid", "ear", "nose", "lip",
+                     "tongue", "teeth", "eye", "breast", "pelvis.", "heel")
+
+
+def _is_face_or_helper(name: str) -> bool:
+    """Rigify metarig bones left out of the box mesh: the face, breasts, pelvis and heel helpers."""
+    return name.startswith(_FACE_AND_HELPERS)
+
+
 def _enable_rigify():
     import addon_utils
     addon_utils.enable("rigify", default_set=True, persistent=True)
@@ -71,9 +80,7 @@ def rigify_metarig():
     _enable_rigify()
     bpy.ops.object.armature_human_metarig_add()
     meta = bpy.context.object
-    body = [b.name for b in meta.data.bones if not any(k in b.name for k in ("face", "forehead", "temple", "jaw",
-            "chin", "cheek", "brow", "lid", "ear", "nose", "lip", "tongue", "teeth", "eye", "breast", "pelvis.",
-            "heel"))]
+    body = [b.name for b in meta.data.bones if not _is_face_or_helper(b.name)]
     add_box_mesh(meta, body, thickness=0.03)
     bpy.ops.object.mode_set(mode="OBJECT") if bpy.context.object.mode != "OBJECT" else None
     return meta
@@ -86,9 +93,8 @@ def rigify_generated():
     result = bpy.ops.pose.rigify_generate()
     assert result == {"FINISHED"}, result
     rig = next(o for o in bpy.data.objects if o.type == "ARMATURE" and o not in before)
-    deform = [b.name for b in rig.data.bones if b.name.startswith("DEF-") and b.use_deform and not any(
-        k in b.name for k in ("face", "forehead", "temple", "jaw", "chin", "cheek", "brow", "lid", "ear", "nose",
-                              "lip", "tongue", "teeth", "eye", "breast", "pelvis"))]
+    deform = [b.name for b in rig.data.bones if b.name.startswith("DEF-") and b.use_deform
+              and not _is_face_or_helper(b.name[4:])]
     for child in list(meta.children):
         bpy.data.objects.remove(child)
     meta.hide_set(True)
