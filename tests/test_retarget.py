@@ -19,6 +19,9 @@ def _sided(template: str, sides=("Left", "Right")):
 
 CONVENTION_NAMES = {
     "smpl": list(JOINT_NAMES),
+    "smplx": ["root"] + list(JOINT_NAMES[:22]) + ["jaw", "left_eye_smplhf", "right_eye_smplhf"] + [
+        f"{side}_{finger}{k}" for side in ("left", "right") for finger in ("index", "middle", "pinky", "ring", "thumb")
+        for k in (1, 2, 3)],
     "smpl_kintree": ["Pelvis", "Spine1", "Spine2", "Spine3", "Neck", "Head"] + [
         f"{s}_{p}" for s in "LR" for p in ("Hip", "Knee", "Ankle", "Foot", "Collar", "Shoulder", "Elbow", "Wrist", "Hand")],
     "smpl_fbx": [f"m_avg_{n}" for n in ["Pelvis", "Spine1", "Spine2", "Spine3", "Neck", "Head"]] + [

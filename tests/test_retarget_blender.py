@@ -204,3 +204,25 @@ def test_torso_chains_share_the_rotation_and_their_ends_land_on_smpl_joints(rigs
     got = retarget.segment_directions(blender_retarget.world_joint_positions(rig), segment)
     want = retarget.segment_directions(mannequin_joints_blender(corpus_poses[7]), segment)
     assert retarget.direction_angles_deg(got, want).max() < 1e-3
+
+
+def test_amass_motion_goes_onto_a_retargeted_rig(rigs, tmp_path):
+    from smpl_rig import amass
+    rig = rigs["mixamo"]
+    rng = np.random.default_rng(5)
+    poses = rng.normal(0, 0.3, (6, 156))
+    path = tmp_path / "walk.npz"
+    np.savez(path, poses=poses, trans=rng.normal(0, 0.2, (6, 3)), mocap_frame_rate=np.array(24.0))
+    bpy.context.scene.render.fps, bpy.context.scene.render.fps_base = 24, 1.0
+    info = blender_keys.load_amass(path, rig, start_frame=50)
+    assert (info.num_frames, info.start_frame, info.end_frame) == (6, 50, 55)
+    expected = amass.poses_to_rotmat(poses)
+    expected[:, 0] = frames.amass_to_smpl_orient(expected[:, 0])
+    mapping = blender_retarget.rig_mapping(rig)
+    segments = retarget.mapped_segments(np.array([j in mapping.joints for j in JOINT_NAMES]))
+    for k in (0, 3, 5):
+        bpy.context.scene.frame_set(50 + k)
+        got = retarget.segment_directions(blender_retarget.world_joint_positions(rig), segments)
+        want = retarget.segment_directions(mannequin_joints_blender(expected[k]), segments)
+        assert retarget.direction_angles_deg(got, want).max() < 1e-2, k
+    rig.animation_data_clear()
