@@ -11,7 +11,7 @@ from bpy.props import BoolProperty, CollectionProperty, PointerProperty, StringP
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from smpl_rig import blender as smpl_blender
-from smpl_rig import blender_keys, blender_retarget, retarget
+from smpl_rig import blender_keys, blender_retarget, rig_names
 from smpl_rig.skeleton import JOINT_NAMES
 
 _STATUS_CACHE: dict = {}
@@ -77,7 +77,7 @@ def _write_table_to_armature(obj) -> None:
     base = blender_retarget.rig_mapping(obj)
     joints = {row.joint: row.bone for row in table if row.bone}
     same = joints == base.joints
-    mapping = retarget.RigMapping(joints=joints, measure=base.measure if same else {}, root=base.root if same else None,
+    mapping = rig_names.RigMapping(joints=joints, measure=base.measure if same else {}, root=base.root if same else None,
                                   reset=base.reset if same else (), switches=base.switches if same else (),
                                   convention=base.convention if same else "manual")
     blender_retarget.store_mapping(obj, mapping)
@@ -89,7 +89,7 @@ def _row_changed(self, context):
         _write_table_to_armature(obj)
 
 
-def fill_table(obj, mapping: retarget.RigMapping | None = None) -> None:
+def fill_table(obj, mapping: rig_names.RigMapping | None = None) -> None:
     """Show ``mapping`` (default: the armature's) in its 24-row table."""
     mapping = mapping or blender_retarget.rig_mapping(obj)
     rig = obj.posegpt_rig
@@ -142,8 +142,8 @@ class POSEGPT_OT_detect_mapping(bpy.types.Operator):
             return {"CANCELLED"}
         if blender_retarget.MAPPING_PROPERTY in obj:
             del obj[blender_retarget.MAPPING_PROPERTY]
-        mapping = retarget.detect_mapping([b.name for b in obj.data.bones])
-        if retarget.mapping_problem(mapping) is None:
+        mapping = rig_names.detect_mapping([b.name for b in obj.data.bones])
+        if rig_names.mapping_problem(mapping) is None:
             blender_retarget.store_mapping(obj, mapping)
         fill_table(obj, mapping)
         self.report({"INFO"}, f"{mapping.mapped_count} of 24 joints mapped ({mapping.convention} names)")
@@ -165,8 +165,8 @@ class POSEGPT_OT_clear_mapping(bpy.types.Operator):
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        fill_table(obj, retarget.RigMapping())
-        blender_retarget.store_mapping(obj, retarget.RigMapping())
+        fill_table(obj, rig_names.RigMapping())
+        blender_retarget.store_mapping(obj, rig_names.RigMapping())
         return {"FINISHED"}
 
 
@@ -185,7 +185,7 @@ class POSEGPT_OT_mirror_mapping(bpy.types.Operator):
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        mapping = retarget.mirror_fill(blender_retarget.rig_mapping(obj), [b.name for b in obj.data.bones])
+        mapping = rig_names.mirror_fill(blender_retarget.rig_mapping(obj), [b.name for b in obj.data.bones])
         blender_retarget.store_mapping(obj, mapping)
         fill_table(obj, mapping)
         return {"FINISHED"}

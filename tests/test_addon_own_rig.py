@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
 import addon_utils  # noqa: E402
 
 import rig_fixtures  # noqa: E402
-from smpl_rig import blender_retarget, retarget  # noqa: E402
+from smpl_rig import blender_retarget, rig_names  # noqa: E402
 from smpl_rig import rotations as rot  # noqa: E402
 from smpl_rig.skeleton import JOINT_NAMES, NUM_JOINTS  # noqa: E402
 
@@ -129,4 +129,4 @@ def test_mapping_table_detect_clear_mirror_and_presets(scene, tmp_path):
     assert bpy.ops.posegpt.clear_mapping(armature=rig.name) == {"FINISHED"}
     assert blender_retarget.rig_mapping(rig).mapped_count == 0 and blender_retarget.retarget_problem(rig)
     assert bpy.ops.posegpt.load_mapping(armature=rig.name, filepath=str(path)) == {"FINISHED"}
-    assert retarget.mapping_from_json(rig[blender_retarget.MAPPING_PROPERTY]).joints == detected
+    assert rig_names.mapping_from_json(rig[blender_retarget.MAPPING_PROPERTY]).joints == detected

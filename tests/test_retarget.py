@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from smpl_rig import frames, kinematics, retarget, rotations as rot
+from smpl_rig import frames, kinematics, retarget, rig_names, rotations as rot
 from smpl_rig.body import load
-from smpl_rig.skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS, primary_child
+from smpl_rig.skeleton import JOINT_INDEX, JOINT_NAMES, MIRROR, NUM_JOINTS, PARENTS, primary_child
 
 C = frames.SMPL_TO_BLENDER
 
@@ -29,6 +29,10 @@ CONVENTION_NAMES = {
     "mixamo": [f"mixamorig:{n}" for n in ["Hips", "Spine", "Spine1", "Spine2", "Neck", "Head", "HeadTop_End"]] + [
         f"mixamorig:{s}{p}" for s in ("Left", "Right") for p in ("UpLeg", "Leg", "Foot", "ToeBase", "Shoulder", "Arm",
                                                                "ForeArm", "Hand", "HandMiddle1", "HandMiddle2")],
+    "mixamo_underscore": [n.replace("mixamorig:", "mixamorig1_") for n in [
+        "mixamorig:Hips", "mixamorig:Spine", "mixamorig:Spine1", "mixamorig:Spine2", "mixamorig:Neck", "mixamorig:Head"]] + [
+        f"mixamorig1_{s}{p}" for s in ("Left", "Right") for p in ("UpLeg", "Leg", "Foot", "ToeBase", "Shoulder", "Arm",
+                                                                "ForeArm", "Hand", "HandIndex1")],
     "rigify_metarig": ["spine"] + [f"spine.00{k}" for k in range(1, 7)] + [
         f"{p}.{s}" for s in "LR" for p in ("thigh", "shin", "foot", "toe", "heel.02", "shoulder", "upper_arm",
                                            "forearm", "hand", "palm.02", "f_middle.01")],
@@ -57,9 +61,9 @@ CONVENTION_NAMES = {
 
 @pytest.mark.parametrize("convention", sorted(CONVENTION_NAMES))
 def test_every_claimed_naming_maps_all_24_joints(convention):
-    mapping = retarget.detect_mapping(CONVENTION_NAMES[convention])
+    mapping = rig_names.detect_mapping(CONVENTION_NAMES[convention])
     assert mapping.mapped_count == NUM_JOINTS, mapping.missing
-    assert retarget.mapping_problem(mapping) is None
+    assert rig_names.mapping_problem(mapping) is None
     assert len(set(mapping.joints.values())) == NUM_JOINTS          # one bone per joint
     if convention == "rigify":
         assert mapping.joints["left_shoulder"] == "upper_arm_fk.L" and mapping.measure["left_shoulder"] == "ORG-upper_arm.L"
@@ -68,31 +72,31 @@ def test_every_claimed_naming_maps_all_24_joints(convention):
 
 def test_sides_are_not_swapped():
     for names in CONVENTION_NAMES.values():
-        mapping = retarget.detect_mapping(names)
+        mapping = rig_names.detect_mapping(names)
         left, right = mapping.joints["left_elbow"], mapping.joints["right_elbow"]
-        assert left != right and retarget._swap_side(left) == right, (left, right)
+        assert left != right and rig_names._swap_side(left) == right, (left, right)
 
 
 @pytest.mark.parametrize("names", [[], ["Bone", "Bone.001", "Bone.002"], ["tail_01", "tail_02", "wing_l", "wing_r"],
                                    ["Hips", "Spine", "Head"]])
 def test_a_non_humanoid_gets_one_sentence(names):
-    problem = retarget.mapping_problem(retarget.detect_mapping(names))
+    problem = rig_names.mapping_problem(rig_names.detect_mapping(names))
     assert problem is not None and problem.count(". ") == 0 and "humanoid" in problem and problem.endswith(".")
 
 
 def test_mirror_fill_completes_the_other_side_and_presets_round_trip():
     names = CONVENTION_NAMES["rigify_metarig"]
-    full = retarget.detect_mapping(names)
-    left_only = retarget.RigMapping(joints={j: b for j, b in full.joints.items() if not j.startswith("right_")},
+    full = rig_names.detect_mapping(names)
+    left_only = rig_names.RigMapping(joints={j: b for j, b in full.joints.items() if not j.startswith("right_")},
                                     convention="manual")
-    filled = retarget.mirror_fill(left_only, names)
+    filled = rig_names.mirror_fill(left_only, names)
     assert filled.joints == full.joints
-    back = retarget.mapping_from_json(retarget.mapping_to_json(filled))
+    back = rig_names.mapping_from_json(rig_names.mapping_to_json(filled))
     assert back.joints == filled.joints and back.convention == "manual"
     with pytest.raises(ValueError, match="unknown SMPL joints"):
-        retarget.RigMapping.from_dict({**filled.to_dict(), "joints": {"tail": "Bone"}})
+        rig_names.RigMapping.from_dict({**filled.to_dict(), "joints": {"tail": "Bone"}})
     with pytest.raises(ValueError, match="not JSON"):
-        retarget.mapping_from_json("{")
+        rig_names.mapping_from_json("{")
 
 
 @pytest.mark.parametrize("axes", ["blender", "y_up", "x_forward"])
@@ -109,10 +113,10 @@ def test_mirror_is_an_involution_and_mirrors_forward_kinematics():
     rotmats = rot.rotvec_to_rotmat(rng.normal(0, 0.5, (NUM_JOINTS, 3)))
     np.testing.assert_allclose(retarget.mirror_rotmats(retarget.mirror_rotmats(rotmats)), rotmats, atol=1e-12)
     joints = load("mannequin").rest_joints
-    symmetric = (joints + joints[list(retarget.MIRROR)] * [-1, 1, 1]) / 2
+    symmetric = (joints + joints[list(MIRROR)] * [-1, 1, 1]) / 2
     a = kinematics.forward_kinematics(symmetric, rotmats).joints
     b = kinematics.forward_kinematics(symmetric, retarget.mirror_rotmats(rotmats)).joints
-    np.testing.assert_allclose(b[list(retarget.MIRROR)] * [-1, 1, 1], a, atol=1e-9)
+    np.testing.assert_allclose(b[list(MIRROR)] * [-1, 1, 1], a, atol=1e-9)
 
 
 # --- the formula through a simulated Blender rig ----------------------------------------------------------

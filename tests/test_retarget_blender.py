@@ -13,7 +13,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import rig_fixtures  # noqa: E402
-from smpl_rig import blender_keys, blender_retarget, frames, kinematics, retarget  # noqa: E402
+from smpl_rig import blender_keys, blender_retarget, frames, kinematics, retarget, rig_names  # noqa: E402
 from smpl_rig import rotations as rot  # noqa: E402
 from smpl_rig.body import load  # noqa: E402
 from smpl_rig.skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS  # noqa: E402
@@ -180,7 +180,7 @@ def test_a_non_humanoid_gets_one_sentence_and_keeps_its_bones():
 def test_the_mapping_is_stored_on_the_armature_and_presets_round_trip(rigs, tmp_path):
     rig = rigs["mixamo"]
     blender_retarget.apply_pose(rig, np.zeros((24, 3)))
-    stored = retarget.mapping_from_json(rig[blender_retarget.MAPPING_PROPERTY])
+    stored = rig_names.mapping_from_json(rig[blender_retarget.MAPPING_PROPERTY])
     assert stored.joints == blender_retarget.rig_mapping(rig).joints
     path = tmp_path / "mixamo.json"
     blender_retarget.save_preset(path, stored)
