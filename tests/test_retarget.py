@@ -209,3 +209,57 @@ def test_the_smpl_armature_itself_gets_the_bone_formula():
     parent_rest = np.concatenate([np.eye(3)[None], rest_b])[[p + 1 for p in PARENTS]]
     basis = np.swapaxes(parent_target @ np.swapaxes(parent_rest, -1, -2) @ rest_b, -1, -2) @ target
     np.testing.assert_allclose(basis, bones.pose_bone_rotmats(bones.bone_frames(rest_b), rotmats), atol=1e-9)
+
+
+def _simulate(heads, rest, parents, order, basis):
+    """Blender's pose evaluation: armature-space 4×4 matrices from rest (rotation, head) and pose-bone
+    rotations ``basis`` {bone: (3, 3)} (identity for bones not in it), parents first."""
+    rest4 = {}
+    for n in order:
+        m = np.eye(4)
+        m[:3, :3], m[:3, 3] = rest[n], heads[n]
+        rest4[n] = m
+    posed = {}
+    for n in order:
+        b = np.eye(4)
+        b[:3, :3] = basis.get(n, np.eye(3))
+        p = parents[n]
+        posed[n] = (rest4[n] if p is None else posed[p] @ np.linalg.inv(rest4[p]) @ rest4[n]) @ b
+    return posed
+
+
+def test_the_solver_poses_a_simulated_rig_whose_spine_has_an_extra_bone():
+    """follow_relations → build_solver → solve, on the A-pose rig run through Blender's evaluation in numpy:
+    every bone segment points where the mannequin's does, and the extra spine bone takes a share."""
+    rng = np.random.default_rng(7)
+    heads, rest, parents, order = _a_pose_rig(rng)
+    mapping = rig_names.RigMapping(joints={n: n for n in JOINT_NAMES})
+    driven = list(JOINT_NAMES) + ["upper_chest"]
+    identity = _simulate(heads, rest, parents, order, {})
+    rest_arr = np.array([identity[n] for n in driven])
+    probe = rot.rotvec_to_rotmat(np.array([0.15, 0.4, -0.25]))
+    probes = {n: np.array([_simulate(heads, rest, parents, order, {n: probe})[d][:3, :3] for d in driven])
+              for n in JOINT_NAMES}
+    parent, relation, nonrigid = retarget.follow_relations(driven, rest_arr, probes)
+    assert nonrigid == [] and parent["neck"] == "spine3" and parent["left_collar"] == "spine3"
+    mapped = np.ones(NUM_JOINTS, bool)
+    rig_joints = np.array([heads[n] for n in JOINT_NAMES])
+    frame = retarget.body_frame(rig_joints, mapped)
+    mannequin = load("mannequin").rest_joints
+    alignments = retarget.rest_alignments(rig_joints, mannequin, frame, mapped)
+    solver = retarget.build_solver(mapping, driven, rest_arr, parent, relation, {}, frame, alignments, parents,
+                                   ["upper_chest"], 1.0)
+    assert len(solver.chains) == 1 and solver.names[-1] == "upper_chest"
+    segments = retarget.mapped_segments(mapped)
+    for _ in range(10):
+        rotmats = rot.rotvec_to_rotmat(rng.normal(0, 0.5, (NUM_JOINTS, 3)))
+        quats, _, _ = retarget.solve(solver, rotmats)
+        basis = dict(zip(solver.names, rot.quat_wxyz_to_rotmat(quats)))
+        posed = _simulate(heads, rest, parents, order, basis)
+        got = np.array([posed[n][:3, 3] for n in JOINT_NAMES])
+        want = frames.smpl_points_to_blender(kinematics.forward_kinematics(mannequin, rotmats).joints)
+        angles = retarget.direction_angles_deg(retarget.segment_directions(got, segments),
+                                               retarget.segment_directions(want, segments))
+        assert angles.max() < 1e-6
+        share = rot.geodesic_angle(basis["upper_chest"], np.eye(3))
+        assert share > 1e-3 and abs(share - rot.geodesic_angle(basis["spine3"], np.eye(3))) < np.radians(60)
