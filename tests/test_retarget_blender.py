@@ -73,10 +73,11 @@ def test_corpus_poses_point_every_bone_segment_like_the_mannequin(rigs, corpus_p
 def test_floor_contact_rests_the_lowest_vertex_on_the_rest_floor(rigs, corpus_poses, kind):
     rig = rigs[kind]
     rest_floor = blender_retarget.calibrate(rig).rest_floor
-    kneel = corpus_poses[:20]
-    for rotmats in kneel:
+    gaps = []
+    for rotmats in corpus_poses:                         # standing, kneeling, sitting, lying poses of the corpus
         blender_retarget.apply_pose(rig, rotmats)
-        assert abs(blender_retarget.lowest_point(rig) - rest_floor) <= FLOOR_TOL_M
+        gaps.append(abs(blender_retarget.lowest_point(rig) - rest_floor))
+    assert max(gaps) <= FLOOR_TOL_M
 
 
 def test_a_lying_pose_rests_on_the_floor(rigs):
