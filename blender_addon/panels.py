@@ -162,6 +162,8 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
                 apply.armature, apply.index = obj.name, index
                 key = row.operator("posegpt.key_pose", text=f"Key at {frame}", icon="KEY_HLT")
                 key.armature, key.index = obj.name, index
+                asset = row.operator("posegpt.add_pose_asset", text="", icon="ASSET_MANAGER")
+                asset.armature, asset.index = obj.name, index
                 if message.keyed_frame >= 0:
                     box.label(text=f"Keyed at frame {message.keyed_frame}", icon="DECORATE_KEYFRAME")
         if not len(messages):

@@ -7,7 +7,7 @@ custom property; this module mirrors it into a 24-row table the panel can edit w
 from __future__ import annotations
 
 import bpy
-from bpy.props import BoolProperty, CollectionProperty, PointerProperty, StringProperty
+from bpy.props import BoolProperty, CollectionProperty, IntProperty, PointerProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from smpl_rig import blender as smpl_blender
@@ -238,6 +238,36 @@ class POSEGPT_OT_load_mapping(bpy.types.Operator, ImportHelper):
         return {"FINISHED"}
 
 
+class POSEGPT_OT_add_pose_asset(bpy.types.Operator):
+    """Pose the armature with this reply and add the pose to the Pose Library (an action marked as an asset)"""
+    bl_idname = "posegpt.add_pose_asset"
+    bl_label = "Add to Pose Library"
+    bl_options = {"REGISTER", "UNDO"}
+
+    armature: StringProperty(name="Armature", description="Armature to pose (empty: the active one)", default="",
+                             options={"SKIP_SAVE"})
+    index: IntProperty(name="Message", description="Index of the chat message whose pose to add",
+                       default=-1, options={"SKIP_SAVE"})
+
+    def execute(self, context):
+        from .chat_state import PoseFormatError, pose_from_json
+        obj = bpy.data.objects.get(self.armature) if self.armature else armature_of(context.active_object)
+        messages = obj.posegpt_chat.messages if obj is not None else ()
+        if obj is None or not 0 <= self.index < len(messages) or not messages[self.index].pose_json:
+            self.report({"ERROR"}, "Pick a reply that carries a pose")
+            return {"CANCELLED"}
+        prompt = next((messages[k].text for k in range(self.index - 1, -1, -1) if messages[k].role == "user"), "")
+        name = f"PoseGPT: {prompt[:48]}" if prompt else "PoseGPT pose"
+        try:
+            apply_pose(context, obj, pose_from_json(messages[self.index].pose_json))
+            action = blender_keys.add_pose_asset(obj, name)
+        except (PoseFormatError, ValueError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Added {action.name!r} to the Pose Library (this file's assets)")
+        return {"FINISHED"}
+
+
 class POSEGPT_PT_mapping(bpy.types.Panel):
     """Which bone of your armature stands for each of the 24 SMPL joints"""
     bl_idname = "POSEGPT_PT_mapping"
@@ -276,7 +306,7 @@ class POSEGPT_PT_mapping(bpy.types.Panel):
 
 property_classes = (POSEGPT_PG_joint_bone, POSEGPT_PG_rig)
 operator_classes = (POSEGPT_OT_detect_mapping, POSEGPT_OT_clear_mapping, POSEGPT_OT_mirror_mapping,
-                    POSEGPT_OT_save_mapping, POSEGPT_OT_load_mapping)
+                    POSEGPT_OT_save_mapping, POSEGPT_OT_load_mapping, POSEGPT_OT_add_pose_asset)
 panel_classes = (POSEGPT_PT_mapping,)
 classes = property_classes + operator_classes + panel_classes
 

@@ -130,3 +130,24 @@ def test_mapping_table_detect_clear_mirror_and_presets(scene, tmp_path):
     assert blender_retarget.rig_mapping(rig).mapped_count == 0 and blender_retarget.retarget_problem(rig)
     assert bpy.ops.posegpt.load_mapping(armature=rig.name, filepath=str(path)) == {"FINISHED"}
     assert rig_names.mapping_from_json(rig[blender_retarget.MAPPING_PROPERTY]).joints == detected
+
+
+def test_a_reply_goes_into_the_pose_library(scene):
+    rig = rig_fixtures.build("mixamo")
+    bpy.context.view_layer.objects.active = rig
+    prompt = rig.posegpt_chat.messages.add()
+    prompt.role, prompt.text = "user", "she waves"
+    index = add_reply(rig, random_pose(5))
+    assert bpy.ops.posegpt.add_pose_asset(armature=rig.name, index=index) == {"FINISHED"}
+    action = bpy.data.actions["PoseGPT: she waves"]
+    assert action.asset_data is not None
+    assert rig.animation_data is None or rig.animation_data.action is not action     # the rig's own animation untouched
+    names = blender_retarget.calibrate(rig).names
+    paths = {c.data_path for bag in _channelbags(action) for c in bag.fcurves}
+    assert {f'pose.bones["{n}"].rotation_quaternion' for n in names} <= paths
+
+
+def _channelbags(action):
+    if hasattr(action, "layers") and len(action.layers):
+        return [bag for layer in action.layers for strip in layer.strips for bag in strip.channelbags]
+    return [action]
