@@ -89,8 +89,8 @@ def main():
     retarget_ms, smpl_ms, metarig_ms = [], [], []
     for _ in range(3):                  # interleaved, so both see the same machine load
         smpl_ms.append(median_ms(lambda: smpl_blender.apply_pose(smpl, next_pose()), REPEATS // 3))
-        retarget_ms.append(median_ms(lambda: blender_retarget.apply_pose(rigify, next_pose(), options=off), REPEATS // 3))
-        metarig_ms.append(median_ms(lambda: blender_retarget.apply_pose(metarig, next_pose(), options=off), REPEATS // 3))
+        for rig, times in ((rigify, retarget_ms), (metarig, metarig_ms)):
+            times.append(median_ms(lambda: blender_retarget.apply_pose(rig, next_pose(), options=off), REPEATS // 3))
     floor_ms = median_ms(lambda: blender_retarget.apply_pose(rigify, next_pose()), 30)
     retarget_apply, smpl_apply = statistics.median(retarget_ms), statistics.median(smpl_ms)
 

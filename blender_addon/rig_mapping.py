@@ -36,7 +36,8 @@ def status(obj) -> dict:
     sidebar redraws often; detecting a mapping scans every bone name)."""
     if obj is None or obj.type != "ARMATURE":
         return blender_retarget.describe(obj)
-    key = (obj.name, len(obj.data.bones), obj.get(blender_retarget.MAPPING_PROPERTY, ""), smpl_blender.is_smpl_armature(obj))
+    key = (obj.name, len(obj.data.bones), obj.get(blender_retarget.MAPPING_PROPERTY, ""),
+           smpl_blender.is_smpl_armature(obj))
     cached = _STATUS_CACHE.get(obj.name)
     if cached is None or cached[0] != key:
         info = blender_retarget.describe(obj)
@@ -77,7 +78,8 @@ def _write_table_to_armature(obj) -> None:
     base = blender_retarget.rig_mapping(obj)
     joints = {row.joint: row.bone for row in table if row.bone}
     same = joints == base.joints
-    mapping = rig_names.RigMapping(joints=joints, measure=base.measure if same else {}, root=base.root if same else None,
+    mapping = rig_names.RigMapping(joints=joints, measure=base.measure if same else {},
+                                   root=base.root if same else None,
                                   reset=base.reset if same else (), switches=base.switches if same else (),
                                   convention=base.convention if same else "manual")
     blender_retarget.store_mapping(obj, mapping)
@@ -126,7 +128,7 @@ def _target(operator, context):
 
 
 class POSEGPT_OT_detect_mapping(bpy.types.Operator):
-    """Match the armature's bones to the 24 SMPL joints by name (SMPL, Rigify, Mixamo, VRM/Unity, Unreal, Auto-Rig Pro)"""
+    """Match the armature's bones to the 24 SMPL joints by name (SMPL, Rigify, Mixamo, VRM, Unreal, Auto-Rig Pro)"""
     bl_idname = "posegpt.detect_mapping"
     bl_label = "Detect"
     bl_options = {"REGISTER", "UNDO"}

@@ -29,7 +29,8 @@ from .skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS
 __all__ = [
     "build_armature", "apply_pose", "read_pose", "read_translation", "is_smpl_armature",
     "world_joint_positions", "rest_joints", "body_mesh", "pose_bone_quaternions", "find_smpl_armatures",
-    "MARKER", "update_pose_correctives", "bone_frames_of", "corrective_key_blocks", "require_smpl_armature", "require_poseable",
+    "MARKER", "update_pose_correctives", "bone_frames_of", "corrective_key_blocks", "require_smpl_armature",
+    "require_poseable",
 ]
 
 MARKER = "smpl_rig"                 # custom property on the armature object (a group of rest data)

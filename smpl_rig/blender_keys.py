@@ -278,7 +278,7 @@ def key_sequence(obj, poses, fps: float | None = None, start_frame: float | None
     if is_smpl_armature(obj):
         bone_frames = bone_frames_of(obj)
         quats = bones.pose_bone_quats(bone_frames, rotmats)                          # (n, 24, 4)
-        locations = bones.pelvis_location(bone_frames, translations if translations is not None else np.zeros((count, 3)))
+        locations = bones.pelvis_location(bone_frames, np.zeros((count, 3)) if translations is None else translations)
     else:
         quats, locations = _retargeted_keys(obj, names, location_bone, rotmats, translations)
     quats = rot.quat_wxyz_align_signs(quats, axis=0)

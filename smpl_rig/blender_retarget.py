@@ -2,8 +2,9 @@
 
 Reads a rig once (``calibrate``: rest joints, the rest floor, and how each driven bone follows the others,
 by turning each alone) into a ``retarget.RigSolver``, then poses it in closed form (``apply_pose``): numpy
-(``retarget.solve``) computes every pose-bone rotation, one pass writes them on the bones. The mapping lives on the armature object as a JSON custom
-property (``MAPPING_PROPERTY``), so it is saved in the .blend; without one it is detected from bone names.
+(``retarget.solve``) computes every pose-bone rotation, one pass writes them on the bones. The mapping lives
+on the armature object as a JSON custom property (``MAPPING_PROPERTY``), so it is saved in the .blend;
+without one it is detected from bone names (``rig_names``).
 
 Public: ``apply_pose`` (with ``ApplyOptions``), ``describe``, ``rig_mapping``, ``store_mapping``,
 ``retarget_problem``, ``is_retargetable``, ``world_joint_positions``, ``lowest_point``, ``save_preset``,
@@ -21,7 +22,7 @@ from . import blender as smpl_blender
 from . import bones, retarget, rig_names
 from . import rotations as rot
 from .body import load as load_body
-from .skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS
+from .skeleton import JOINT_NAMES, NUM_JOINTS
 
 __all__ = ["MAPPING_PROPERTY", "LAST_POSE_PROPERTY", "ApplyOptions", "rig_mapping", "store_mapping",
            "retarget_problem", "is_retargetable", "apply_pose", "describe", "world_joint_positions",
@@ -132,7 +133,8 @@ def _state_key(obj, mapping, text):
     heads and tails of the pelvis, head, wrist and ankle bones (editing the rest pose moves some of them;
     ``forget_calibration`` covers any other edit)."""
     rest_bones = obj.data.bones
-    probes = (mapping.joints.get(j) for j in ("pelvis", "head", "left_wrist", "right_wrist", "left_ankle", "right_ankle"))
+    probes = (mapping.joints.get(j)
+              for j in ("pelvis", "head", "left_wrist", "right_wrist", "left_ankle", "right_ankle"))
     rest = [tuple(rest_bones[n].head_local) + tuple(rest_bones[n].tail_local) if n in rest_bones else None
             for n in probes if n is not None]
     return (obj.name, obj.data.name, len(rest_bones), text, hash(tuple(rest)))
@@ -372,7 +374,8 @@ def apply_pose(obj, pose, *, options: ApplyOptions | None = None, global_orient:
     if obj.mode == "EDIT":
         raise ValueError(f"armature {obj.name!r} is in Edit Mode; switch to Object or Pose Mode to pose it")
     bones.check_global_orient(global_orient)
-    rotmats = bones.pose_rotmats(pose, current=np.tile(np.eye(3), (NUM_JOINTS, 1, 1)) if isinstance(pose, dict) else None)
+    rest_pose = np.tile(np.eye(3), (NUM_JOINTS, 1, 1))
+    rotmats = bones.pose_rotmats(pose, current=rest_pose if isinstance(pose, dict) else None)
     translation = bones.check_translation(translation)
     if not 0.0 <= float(options.strength) <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, got {options.strength}")
@@ -390,7 +393,8 @@ def apply_pose(obj, pose, *, options: ApplyOptions | None = None, global_orient:
     pose_bones = _driven_pose_bones(obj, calibration)
     blend = options.strength < 1.0
     last = obj.get(LAST_POSE_PROPERTY) if options.keep_changed else None
-    last = np.asarray(last, dtype=np.float64).reshape(-1, 4) if last is not None and len(last) == 4 * len(names) else None
+    if last is not None:
+        last = np.asarray(last, dtype=np.float64).reshape(-1, 4) if len(last) == 4 * len(names) else None
     written = []
     shown = np.full((len(names), 4), np.nan)               # what each bone shows now (NaN: not written)
     for i, pb in enumerate(pose_bones):
@@ -466,7 +470,8 @@ def _quaternion(pose_bone) -> np.ndarray:
     if pose_bone.rotation_mode == "QUATERNION":
         q = np.array(pose_bone.rotation_quaternion, dtype=np.float64)
         return q / np.linalg.norm(q)
-    return rot.rotmat_to_quat_wxyz(rot.orthonormalize_rotmat(np.array(pose_bone.matrix_basis.to_3x3(), dtype=np.float64)))
+    basis = np.array(pose_bone.matrix_basis.to_3x3(), dtype=np.float64)
+    return rot.rotmat_to_quat_wxyz(rot.orthonormalize_rotmat(basis))
 
 
 def world_joint_positions(obj, mapping: rig_names.RigMapping | None = None, *, update: bool = True) -> np.ndarray:

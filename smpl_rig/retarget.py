@@ -229,7 +229,8 @@ def follow_relations(driven, rest, probes):
     (4, 4)} with identity-pose matrix = followed bone's matrix · K (or K alone), [bones for which that is not
     rigid]). Raises ``ValueError`` when "follows" is not a tree."""
     index = {n: i for i, n in enumerate(driven)}
-    moved = {n: {m for m in probes if m != n and not np.allclose(probes[m][index[n]], rest[index[n], :3, :3], atol=1e-6)}
+    moved = {n: {m for m in probes
+                 if m != n and not np.allclose(probes[m][index[n]], rest[index[n], :3, :3], atol=1e-6)}
              for n in driven}
     parent, relation, nonrigid = {}, {}, []
     for n in driven:

@@ -231,7 +231,8 @@ def rotmat_slerp(a, b, t):
 
 def rotmat_between(a, b) -> np.ndarray:
     """The smallest rotation (3, 3) turning direction ``a`` (3,) onto direction ``b`` (3,), numpy, float64:
-    I + [v]× + [v]×² / (1 + c) with v = â × b̂, c = â · b̂; a half turn picks an axis perpendicular to ``a``."""
+    I + [v]× + [v]×² / (1 + c) with v = â × b̂, c = â · b̂; a half turn picks an axis perpendicular to
+    ``a``."""
     a = np.asarray(a, dtype=np.float64) / np.linalg.norm(a)
     b = np.asarray(b, dtype=np.float64) / np.linalg.norm(b)
     v, c = np.cross(a, b), float(a @ b)

@@ -248,8 +248,9 @@ def a_pose_rig():
             start, end = heads[f"{limb}_{side}"], tails[f"{limb}_{side}"]
             heads[twist], tails[twist] = start + (end - start) * 0.5, end
             chain[twist] = f"{limb}_{side}"
-    rolls = {bone: (0.0, 0.0, 1.0) if abs((tails[bone] - heads[bone])[2]) < 0.9 * np.linalg.norm(tails[bone] - heads[bone])
-             else (0.0, -1.0, 0.0) for bone in heads}
+    mostly_up = {bone: abs((tails[bone] - heads[bone])[2]) >= 0.9 * np.linalg.norm(tails[bone] - heads[bone])
+                 for bone in heads}
+    rolls = {bone: (0.0, -1.0, 0.0) if mostly_up[bone] else (0.0, 0.0, 1.0) for bone in heads}
     arm = _build("APose", heads, tails, chain, rolls)
     add_box_mesh(arm, [b for b in heads if "twist" not in b], thickness=0.03)
     return arm
