@@ -32,6 +32,7 @@ MAPPING_PROPERTY = "posegpt_rig_mapping"       # JSON preset (``rig_names.mappin
 LAST_POSE_PROPERTY = "posegpt_last_pose"       # the driven bones' quaternions after the last apply, flat
 CHANGED_TOLERANCE = 1e-4                       # a quaternion further than this from the last apply was edited
 _PROBE_ANGLE = 0.5                             # radians: how far calibration turns each driven bone
+_QUATERNION_MODE = 0                           # PoseBone.rotation_mode read as an integer by foreach_get
 _CACHE: dict = {}
 
 
@@ -118,6 +119,8 @@ class _Calibration:
     rest_floor: float           # world height of the lowest point in rest pose
     indices: list               # index of each of ``solver.names`` in ``obj.pose.bones``
     switch_indices: list        # index of each switch's bone in ``obj.pose.bones`` (None: absent)
+    bone_count: int             # bones in the rig when it was read
+    rest_fingerprint: np.ndarray  # every bone's rest head and tail then (``_rest_fingerprint``)
 
     @property
     def names(self) -> list:
@@ -128,16 +131,17 @@ class _Calibration:
         return self.solver.names[self.solver.root] if self.solver.root is not None else None
 
 
-def _state_key(obj, mapping, text):
-    """What a calibration depends on: the armature, its mapping and its rest pose, fingerprinted by the rest
-    heads and tails of the pelvis, head, wrist and ankle bones (editing the rest pose moves some of them;
-    ``forget_calibration`` covers any other edit)."""
-    rest_bones = obj.data.bones
-    probes = (mapping.joints.get(j)
-              for j in ("pelvis", "head", "left_wrist", "right_wrist", "left_ankle", "right_ankle"))
-    rest = [tuple(rest_bones[n].head_local) + tuple(rest_bones[n].tail_local) if n in rest_bones else None
-            for n in probes if n is not None]
-    return (obj.name, obj.data.name, len(rest_bones), text, hash(tuple(rest)))
+def _rest_fingerprint(obj, count: int) -> np.ndarray | None:
+    """Every bone's rest head and tail (armature space), read in bulk, for a rig of ``count`` bones; None when
+    it has another number of bones. (Counting bones, or finding one by name, walks a linked list: on a
+    700-bone rig that would cost more than the apply itself.)"""
+    values = np.empty(6 * count, dtype=np.float32)
+    try:
+        obj.data.bones.foreach_get("head_local", values[:3 * count])
+        obj.data.bones.foreach_get("tail_local", values[3 * count:])
+    except (RuntimeError, TypeError, ValueError):       # the array size no longer matches the bones
+        return None
+    return values
 
 
 _INTERNAL_PREFIXES = ("ORG-", "MCH-", "DEF-")   # Rigify's internal bones: driven by constraints, never posed
@@ -235,10 +239,12 @@ def calibrate(obj, mapping: rig_names.RigMapping | None = None) -> _Calibration:
         mapping, text = _current_mapping(obj)
     else:
         text = rig_names.mapping_to_json(mapping)
-    key = _state_key(obj, mapping, text)
+    key = (obj.name, obj.data.name, text)
     cached = _CACHE.get(key)
     if cached is not None:
-        return cached
+        rest = _rest_fingerprint(obj, cached.bone_count)
+        if rest is not None and np.array_equal(rest, cached.rest_fingerprint):
+            return cached
     problem = retarget_problem(obj, mapping)
     if problem:
         raise ValueError(problem)
@@ -296,7 +302,9 @@ def calibrate(obj, mapping: rig_names.RigMapping | None = None) -> _Calibration:
     bone_index = {pb.name: i for i, pb in enumerate(obj.pose.bones)}
     calibration = _Calibration(mapping=mapping, solver=solver, nonrigid=nonrigid, rest_floor=rest_floor,
                                indices=[bone_index[n] for n in solver.names],
-                               switch_indices=[bone_index.get(b) for b, _, _ in mapping.switches])
+                               switch_indices=[bone_index.get(b) for b, _, _ in mapping.switches],
+                               bone_count=len(bone_index),
+                               rest_fingerprint=_rest_fingerprint(obj, len(bone_index)))
     if not obj.get(MAPPING_PROPERTY):
         obj[MAPPING_PROPERTY] = text               # the detected mapping now lives in the .blend
     _CACHE[key] = calibration
@@ -390,32 +398,16 @@ def apply_pose(obj, pose, *, options: ApplyOptions | None = None, global_orient:
     _set_switches(obj, calibration.mapping, calibration.switch_indices)
     quats, root_location, targets = retarget.solve(calibration.solver, rotmats, translation)
     names = calibration.names
-    pose_bones = _driven_pose_bones(obj, calibration)
-    blend = options.strength < 1.0
-    last = obj.get(LAST_POSE_PROPERTY) if options.keep_changed else None
-    if last is not None:
-        last = np.asarray(last, dtype=np.float64).reshape(-1, 4) if len(last) == 4 * len(names) else None
-    written = []
-    shown = np.full((len(names), 4), np.nan)               # what each bone shows now (NaN: not written)
-    for i, pb in enumerate(pose_bones):
-        if options.only_selected and not _selected(pb):
-            continue
-        quat = quats[i]
-        if blend or last is not None:
-            current = _quaternion(pb)
-            if last is not None and abs(abs(float(current @ last[i])) - 1.0) > CHANGED_TOLERANCE:
-                continue
-            if blend:
-                quat = rot.quat_wxyz_slerp(current, quat, np.float64(options.strength))
-        if pb.rotation_mode != "QUATERNION":
-            pb.rotation_mode = "QUATERNION"
-        pb.rotation_quaternion = quat
-        shown[i] = quat
-        written.append(names[i])
+    if not (options.only_selected or options.keep_changed or options.strength < 1.0):
+        _write_all(obj, calibration, quats)
+        pose_bones, written, shown = None, list(names), quats.copy()
+    else:
+        pose_bones = _driven_pose_bones(obj, calibration)
+        written, shown = _write_some(pose_bones, names, quats, options, obj.get(LAST_POSE_PROPERTY))
     if calibration.nonrigid and any(n in written for n in calibration.nonrigid):
         _correct_nonrigid(obj, calibration, targets, options, set(written))
     root = calibration.root
-    root_bone = obj.pose.bones[root] if root is not None else None
+    root_bone = _pose_bone(obj, calibration, calibration.solver.root) if root is not None else None
     if root_bone is not None and (not options.only_selected or _selected(root_bone)):
         root_bone.location = root_location
         if options.floor_contact:
@@ -425,7 +417,7 @@ def apply_pose(obj, pose, *, options: ApplyOptions | None = None, global_orient:
             h_root = _identity_pose_rotation(obj, root)
             root_bone.location = root_location + h_root.T @ shift_armature
     for i in np.flatnonzero(np.isnan(shown[:, 0])) if len(written) < len(names) else ():
-        shown[i] = tuple(pose_bones[i].rotation_quaternion)
+        shown[i] = tuple(pose_bones[i].rotation_quaternion)          # bones left as they were
     for n in calibration.nonrigid if len(written) else ():
         if n in written:                                   # corrected after evaluation
             shown[names.index(n)] = tuple(obj.pose.bones[n].rotation_quaternion)
@@ -433,10 +425,58 @@ def apply_pose(obj, pose, *, options: ApplyOptions | None = None, global_orient:
     return rotmats
 
 
+def _write_all(obj, calibration, quats) -> None:
+    """Every driven bone's quaternion in one bulk read-modify-write of the pose (the common case: a 700-bone
+    Rigify rig would otherwise pay a Python round trip per bone); bones not in quaternion mode are switched."""
+    pose_bones = obj.pose.bones
+    count = calibration.bone_count                     # checked against the rig by ``calibrate``
+    index = np.asarray(calibration.indices)
+    modes = np.empty(count, dtype=np.int32)
+    pose_bones.foreach_get("rotation_mode", modes)
+    for i in np.flatnonzero(modes[index] != _QUATERNION_MODE):
+        pose_bones[int(index[i])].rotation_mode = "QUATERNION"
+    values = np.empty(4 * count, dtype=np.float32)
+    pose_bones.foreach_get("rotation_quaternion", values)
+    values.reshape(count, 4)[index] = quats
+    pose_bones.foreach_set("rotation_quaternion", values)
+    obj.update_tag()
+
+
+def _write_some(pose_bones, names, quats, options, last) -> tuple[list, np.ndarray]:
+    """Per-bone writes for the options that look at each bone: only selected, keep hand edits, strength.
+    Returns the names written and what each bone now shows (NaN rows: left as it was)."""
+    if last is not None:
+        last = np.asarray(last, dtype=np.float64).reshape(-1, 4) if len(last) == 4 * len(names) else None
+    written, shown = [], np.full((len(names), 4), np.nan)
+    for i, pb in enumerate(pose_bones):
+        if options.only_selected and not _selected(pb):
+            continue
+        quat = quats[i]
+        current = _quaternion(pb)
+        if options.keep_changed and last is not None and abs(abs(float(current @ last[i])) - 1.0) > CHANGED_TOLERANCE:
+            continue
+        if options.strength < 1.0:
+            quat = rot.quat_wxyz_slerp(current, quat, np.float64(options.strength))
+        if pb.rotation_mode != "QUATERNION":
+            pb.rotation_mode = "QUATERNION"
+        pb.rotation_quaternion = quat
+        shown[i] = quat
+        written.append(names[i])
+    return written, shown
+
+
+def _pose_bone(obj, calibration, i):
+    """The pose bone of ``calibration.names[i]``, by index when the rig still has it there."""
+    pose_bones = obj.pose.bones
+    pose_bone = pose_bones[calibration.indices[i]] if calibration.indices[i] < calibration.bone_count else None
+    return pose_bone if pose_bone is not None and pose_bone.name == calibration.names[i] else pose_bones[
+        calibration.names[i]]
+
+
 def _driven_pose_bones(obj, calibration) -> list:
     """The pose bones of ``calibration.names``, fetched by index (a name lookup scans a big rig's bones)."""
     pose_bones = obj.pose.bones
-    count = len(pose_bones)
+    count = calibration.bone_count
     found = []
     for name, index in zip(calibration.names, calibration.indices):
         pb = pose_bones[index] if index < count else None

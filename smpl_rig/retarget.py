@@ -168,7 +168,7 @@ def rest_alignments(rig_joints, smpl_joints, frame, mapped) -> np.ndarray:
 
 
 def _depth_levels() -> list:
-    """Joint indices grouped by depth in the SMPL tree (root first): one batched product per level."""
+    """Joint indices grouped by depth in the SMPL tree (root excluded): one batched product per level."""
     depth = [0] * NUM_JOINTS
     for i in range(1, NUM_JOINTS):
         depth[i] = depth[PARENTS[i]] + 1

@@ -214,6 +214,8 @@ def rotmat_slerp(a, b, t):
     """Rotation matrices (..., 3, 3) a fraction ``t`` of the way from ``a`` to ``b`` on the shortest arc:
     a · exp(t · log(aᵀ b)), Rodrigues written out (no quaternion round trip: retargeting runs it on every
     apply). At a half turn (aᵀ b = 180°) the axis comes from the symmetric part."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape == (3, 3) and np.isscalar(t):
+        return _rotmat_slerp_single(a.astype(np.float64), b.astype(np.float64), float(t))
     xp, a = _prepare(a, (3, 3), "rotmat")
     _, b = _prepare(b, (3, 3), "rotmat")
     d = xp.swap(a) @ b
@@ -227,6 +229,22 @@ def rotmat_slerp(a, b, t):
     k = _skew(xp, axis)
     angle = (theta * t)[..., None]
     return a @ (xp.eye_like(axis) + xp.sin(angle) * k + (1 - xp.cos(angle)) * (k @ k))
+
+
+def _rotmat_slerp_single(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """``rotmat_slerp`` for one pair of float64 (3, 3) matrices, in scalar arithmetic (no array dispatch)."""
+    d = a.T @ b
+    x, y, z = 0.5 * (d[2, 1] - d[1, 2]), 0.5 * (d[0, 2] - d[2, 0]), 0.5 * (d[1, 0] - d[0, 1])
+    sin = math.sqrt(x * x + y * y + z * z)
+    cos = 0.5 * (d[0, 0] + d[1, 1] + d[2, 2] - 1.0)
+    if sin < _SMALL_ANGLE and cos < 0:                            # near a half turn: a careful log
+        return a @ rotvec_to_rotmat(rotmat_to_rotvec(d) * t)
+    if sin < 1e-12:
+        return a.copy()
+    angle = t * math.atan2(sin, cos)
+    x, y, z = x / sin, y / sin, z / sin
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return a @ (np.eye(3) + math.sin(angle) * k + (1.0 - math.cos(angle)) * (k @ k))
 
 
 def rotmat_between(a, b) -> np.ndarray:
