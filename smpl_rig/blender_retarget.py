@@ -432,9 +432,15 @@ def _write_all(obj, calibration, quats) -> None:
     count = calibration.bone_count                     # checked against the rig by ``calibrate``
     index = np.asarray(calibration.indices)
     modes = np.empty(count, dtype=np.int32)
-    pose_bones.foreach_get("rotation_mode", modes)
-    for i in np.flatnonzero(modes[index] != _QUATERNION_MODE):
-        pose_bones[int(index[i])].rotation_mode = "QUATERNION"
+    try:
+        pose_bones.foreach_get("rotation_mode", modes)
+        other_modes = np.flatnonzero(modes[index] != _QUATERNION_MODE)
+    except (RuntimeError, TypeError):                  # a Blender that cannot read enums in bulk
+        other_modes = range(len(index))
+    for i in other_modes:
+        pose_bone = pose_bones[int(index[i])]
+        if pose_bone.rotation_mode != "QUATERNION":
+            pose_bone.rotation_mode = "QUATERNION"
     values = np.empty(4 * count, dtype=np.float32)
     pose_bones.foreach_get("rotation_quaternion", values)
     values.reshape(count, 4)[index] = quats
