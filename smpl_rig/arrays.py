@@ -39,7 +39,8 @@ class _Numpy:
     swap = staticmethod(lambda m: np.swapaxes(m, -1, -2))
     expand = staticmethod(np.broadcast_to)
     isfinite_all = staticmethod(lambda x: bool(np.all(np.isfinite(x))))
-    asarray = staticmethod(lambda x: x if isinstance(x, np.ndarray) and x.dtype.kind == "f" else np.asarray(x, dtype=np.float64))
+    asarray = staticmethod(lambda x: x if isinstance(x, np.ndarray) and x.dtype.kind == "f"
+                           else np.asarray(x, dtype=np.float64))
 
 
 class _Torch:

@@ -29,7 +29,8 @@ from .skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS
 __all__ = [
     "build_armature", "apply_pose", "read_pose", "read_translation", "is_smpl_armature",
     "world_joint_positions", "rest_joints", "body_mesh", "pose_bone_quaternions", "find_smpl_armatures",
-    "MARKER", "bone_frames_of", "corrective_key_blocks", "require_smpl_armature", "require_poseable",
+    "MARKER", "update_pose_correctives", "bone_frames_of", "corrective_key_blocks", "require_smpl_armature",
+    "require_poseable",
 ]
 
 MARKER = "smpl_rig"                 # custom property on the armature object (a group of rest data)
@@ -284,12 +285,23 @@ def apply_pose(obj, pose, *, global_orient: str = "keep", translation=None, undo
         pose_bone.rotation_quaternion = quats[i].tolist()
         pose_bone.location = location.tolist() if i == 0 else (0.0, 0.0, 0.0)
         pose_bone.scale = (1.0, 1.0, 1.0)
-    if key_blocks is not None:
-        values = np.concatenate([[key_blocks[0].value], pose_corrective_features(rotmats)]).astype(np.float32)
-        key_blocks.foreach_set("value", values)
+    _set_correctives(key_blocks, rotmats)
     if undo_push and bpy.ops.ed.undo_push.poll():
         bpy.ops.ed.undo_push(message="Apply SMPL pose")
     return rotmats
+
+
+def _set_correctives(key_blocks, rotmats) -> None:
+    if key_blocks is not None:
+        values = np.concatenate([[key_blocks[0].value], pose_corrective_features(rotmats)]).astype(np.float32)
+        key_blocks.foreach_set("value", values)
+
+
+def update_pose_correctives(obj) -> None:
+    """Set the pose-corrective shape keys from the pose the bones show (after posing them another way,
+    e.g. ``smpl_rig.blender_retarget``); nothing for a body without correctives."""
+    require_smpl_armature(obj)
+    _set_correctives(corrective_key_blocks(obj), read_pose(obj))
 
 
 def read_pose(obj) -> np.ndarray:

@@ -21,7 +21,7 @@ from .blender import bone_frames_of, corrective_key_blocks, is_smpl_armature, re
 from .body import NUM_POSE_FEATURES, pose_corrective_features
 from .skeleton import JOINT_NAMES, NUM_JOINTS
 
-__all__ = ["key_pose", "key_sequence", "load_amass", "AmassImport", "DEFAULT_AMASS_FPS"]
+__all__ = ["key_pose", "key_sequence", "load_amass", "add_pose_asset", "AmassImport", "DEFAULT_AMASS_FPS"]
 
 DEFAULT_AMASS_FPS = amass.DEFAULT_FPS
 _SLOTTED_ACTIONS = bpy.app.version >= (4, 4, 0)
@@ -45,6 +45,11 @@ def _channels(id_data, action_name: str):
     if slot is None:
         slot = action.slots.new(id_type=id_data.id_type, name=id_data.name)
         anim.action_slot = slot
+    return _slot_channels(action, slot)
+
+
+def _slot_channels(action, slot):
+    """The channelbag of ``slot`` in ``action``'s first layer and strip (created when missing)."""
     layer = action.layers[0] if len(action.layers) else action.layers.new("Layer")
     strip = layer.strips[0] if len(layer.strips) else layer.strips.new(type="KEYFRAME")
     return strip.channelbag(slot, ensure=True)
@@ -184,6 +189,27 @@ def key_pose(obj, frame: float) -> None:
             curve.update()
 
 
+def add_pose_asset(obj, name: str):
+    """Put the armature's current pose in the Pose Library: a new one-frame action holding the quaternions
+    of the bones a pose drives (and the root location when it is moved), marked as an asset. The armature's
+    own animation is not touched. Returns the action."""
+    names, location_bone = _keyed_bones(obj)
+    action = bpy.data.actions.new(name)
+    if _SLOTTED_ACTIONS:
+        channels = _slot_channels(action, action.slots.new(id_type=obj.id_type, name=obj.name))
+    else:
+        channels = action
+    pose_bones = obj.pose.bones
+    for bone in names:
+        for curve, value in zip(_quat_curves(channels, bone), pose_bones[bone].rotation_quaternion):
+            _insert_key(curve, 1.0, float(value))
+    if location_bone is not None and any(abs(v) > 0 for v in pose_bones[location_bone].location):
+        for curve, value in zip(_location_curves(channels, location_bone), pose_bones[location_bone].location):
+            _insert_key(curve, 1.0, float(value))
+    action.asset_mark()
+    return action
+
+
 def _scene_fps(scene) -> float:
     return scene.render.fps / scene.render.fps_base
 
@@ -252,7 +278,7 @@ def key_sequence(obj, poses, fps: float | None = None, start_frame: float | None
     if is_smpl_armature(obj):
         bone_frames = bone_frames_of(obj)
         quats = bones.pose_bone_quats(bone_frames, rotmats)                          # (n, 24, 4)
-        locations = bones.pelvis_location(bone_frames, translations if translations is not None else np.zeros((count, 3)))
+        locations = bones.pelvis_location(bone_frames, np.zeros((count, 3)) if translations is None else translations)
     else:
         quats, locations = _retargeted_keys(obj, names, location_bone, rotmats, translations)
     quats = rot.quat_wxyz_align_signs(quats, axis=0)

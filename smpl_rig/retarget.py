@@ -24,300 +24,19 @@ For the SMPL armature itself (F = C, Q = I) this is exactly M = DᵀRD of ``smpl
 """
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import rotations as rot
+from .rig_names import RigMapping
 from .skeleton import CHILDREN, JOINT_INDEX, JOINT_NAMES, MIRROR, NUM_JOINTS, PARENTS, primary_child
 
 __all__ = [
-    "RigMapping", "CONVENTIONS", "detect_mapping", "mapping_problem", "mirror_fill", "body_frame",
-    "rest_alignments", "world_rotations", "target_orientations", "mirror_rotmats", "next_mapped_joints",
-    "mapped_segments", "segment_directions", "direction_angles_deg", "mapping_to_json", "mapping_from_json", "REQUIRED_JOINTS",
+    "body_frame", "rest_alignments", "world_rotations", "target_orientations", "mirror_rotmats",
+    "next_mapped_joints", "mapped_segments", "segment_directions", "direction_angles_deg", "leg_length",
+    "follow_relations", "BlendModel", "blend_orientation", "RigSolver", "build_solver", "solve",
 ]
-
-PRESET_FORMAT = "posegpt-rig-mapping"
-PRESET_VERSION = 1
-MIN_MAPPED_JOINTS = 14
-# Without these a rig cannot show a body pose: the caller says so in one sentence and leaves the bones.
-REQUIRED_JOINTS = ("pelvis", "left_hip", "right_hip", "left_knee", "right_knee", "left_shoulder",
-                   "right_shoulder", "left_elbow", "right_elbow")
-_C = rot.rotmat_x(np.pi / 2)
-
-
-# --- the mapping ------------------------------------------------------------------------------------------
-
-@dataclass
-class RigMapping:
-    """Which bone of a rig stands for which SMPL joint.
-
-    joints:     {SMPL joint name: bone name} for the mapped joints (the bones that get rotations).
-    measure:    {SMPL joint name: bone name} where a joint's position is read when it is not the driven
-                bone's head (a generated Rigify rig drives FK controls; its joints are its ``ORG-`` bones).
-    root:       the bone whose location moves the whole body (floor contact, translation); default: the
-                pelvis bone.
-    reset:      bones set to identity rotation on every apply (controls between the driven ones).
-    switches:   [(bone, property, value)]: custom properties set on apply (Rigify's IK/FK switches to FK).
-    convention: the naming the mapping was detected from ("manual" when edited by hand).
-    """
-    joints: dict = field(default_factory=dict)
-    measure: dict = field(default_factory=dict)
-    root: str | None = None
-    reset: tuple = ()
-    switches: tuple = ()
-    convention: str = "manual"
-
-    @property
-    def mapped_count(self) -> int:
-        return len(self.joints)
-
-    @property
-    def missing(self) -> list[str]:
-        return [name for name in JOINT_NAMES if name not in self.joints]
-
-    def bone(self, joint: str) -> str | None:
-        return self.joints.get(joint)
-
-    def measure_bone(self, joint: str) -> str | None:
-        return self.measure.get(joint, self.joints.get(joint))
-
-    def root_bone(self) -> str | None:
-        return self.root or self.joints.get("pelvis")
-
-    def driven_bones(self) -> list[str]:
-        """Every bone an apply writes: the mapped ones in joint order, then the reset ones."""
-        bones = [self.joints[n] for n in JOINT_NAMES if n in self.joints]
-        return bones + [b for b in self.reset if b not in bones]
-
-    def to_dict(self) -> dict:
-        return {"format": PRESET_FORMAT, "version": PRESET_VERSION, "convention": self.convention,
-                "joints": dict(self.joints), "measure": dict(self.measure), "root": self.root,
-                "reset": list(self.reset), "switches": [list(s) for s in self.switches]}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "RigMapping":
-        if not isinstance(data, dict) or data.get("format") != PRESET_FORMAT:
-            raise ValueError(f"not a rig mapping preset (expected format {PRESET_FORMAT!r})")
-        joints = data.get("joints") or {}
-        unknown = [k for k in joints if k not in JOINT_INDEX]
-        if unknown:
-            raise ValueError(f"the preset maps unknown SMPL joints {unknown}")
-        if not all(isinstance(v, str) and v for v in joints.values()):
-            raise ValueError("every mapped joint needs a bone name")
-        switches = tuple((str(b), str(p), float(v)) for b, p, v in data.get("switches") or ())
-        return cls(joints=dict(joints), measure=dict(data.get("measure") or {}), root=data.get("root") or None,
-                   reset=tuple(data.get("reset") or ()), switches=switches,
-                   convention=str(data.get("convention", "manual")))
-
-
-def mapping_to_json(mapping: RigMapping) -> str:
-    """A mapping as a JSON preset (what the add-on saves and stores on the armature)."""
-    return json.dumps(mapping.to_dict(), indent=1, sort_keys=True)
-
-
-def mapping_from_json(text: str) -> RigMapping:
-    """Read what ``mapping_to_json`` wrote; ``ValueError`` saying why for anything else."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"the mapping preset is not JSON: {error}") from None
-    return RigMapping.from_dict(data)
-
-
-# Naming conventions: SMPL joint → candidate bone names, "{L}"/"{l}"/"{Left}" stand for the side spelled the
-# convention's way. The first candidate found in the rig wins.
-_SIDES = {
-    "Left": ("Left", "Right"), "left": ("left", "right"), "L": ("L", "R"), "l": ("l", "r"),
-}
-
-CONVENTIONS: dict[str, dict[str, tuple[str, ...]]] = {
-    "smpl": {
-        "pelvis": ("pelvis", "Pelvis", "m_avg_Pelvis", "f_avg_Pelvis", "root"),
-        "hip": ("{left}_hip", "{L}_Hip", "m_avg_{L}_Hip", "f_avg_{L}_Hip"),
-        "spine1": ("spine1", "Spine1", "m_avg_Spine1", "f_avg_Spine1"),
-        "knee": ("{left}_knee", "{L}_Knee", "m_avg_{L}_Knee", "f_avg_{L}_Knee"),
-        "spine2": ("spine2", "Spine2", "m_avg_Spine2", "f_avg_Spine2"),
-        "ankle": ("{left}_ankle", "{L}_Ankle", "m_avg_{L}_Ankle", "f_avg_{L}_Ankle"),
-        "spine3": ("spine3", "Spine3", "m_avg_Spine3", "f_avg_Spine3"),
-        "foot": ("{left}_foot", "{L}_Foot", "m_avg_{L}_Foot", "f_avg_{L}_Foot"),
-        "neck": ("neck", "Neck", "m_avg_Neck", "f_avg_Neck"),
-        "collar": ("{left}_collar", "{L}_Collar", "m_avg_{L}_Collar", "f_avg_{L}_Collar"),
-        "head": ("head", "Head", "m_avg_Head", "f_avg_Head"),
-        "shoulder": ("{left}_shoulder", "{L}_Shoulder", "m_avg_{L}_Shoulder", "f_avg_{L}_Shoulder"),
-        "elbow": ("{left}_elbow", "{L}_Elbow", "m_avg_{L}_Elbow", "f_avg_{L}_Elbow"),
-        "wrist": ("{left}_wrist", "{L}_Wrist", "m_avg_{L}_Wrist", "f_avg_{L}_Wrist"),
-        "hand": ("{left}_hand", "{L}_Hand", "m_avg_{L}_Hand", "f_avg_{L}_Hand", "{left}_middle1", "{left}_index1"),
-    },
-    "mixamo": {
-        "pelvis": ("Hips",), "hip": ("{Left}UpLeg",), "knee": ("{Left}Leg",), "ankle": ("{Left}Foot",),
-        "foot": ("{Left}ToeBase",), "spine1": ("Spine",), "spine2": ("Spine1",), "spine3": ("Spine2",),
-        "neck": ("Neck",), "head": ("Head",), "collar": ("{Left}Shoulder",), "shoulder": ("{Left}Arm",),
-        "elbow": ("{Left}ForeArm",), "wrist": ("{Left}Hand",),
-        "hand": ("{Left}HandMiddle1", "{Left}HandIndex1", "{Left}HandRing1"),
-    },
-    "rigify_metarig": {
-        "pelvis": ("spine",), "spine1": ("spine.001",), "spine2": ("spine.002",), "spine3": ("spine.003",),
-        "neck": ("spine.004", "neck"), "head": ("spine.006", "spine.005", "head"),
-        "hip": ("thigh.{L}",), "knee": ("shin.{L}",), "ankle": ("foot.{L}",), "foot": ("toe.{L}",),
-        "collar": ("shoulder.{L}",), "shoulder": ("upper_arm.{L}",), "elbow": ("forearm.{L}",),
-        "wrist": ("hand.{L}",), "hand": ("f_middle.01.{L}", "palm.02.{L}", "f_index.01.{L}"),
-    },
-    "unity": {   # Unity humanoid and VRM (VRoid's J_Bip_* names)
-        "pelvis": ("Hips", "J_Bip_C_Hips", "hips"), "spine1": ("Spine", "J_Bip_C_Spine", "spine"),
-        "spine2": ("Chest", "J_Bip_C_Chest", "chest"), "spine3": ("UpperChest", "J_Bip_C_UpperChest", "upperChest"),
-        "neck": ("Neck", "J_Bip_C_Neck", "neck"), "head": ("Head", "J_Bip_C_Head", "head"),
-        "hip": ("{Left}UpperLeg", "J_Bip_{L}_UpperLeg", "{left}UpperLeg"),
-        "knee": ("{Left}LowerLeg", "J_Bip_{L}_LowerLeg", "{left}LowerLeg"),
-        "ankle": ("{Left}Foot", "J_Bip_{L}_Foot", "{left}Foot"),
-        "foot": ("{Left}Toes", "J_Bip_{L}_ToeBase", "{left}Toes"),
-        "collar": ("{Left}Shoulder", "J_Bip_{L}_Shoulder", "{left}Shoulder"),
-        "shoulder": ("{Left}UpperArm", "J_Bip_{L}_UpperArm", "{left}UpperArm"),
-        "elbow": ("{Left}LowerArm", "J_Bip_{L}_LowerArm", "{left}LowerArm"),
-        "wrist": ("{Left}Hand", "J_Bip_{L}_Hand", "{left}Hand"),
-        "hand": ("{Left}MiddleProximal", "J_Bip_{L}_Middle1", "{left}MiddleProximal", "{Left}IndexProximal"),
-    },
-    "unreal": {
-        "pelvis": ("pelvis",), "spine1": ("spine_01",), "spine2": ("spine_02",), "spine3": ("spine_03",),
-        "neck": ("neck_01",), "head": ("head",), "hip": ("thigh_{l}",), "knee": ("calf_{l}",),
-        "ankle": ("foot_{l}",), "foot": ("ball_{l}",), "collar": ("clavicle_{l}",), "shoulder": ("upperarm_{l}",),
-        "elbow": ("lowerarm_{l}",), "wrist": ("hand_{l}",), "hand": ("middle_01_{l}", "index_01_{l}"),
-    },
-    "auto_rig_pro": {   # the control rig (c_*) first, then the exported deform names
-        "pelvis": ("c_root.x", "root.x"), "spine1": ("c_spine_01.x", "spine_01.x"),
-        "spine2": ("c_spine_02.x", "spine_02.x"), "spine3": ("c_spine_03.x", "spine_03.x"),
-        "neck": ("c_neck.x", "neck.x"), "head": ("c_head.x", "head.x"),
-        "hip": ("c_thigh_fk.{l}", "thigh_stretch.{l}", "thigh.{l}"), "knee": ("c_leg_fk.{l}", "leg_stretch.{l}", "leg.{l}"),
-        "ankle": ("c_foot_fk.{l}", "foot.{l}"), "foot": ("c_toes_fk.{l}", "toes_01.{l}", "c_toes.{l}"),
-        "collar": ("c_shoulder.{l}", "shoulder.{l}"), "shoulder": ("c_arm_fk.{l}", "arm_stretch.{l}", "arm.{l}"),
-        "elbow": ("c_forearm_fk.{l}", "forearm_stretch.{l}", "forearm.{l}"), "wrist": ("c_hand_fk.{l}", "hand.{l}"),
-        "hand": ("c_middle1.{l}", "middle1.{l}", "c_index1.{l}"),
-    },
-}
-# A generated Rigify rig: FK controls are driven, its ORG- bones (the metarig's bones) show the joints.
-RIGIFY_CONTROLS = {
-    "pelvis": "spine_fk", "spine1": "spine_fk.001", "spine2": "spine_fk.002", "spine3": "spine_fk.003",
-    "neck": "neck", "head": "head", "hip": "thigh_fk.{L}", "knee": "shin_fk.{L}", "ankle": "foot_fk.{L}",
-    "foot": "toe_fk.{L}", "collar": "shoulder.{L}", "shoulder": "upper_arm_fk.{L}", "elbow": "forearm_fk.{L}",
-    "wrist": "hand_fk.{L}", "hand": "f_middle.01.{L}",
-}
-RIGIFY_ORG = {
-    "pelvis": "ORG-spine", "spine1": "ORG-spine.001", "spine2": "ORG-spine.002", "spine3": "ORG-spine.003",
-    "neck": "ORG-spine.004", "head": "ORG-spine.006", "hip": "ORG-thigh.{L}", "knee": "ORG-shin.{L}",
-    "ankle": "ORG-foot.{L}", "foot": "ORG-toe.{L}", "collar": "ORG-shoulder.{L}", "shoulder": "ORG-upper_arm.{L}",
-    "elbow": "ORG-forearm.{L}", "wrist": "ORG-hand.{L}", "hand": "ORG-f_middle.01.{L}",
-}
-RIGIFY_RESET = ("torso", "hips", "chest")
-RIGIFY_SWITCHES = (("upper_arm_parent.L", "IK_FK", 1.0), ("upper_arm_parent.R", "IK_FK", 1.0),
-                   ("thigh_parent.L", "IK_FK", 1.0), ("thigh_parent.R", "IK_FK", 1.0))
-
-
-def _joint_part(joint: str) -> tuple[str, int]:
-    """"left_knee" → ("knee", 0); "right_knee" → ("knee", 1); "spine2" → ("spine2", -1)."""
-    if joint.startswith("left_"):
-        return joint[5:], 0
-    if joint.startswith("right_"):
-        return joint[6:], 1
-    return joint, -1
-
-
-def _expand(template: str, side: int) -> str:
-    if side < 0:
-        return template
-    for token, pair in _SIDES.items():
-        template = template.replace("{" + token + "}", pair[side])
-    return template
-
-
-def _strip_namespace(name: str) -> str:
-    """"mixamorig:Hips" / "mixamorig1:Hips" / "Armature|Hips" → "Hips"."""
-    return re.split(r"[:|]", name)[-1]
-
-
-def detect_mapping(bone_names) -> RigMapping:
-    """The best mapping of a rig's bones to SMPL joints by name: every convention in ``CONVENTIONS`` (and a
-    generated Rigify rig) is tried, namespaces such as ``mixamorig:`` ignored, and the one mapping the most
-    joints wins. The result may be incomplete: ``mapping_problem`` says whether it is usable."""
-    names = list(bone_names)
-    by_plain: dict[str, str] = {}
-    for name in names:
-        by_plain.setdefault(_strip_namespace(name), name)
-        by_plain.setdefault(_strip_namespace(name).lower(), name)
-    best = RigMapping()
-    if all(_expand(RIGIFY_CONTROLS[p], s) in names for p, s in (("pelvis", -1), ("hip", 0), ("shoulder", 0))):
-        mapping = _rigify_generated(set(names))
-        if mapping.mapped_count > best.mapped_count:
-            best = mapping
-    for convention, table in CONVENTIONS.items():
-        joints = {}
-        for joint in JOINT_NAMES:
-            part, side = _joint_part(joint)
-            for template in table.get(part, ()):
-                candidate = _expand(template, side)
-                found = by_plain.get(candidate) or by_plain.get(candidate.lower())
-                if found is not None and found not in joints.values():
-                    joints[joint] = found
-                    break
-        if len(joints) > best.mapped_count:
-            best = RigMapping(joints=joints, convention=convention)
-    return best
-
-
-def _rigify_generated(names: set) -> RigMapping:
-    joints, measure = {}, {}
-    for joint in JOINT_NAMES:
-        part, side = _joint_part(joint)
-        control = _expand(RIGIFY_CONTROLS[part], side)
-        org = _expand(RIGIFY_ORG[part], side)
-        if control in names:
-            joints[joint] = control
-            if org in names:
-                measure[joint] = org
-    return RigMapping(joints=joints, measure=measure, root="torso" if "torso" in names else None,
-                      reset=tuple(b for b in RIGIFY_RESET if b in names),
-                      switches=tuple(s for s in RIGIFY_SWITCHES if s[0] in names), convention="rigify")
-
-
-def mapping_problem(mapping: RigMapping) -> str | None:
-    """One sentence saying why a mapping cannot pose the rig, or None when it can."""
-    missing = [j for j in REQUIRED_JOINTS if j not in mapping.joints]
-    if mapping.mapped_count < MIN_MAPPED_JOINTS or missing:
-        shown = ", ".join((missing or mapping.missing)[:6])
-        return (f"Only {mapping.mapped_count} of the 24 body joints could be matched to bones (missing {shown}): "
-                f"this does not look like a humanoid rig; pick a bone for each joint in the Mapping table or "
-                f"load a mapping preset.")
-    return None
-
-
-_SIDE_SWAPS = [(r"Left", "Right"), (r"Right", "Left"), (r"left", "right"), (r"right", "left"),
-               (r"(?<![A-Za-z])L(?![a-z])", "R"), (r"(?<![A-Za-z])R(?![a-z])", "L"),
-               (r"(?<![A-Za-z])l(?![A-Za-z])", "r"), (r"(?<![A-Za-z])r(?![A-Za-z])", "l")]
-
-
-def _swap_side(name: str) -> str | None:
-    """The other side's name of a bone (``hand.L`` → ``hand.R``, ``LeftArm`` → ``RightArm``), or None."""
-    for pattern, replacement in _SIDE_SWAPS:
-        if re.search(pattern, name):
-            return re.sub(pattern, replacement, name)
-    return None
-
-
-def mirror_fill(mapping: RigMapping, bone_names) -> RigMapping:
-    """Fill each unmapped left/right joint with the mirror-named bone of its mapped partner (``hand.L`` →
-    ``hand.R``, ``LeftArm`` → ``RightArm``, ``thigh_l`` → ``thigh_r``) when the rig has that bone."""
-    names = set(bone_names)
-    joints = dict(mapping.joints)
-    for i, joint in enumerate(JOINT_NAMES):
-        partner = JOINT_NAMES[MIRROR[i]]
-        if partner == joint or joint in joints or partner not in joints:
-            continue
-        candidate = _swap_side(joints[partner])
-        if candidate in names and candidate not in joints.values():
-            joints[joint] = candidate
-    return RigMapping(joints=joints, measure=dict(mapping.measure), root=mapping.root, reset=mapping.reset,
-                      switches=mapping.switches, convention=mapping.convention)
 
 
 # --- the rule ------------------------------------------------------------------------------------------
@@ -430,7 +149,7 @@ def rest_alignments(rig_joints, smpl_joints, frame, mapped) -> np.ndarray:
     for j in range(NUM_JOINTS):
         if not mapped[j]:
             continue
-        if not ends[j]:                       # a leaf keeps its parent's alignment
+        if not ends[j] or np.linalg.norm(rig[ends[j][0]] - rig[j]) < 1e-9:   # a leaf keeps its parent's alignment
             p = PARENTS[j]
             while p >= 0 and not mapped[p]:
                 p = PARENTS[p]
@@ -448,13 +167,24 @@ def rest_alignments(rig_joints, smpl_joints, frame, mapped) -> np.ndarray:
     return q
 
 
+def _depth_levels() -> list:
+    """Joint indices grouped by depth in the SMPL tree (root excluded): one batched product per level."""
+    depth = [0] * NUM_JOINTS
+    for i in range(1, NUM_JOINTS):
+        depth[i] = depth[PARENTS[i]] + 1
+    levels = [[i for i in range(NUM_JOINTS) if depth[i] == d] for d in range(1, max(depth) + 1)]
+    return [(np.array(level), np.array([PARENTS[i] for i in level])) for level in levels]
+
+
+_LEVELS = _depth_levels()
+
+
 def world_rotations(rotmats) -> np.ndarray:
     """G (..., 24, 3, 3): SMPL world rotation of every joint, the local rotations (..., 24, 3, 3) chained."""
-    rotmats = np.asarray(rotmats, dtype=np.float64)
-    world = [rotmats[..., 0, :, :]]
-    for i in range(1, NUM_JOINTS):
-        world.append(world[PARENTS[i]] @ rotmats[..., i, :, :])
-    return np.stack(world, -3)
+    world = np.array(rotmats, dtype=np.float64)
+    for joints, parents in _LEVELS:
+        world[..., joints, :, :] = world[..., parents, :, :] @ world[..., joints, :, :]
+    return world
 
 
 def target_orientations(rotmats, frame, alignments, rest_orientations) -> np.ndarray:
@@ -472,3 +202,236 @@ def mirror_rotmats(rotmats) -> np.ndarray:
     m = np.diag([-1.0, 1.0, 1.0])
     rotmats = np.asarray(rotmats, dtype=np.float64)
     return m @ rotmats[..., list(MIRROR), :, :] @ m
+
+
+def leg_length(joints, mapped) -> float:
+    """Hip → knee → ankle length summed over both legs (for scaling SMPL translations to a rig); 1 if none."""
+    total = 0.0
+    for a, b in (("left_hip", "left_knee"), ("left_knee", "left_ankle"), ("right_hip", "right_knee"),
+                 ("right_knee", "right_ankle")):
+        i, k = JOINT_INDEX[a], JOINT_INDEX[b]
+        if mapped[i] and mapped[k]:
+            total += float(np.linalg.norm(np.asarray(joints[k]) - np.asarray(joints[i])))
+    return total or 1.0
+
+
+# --- how a rig's bones follow each other (read once from the rig) ---------------------------------------------
+
+RIGID_TOLERANCE = 1e-4          # how well "orientation = followed bone's · constant" must hold
+
+
+def follow_relations(driven, rest, probes):
+    """Which driven bone each driven bone follows in rotation, from the rig's answers to probing.
+
+    driven: bone names (k); rest: (k, 4, 4) armature-space matrices with every driven bone at identity
+    pose; probes: {bone: (k, 3, 3) orientations with only that bone turned}. A bone follows the deepest of
+    the bones whose turning turns it (constraints included). Returns ({bone: followed or None}, {bone: K
+    (4, 4)} with identity-pose matrix = followed bone's matrix · K (or K alone), [bones for which that is not
+    rigid]). Raises ``ValueError`` when "follows" is not a tree."""
+    index = {n: i for i, n in enumerate(driven)}
+    moved = {n: {m for m in probes
+                 if m != n and not np.allclose(probes[m][index[n]], rest[index[n], :3, :3], atol=1e-6)}
+             for n in driven}
+    parent, relation, nonrigid = {}, {}, []
+    for n in driven:
+        candidates = [m for m in moved[n] if moved[n] - {m} <= moved[m]]
+        follow = candidates[0] if candidates else None
+        parent[n] = follow
+        if follow is None:
+            relation[n] = rest[index[n]]
+            continue
+        relation[n] = np.linalg.inv(rest[index[follow]]) @ rest[index[n]]
+        predicted = probes[follow][index[follow]] @ relation[n][:3, :3]
+        if not np.allclose(predicted, probes[follow][index[n]], atol=RIGID_TOLERANCE):
+            nonrigid.append(n)
+    placed: set = set()
+    while len(placed) < len(driven):
+        progress = False
+        for n in driven:
+            if n not in placed and (parent[n] is None or parent[n] in placed):
+                placed.add(n)
+                progress = True
+        if not progress:
+            raise ValueError("the driven bones follow each other in a loop; check the mapping")
+    return parent, relation, nonrigid
+
+
+@dataclass
+class BlendModel:
+    """A bone that follows through one Copy Rotation at partial influence ``w`` of a still bone (Rigify's neck
+    follows the torso by half): identity-pose orientation = slerp(P_follow · pre, still, w) · post."""
+    pre: np.ndarray
+    still: np.ndarray
+    w: float
+    post: np.ndarray
+
+
+def blend_orientation(model: BlendModel, follow_orientation) -> np.ndarray:
+    """Identity-pose orientation (3, 3) of a blended bone for its followed bone's orientation (3, 3): the
+    slerp from its own chain's orientation A toward ``still``, A · exp(w · log(Aᵀ still))."""
+    return rot.rotmat_slerp(follow_orientation @ model.pre, model.still, model.w) @ model.post
+
+
+# --- chains between mapped bones ------------------------------------------------------------------------------
+
+SPREAD_JOINTS = ("pelvis", "spine1", "spine2", "spine3", "neck")   # torso chains bend; limb chains stay rigid
+
+
+@dataclass
+class Chain:
+    """A mapped torso bone b, the plain bones e_1..e_k between it and the next mapped bone c, and their rest
+    geometry in local frames: the joint's rotation is spread over b, e_1..e_k, then b swings so c lands on
+    the line SMPL's joint is on."""
+    top: int                    # index of b in the solver's ``names``
+    extras: list                # indices of e_1..e_k, top-down
+    to_top: np.ndarray          # (k, 3, 3) e_i local → b local, at rest (axis of the shared rotation)
+    relative: np.ndarray        # (k, 3, 3) rest rotation of e_i in its parent's frame
+    offsets: np.ndarray         # (k + 1, 3) head of e_1..e_k, c in its parent's frame (rest)
+    end: np.ndarray             # (3,) head of c in b's frame (rest)
+    attached: dict              # extra index → indices of mapped bones hanging below that extra
+
+
+def _torso_chains(mapping: RigMapping, names, anchor, hierarchy, chain_bones, rest) -> list:
+    """The torso chains of a rig: hierarchy {bone: parent bone or None}; rest {bone: (4, 4)}."""
+    where = {n: i for i, n in enumerate(names)}
+    mapped = np.array([j in mapping.joints for j in JOINT_NAMES])
+    ends = next_mapped_joints(mapped)
+    m = int(mapped.sum())
+    chains = []
+    for joint in SPREAD_JOINTS:
+        j = JOINT_INDEX[joint]
+        if not mapped[j] or not ends[j]:
+            continue
+        top, end = mapping.joints[joint], mapping.joints[JOINT_NAMES[ends[j][0]]]
+        path, bone = [end], hierarchy.get(end)
+        while bone is not None and bone != top:
+            path.append(bone)
+            bone = hierarchy.get(bone)
+        extras = path[1:][::-1]
+        if bone is None or not extras or not all(e in chain_bones for e in extras):
+            continue
+        frames_ = [rest[top]] + [rest[e] for e in extras] + [rest[end]]
+        rots = [rot.orthonormalize_rotmat(f[:3, :3]) for f in frames_]
+        offsets = np.array([rots[i].T @ (frames_[i + 1][:3, 3] - frames_[i][:3, 3]) for i in range(len(extras) + 1)])
+        attached = {where[e]: [] for e in extras}
+        for i in range(m):                  # mapped bones that follow b through an extra (by the hierarchy)
+            if anchor[i] != where[top]:
+                continue
+            up = hierarchy.get(names[i])
+            while up is not None and up != top and up not in extras:
+                up = hierarchy.get(up)
+            if up is not None and up in extras:
+                attached[where[up]].append(i)
+        chains.append(Chain(top=where[top], extras=[where[e] for e in extras],
+                            to_top=np.array([rots[0].T @ r for r in rots[1:-1]]),
+                            relative=np.array([rots[i].T @ rots[i + 1] for i in range(len(extras))]),
+                            offsets=offsets, end=rots[0].T @ (frames_[-1][:3, 3] - frames_[0][:3, 3]),
+                            attached=attached))
+    return chains
+
+
+def _spread(chains, basis, identity_pose, targets) -> None:
+    """Spread each torso chain's rotation M over its bones (the same physical axis, angle / (k + 1) each),
+    swing the top bone so the chain's end is where M puts it, and re-aim the mapped bones hanging below the
+    chain (their targets are absolute). Chains top-down, each seeing the corrections of those above it; in
+    place on ``basis`` and ``identity_pose`` (k, 3, 3)."""
+    for chain in chains:
+        k = len(chain.extras)
+        m, h = basis[chain.top].copy(), identity_pose[chain.top]
+        share = rot.rotmat_slerp(np.eye(3), m, 1.0 / (k + 1))                         # M^(1/(k+1)), b's frame
+        own = np.concatenate([share[None], np.swapaxes(chain.to_top, -1, -2) @ share @ chain.to_top], 0)
+        frames_ = [own[0]]                                                            # posed frames in b's frame
+        point = own[0] @ chain.offsets[0]
+        for i in range(k):
+            frames_.append(frames_[-1] @ chain.relative[i] @ own[i + 1])
+            point = point + frames_[-1] @ chain.offsets[i + 1]
+        s = rot.rotmat_between(point, m @ chain.end)
+        basis[chain.top] = s @ own[0]
+        rigid = np.eye(3)
+        for i, e in enumerate(chain.extras):
+            basis[e] = own[i + 1]
+            rigid = rigid @ chain.relative[i]
+            change = h @ s @ frames_[i + 1] @ rigid.T @ m.T @ h.T                     # posed e_i vs rigid e_i
+            for x in chain.attached[e]:
+                identity_pose[x] = change @ identity_pose[x]
+                basis[x] = identity_pose[x].T @ targets[x]
+
+
+# --- the solver -------------------------------------------------------------------------------------------------
+
+@dataclass
+class RigSolver:
+    """Everything ``solve`` needs to pose a rig without evaluating it, vectorised over its k driven bones.
+
+    names: driven bones, the m mapped ones first (mapping order), then reset and chain bones (identity pose).
+    joint (m,): SMPL joint of each mapped bone; aligned_rest (m, 3, 3): Q_j B_b; anchor (k,): the mapped bone
+    whose orientation each bone's identity pose follows (through reset bones), or m for "nothing driven";
+    follow (k, 3, 3): identity-pose orientation = P[anchor] · follow; blended: [(index, followed mapped
+    index, BlendModel)]; chains: torso ``Chain``s; frame: F; root: index of the root bone in ``names`` or
+    None; scale: rig leg length / SMPL leg length.
+    """
+    names: list
+    joint: np.ndarray
+    aligned_rest: np.ndarray
+    anchor: np.ndarray
+    follow: np.ndarray
+    blended: list
+    chains: list
+    frame: np.ndarray
+    root: int | None
+    scale: float
+
+
+def build_solver(mapping: RigMapping, driven, rest, parent, relation, blends, frame, alignments, hierarchy,
+                 chain_bones, scale) -> RigSolver:
+    """Fold what was read from a rig into a ``RigSolver``.
+
+    driven: bone names; rest: (k, 4, 4) identity-pose matrices; parent / relation: ``follow_relations``;
+    blends: {bone: BlendModel}; frame: F; alignments: Q (24, 3, 3); hierarchy: {bone: parent bone or None};
+    chain_bones: the plain bones between mapped ones (set to identity; torso ones share the rotation)."""
+    rest_of = {n: rest[i] for i, n in enumerate(driven)}
+    joint_of = {mapping.joints[name]: j for j, name in enumerate(JOINT_NAMES) if name in mapping.joints}
+    mapped = [n for n in driven if n in joint_of]
+    names = mapped + [n for n in driven if n not in joint_of]
+    position = {n: i for i, n in enumerate(mapped)}
+    anchor, follow = [], []
+    for n in names:
+        k = relation[n][:3, :3].copy()
+        up = parent[n]
+        while up is not None and up not in position:        # a reset bone in between: identity pose
+            k = relation[up][:3, :3] @ k
+            up = parent[up]
+        anchor.append(position[up] if up is not None else len(mapped))
+        follow.append(rot.orthonormalize_rotmat(k))
+    aligned = [alignments[joint_of[n]] @ rot.orthonormalize_rotmat(rest_of[n][:3, :3]) for n in mapped]
+    blended = [(names.index(n), position[parent[n]], model) for n, model in blends.items() if parent[n] in position]
+    root = mapping.root_bone()
+    return RigSolver(names=names, joint=np.array([joint_of[n] for n in mapped], dtype=np.int64),
+                     aligned_rest=np.array(aligned).reshape(-1, 3, 3), anchor=np.array(anchor, dtype=np.int64),
+                     follow=np.array(follow).reshape(-1, 3, 3), blended=blended,
+                     chains=_torso_chains(mapping, names, anchor, hierarchy, set(chain_bones), rest_of),
+                     frame=np.asarray(frame, dtype=np.float64), root=names.index(root) if root in names else None,
+                     scale=float(scale))
+
+
+def solve(solver: RigSolver, rotmats, translation=None):
+    """Pose-bone rotations for SMPL rotations (24, 3, 3) (SMPL frame).
+
+    Returns (quaternions (k, 4) wxyz for ``solver.names``, the root bone's location (3,) for ``translation``
+    (SMPL ``transl``, scaled to the rig; zeros for None), the mapped bones' target orientations P (m, 3, 3))."""
+    f = solver.frame
+    m = len(solver.joint)
+    world = world_rotations(rotmats)                                                # (24, 3, 3)
+    targets = f @ world[solver.joint] @ f.T @ solver.aligned_rest                  # (m, 3, 3) P
+    anchors = np.concatenate([targets, np.eye(3)[None]], 0)[solver.anchor]         # (k, 3, 3)
+    identity_pose = anchors @ solver.follow                                        # (k, 3, 3) H
+    for i, followed, model in solver.blended:                                      # Rigify's half-following neck
+        identity_pose[i] = blend_orientation(model, targets[followed])
+    basis = np.tile(np.eye(3), (len(solver.names), 1, 1))
+    basis[:m] = np.swapaxes(identity_pose[:m], -1, -2) @ targets                   # M = Hᵀ P
+    if solver.chains:
+        _spread(solver.chains, basis, identity_pose, targets)
+    location = np.zeros(3)
+    if translation is not None and solver.root is not None:
+        location = identity_pose[solver.root].T @ (solver.scale * (f @ np.asarray(translation, dtype=np.float64)))
+    return rot.rotmat_to_quat_wxyz(basis), location, targets

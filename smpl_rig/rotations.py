@@ -26,7 +26,7 @@ __all__ = [
     "rotvec_to_d6", "quat_wxyz_to_d6", "d6_to_quat_wxyz", "geodesic_angle", "pose_to_rotmat",
     "quat_wxyz_align_signs", "quat_wxyz_slerp", "quat_wxyz_multiply", "quat_wxyz_conjugate",
     "rotmat_x", "rotmat_y", "rotmat_z", "orthonormalize_rotmat", "angles_xyz_deg_to_rotmat_yzx",
-    "rotvec_mirror_x",
+    "rotvec_mirror_x", "rotmat_slerp", "rotmat_between",
 ]
 
 _SMALL_ANGLE = 1e-4  # below this, Taylor series replace sin(x)/x-type ratios
@@ -207,6 +207,58 @@ def quat_wxyz_slerp(q0, q1, t):
     w1 = xp.where(near, t + omega * 0, xp.sin(t * omega) / s)
     q = w0 * q0 + w1 * q1
     return q / xp.norm(q)
+
+
+@_keep_dtype
+def rotmat_slerp(a, b, t):
+    """Rotation matrices (..., 3, 3) a fraction ``t`` of the way from ``a`` to ``b`` on the shortest arc:
+    a · exp(t · log(aᵀ b)), Rodrigues written out (no quaternion round trip: retargeting runs it on every
+    apply). At a half turn (aᵀ b = 180°) the axis comes from the symmetric part."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape == (3, 3) and np.isscalar(t):
+        return _rotmat_slerp_single(a.astype(np.float64), b.astype(np.float64), float(t))
+    xp, a = _prepare(a, (3, 3), "rotmat")
+    _, b = _prepare(b, (3, 3), "rotmat")
+    d = xp.swap(a) @ b
+    vee = xp.stack([d[..., 2, 1] - d[..., 1, 2], d[..., 0, 2] - d[..., 2, 0], d[..., 1, 0] - d[..., 0, 1]], -1) / 2
+    sin = xp.norm(vee)                                          # (..., 1): sin θ
+    cos = (d[..., 0, 0] + d[..., 1, 1] + d[..., 2, 2] - 1)[..., None] / 2
+    theta = xp.arctan2(sin, cos)
+    if bool((sin < _SMALL_ANGLE).any() & (cos < 0).any()):      # near a half turn: a careful log
+        return a @ rotvec_to_rotmat(rotmat_to_rotvec(d) * t)
+    axis = vee / xp.where(sin < 1e-12, sin * 0 + 1, sin)
+    k = _skew(xp, axis)
+    angle = (theta * t)[..., None]
+    return a @ (xp.eye_like(axis) + xp.sin(angle) * k + (1 - xp.cos(angle)) * (k @ k))
+
+
+def _rotmat_slerp_single(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """``rotmat_slerp`` for one pair of float64 (3, 3) matrices, in scalar arithmetic (no array dispatch)."""
+    d = a.T @ b
+    x, y, z = 0.5 * (d[2, 1] - d[1, 2]), 0.5 * (d[0, 2] - d[2, 0]), 0.5 * (d[1, 0] - d[0, 1])
+    sin = math.sqrt(x * x + y * y + z * z)
+    cos = 0.5 * (d[0, 0] + d[1, 1] + d[2, 2] - 1.0)
+    if sin < _SMALL_ANGLE and cos < 0:                            # near a half turn: a careful log
+        return a @ rotvec_to_rotmat(rotmat_to_rotvec(d) * t)
+    if sin < 1e-12:
+        return a.copy()
+    angle = t * math.atan2(sin, cos)
+    x, y, z = x / sin, y / sin, z / sin
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return a @ (np.eye(3) + math.sin(angle) * k + (1.0 - math.cos(angle)) * (k @ k))
+
+
+def rotmat_between(a, b) -> np.ndarray:
+    """The smallest rotation (3, 3) turning direction ``a`` (3,) onto direction ``b`` (3,), numpy, float64:
+    I + [v]× + [v]×² / (1 + c) with v = â × b̂, c = â · b̂; a half turn picks an axis perpendicular to
+    ``a``."""
+    a = np.asarray(a, dtype=np.float64) / np.linalg.norm(a)
+    b = np.asarray(b, dtype=np.float64) / np.linalg.norm(b)
+    v, c = np.cross(a, b), float(a @ b)
+    if c < -1 + 1e-12:
+        axis = np.cross(a, np.eye(3)[np.argmin(np.abs(a))])
+        return rotvec_to_rotmat(axis / np.linalg.norm(axis) * math.pi)
+    k = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return np.eye(3) + k + (k @ k) / (1.0 + c)
 
 
 # --- 6D ------------------------------------------------------------------------------------------------

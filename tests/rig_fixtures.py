@@ -62,6 +62,15 @@ def add_box_mesh(arm_obj, deform_bones, name="Body", thickness=0.04):
     return mesh_obj
 
 
+_FACE_AND_HELPERS = ("face", "forehead", "temple", "jaw", "chin", "cheek", "brow", "lid", "ear", "nose", "lip",
+                     "tongue", "teeth", "eye", "breast", "pelvis.", "heel")
+
+
+def _is_face_or_helper(name: str) -> bool:
+    """Rigify metarig bones left out of the box mesh: the face, breasts, pelvis and heel helpers."""
+    return name.startswith(_FACE_AND_HELPERS)
+
+
 def _enable_rigify():
     import addon_utils
     addon_utils.enable("rigify", default_set=True, persistent=True)
@@ -71,9 +80,7 @@ def rigify_metarig():
     _enable_rigify()
     bpy.ops.object.armature_human_metarig_add()
     meta = bpy.context.object
-    body = [b.name for b in meta.data.bones if not any(k in b.name for k in ("face", "forehead", "temple", "jaw",
-            "chin", "cheek", "brow", "lid", "ear", "nose", "lip", "tongue", "teeth", "eye", "breast", "pelvis.",
-            "heel"))]
+    body = [b.name for b in meta.data.bones if not _is_face_or_helper(b.name)]
     add_box_mesh(meta, body, thickness=0.03)
     bpy.ops.object.mode_set(mode="OBJECT") if bpy.context.object.mode != "OBJECT" else None
     return meta
@@ -82,12 +89,12 @@ def rigify_metarig():
 def rigify_generated():
     meta = rigify_metarig()
     _select_only(meta)
+    before = set(bpy.data.objects)
     result = bpy.ops.pose.rigify_generate()
     assert result == {"FINISHED"}, result
-    rig = next(o for o in bpy.data.objects if o.type == "ARMATURE" and o is not meta)
-    deform = [b.name for b in rig.data.bones if b.name.startswith("DEF-") and b.use_deform and not any(
-        k in b.name for k in ("face", "forehead", "temple", "jaw", "chin", "cheek", "brow", "lid", "ear", "nose",
-                              "lip", "tongue", "teeth", "eye", "breast", "pelvis"))]
+    rig = next(o for o in bpy.data.objects if o.type == "ARMATURE" and o not in before)
+    deform = [b.name for b in rig.data.bones if b.name.startswith("DEF-") and b.use_deform
+              and not _is_face_or_helper(b.name[4:])]
     for child in list(meta.children):
         bpy.data.objects.remove(child)
     meta.hide_set(True)
@@ -241,8 +248,9 @@ def a_pose_rig():
             start, end = heads[f"{limb}_{side}"], tails[f"{limb}_{side}"]
             heads[twist], tails[twist] = start + (end - start) * 0.5, end
             chain[twist] = f"{limb}_{side}"
-    rolls = {bone: (0.0, 0.0, 1.0) if abs((tails[bone] - heads[bone])[2]) < 0.9 * np.linalg.norm(tails[bone] - heads[bone])
-             else (0.0, -1.0, 0.0) for bone in heads}
+    mostly_up = {bone: abs((tails[bone] - heads[bone])[2]) >= 0.9 * np.linalg.norm(tails[bone] - heads[bone])
+                 for bone in heads}
+    rolls = {bone: (0.0, -1.0, 0.0) if mostly_up[bone] else (0.0, 0.0, 1.0) for bone in heads}
     arm = _build("APose", heads, tails, chain, rolls)
     add_box_mesh(arm, [b for b in heads if "twist" not in b], thickness=0.03)
     return arm

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from smpl_rig import frames, kinematics, retarget, rotations as rot
+from smpl_rig import frames, kinematics, retarget, rig_names, rotations as rot
 from smpl_rig.body import load
-from smpl_rig.skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS, primary_child
+from smpl_rig.skeleton import JOINT_INDEX, JOINT_NAMES, MIRROR, NUM_JOINTS, PARENTS, primary_child
 
 C = frames.SMPL_TO_BLENDER
 
@@ -19,6 +19,9 @@ def _sided(template: str, sides=("Left", "Right")):
 
 CONVENTION_NAMES = {
     "smpl": list(JOINT_NAMES),
+    "smplx": ["root"] + list(JOINT_NAMES[:22]) + ["jaw", "left_eye_smplhf", "right_eye_smplhf"] + [
+        f"{side}_{finger}{k}" for side in ("left", "right") for finger in ("index", "middle", "pinky", "ring", "thumb")
+        for k in (1, 2, 3)],
     "smpl_kintree": ["Pelvis", "Spine1", "Spine2", "Spine3", "Neck", "Head"] + [
         f"{s}_{p}" for s in "LR" for p in ("Hip", "Knee", "Ankle", "Foot", "Collar", "Shoulder", "Elbow", "Wrist", "Hand")],
     "smpl_fbx": [f"m_avg_{n}" for n in ["Pelvis", "Spine1", "Spine2", "Spine3", "Neck", "Head"]] + [
@@ -26,6 +29,10 @@ CONVENTION_NAMES = {
     "mixamo": [f"mixamorig:{n}" for n in ["Hips", "Spine", "Spine1", "Spine2", "Neck", "Head", "HeadTop_End"]] + [
         f"mixamorig:{s}{p}" for s in ("Left", "Right") for p in ("UpLeg", "Leg", "Foot", "ToeBase", "Shoulder", "Arm",
                                                                "ForeArm", "Hand", "HandMiddle1", "HandMiddle2")],
+    "mixamo_underscore": [n.replace("mixamorig:", "mixamorig1_") for n in [
+        "mixamorig:Hips", "mixamorig:Spine", "mixamorig:Spine1", "mixamorig:Spine2", "mixamorig:Neck", "mixamorig:Head"]] + [
+        f"mixamorig1_{s}{p}" for s in ("Left", "Right") for p in ("UpLeg", "Leg", "Foot", "ToeBase", "Shoulder", "Arm",
+                                                                "ForeArm", "Hand", "HandIndex1")],
     "rigify_metarig": ["spine"] + [f"spine.00{k}" for k in range(1, 7)] + [
         f"{p}.{s}" for s in "LR" for p in ("thigh", "shin", "foot", "toe", "heel.02", "shoulder", "upper_arm",
                                            "forearm", "hand", "palm.02", "f_middle.01")],
@@ -54,9 +61,9 @@ CONVENTION_NAMES = {
 
 @pytest.mark.parametrize("convention", sorted(CONVENTION_NAMES))
 def test_every_claimed_naming_maps_all_24_joints(convention):
-    mapping = retarget.detect_mapping(CONVENTION_NAMES[convention])
+    mapping = rig_names.detect_mapping(CONVENTION_NAMES[convention])
     assert mapping.mapped_count == NUM_JOINTS, mapping.missing
-    assert retarget.mapping_problem(mapping) is None
+    assert rig_names.mapping_problem(mapping) is None
     assert len(set(mapping.joints.values())) == NUM_JOINTS          # one bone per joint
     if convention == "rigify":
         assert mapping.joints["left_shoulder"] == "upper_arm_fk.L" and mapping.measure["left_shoulder"] == "ORG-upper_arm.L"
@@ -65,31 +72,31 @@ def test_every_claimed_naming_maps_all_24_joints(convention):
 
 def test_sides_are_not_swapped():
     for names in CONVENTION_NAMES.values():
-        mapping = retarget.detect_mapping(names)
+        mapping = rig_names.detect_mapping(names)
         left, right = mapping.joints["left_elbow"], mapping.joints["right_elbow"]
-        assert left != right and retarget._swap_side(left) == right, (left, right)
+        assert left != right and rig_names._swap_side(left) == right, (left, right)
 
 
 @pytest.mark.parametrize("names", [[], ["Bone", "Bone.001", "Bone.002"], ["tail_01", "tail_02", "wing_l", "wing_r"],
                                    ["Hips", "Spine", "Head"]])
 def test_a_non_humanoid_gets_one_sentence(names):
-    problem = retarget.mapping_problem(retarget.detect_mapping(names))
+    problem = rig_names.mapping_problem(rig_names.detect_mapping(names))
     assert problem is not None and problem.count(". ") == 0 and "humanoid" in problem and problem.endswith(".")
 
 
 def test_mirror_fill_completes_the_other_side_and_presets_round_trip():
     names = CONVENTION_NAMES["rigify_metarig"]
-    full = retarget.detect_mapping(names)
-    left_only = retarget.RigMapping(joints={j: b for j, b in full.joints.items() if not j.startswith("right_")},
+    full = rig_names.detect_mapping(names)
+    left_only = rig_names.RigMapping(joints={j: b for j, b in full.joints.items() if not j.startswith("right_")},
                                     convention="manual")
-    filled = retarget.mirror_fill(left_only, names)
+    filled = rig_names.mirror_fill(left_only, names)
     assert filled.joints == full.joints
-    back = retarget.mapping_from_json(retarget.mapping_to_json(filled))
+    back = rig_names.mapping_from_json(rig_names.mapping_to_json(filled))
     assert back.joints == filled.joints and back.convention == "manual"
     with pytest.raises(ValueError, match="unknown SMPL joints"):
-        retarget.RigMapping.from_dict({**filled.to_dict(), "joints": {"tail": "Bone"}})
+        rig_names.RigMapping.from_dict({**filled.to_dict(), "joints": {"tail": "Bone"}})
     with pytest.raises(ValueError, match="not JSON"):
-        retarget.mapping_from_json("{")
+        rig_names.mapping_from_json("{")
 
 
 @pytest.mark.parametrize("axes", ["blender", "y_up", "x_forward"])
@@ -106,10 +113,10 @@ def test_mirror_is_an_involution_and_mirrors_forward_kinematics():
     rotmats = rot.rotvec_to_rotmat(rng.normal(0, 0.5, (NUM_JOINTS, 3)))
     np.testing.assert_allclose(retarget.mirror_rotmats(retarget.mirror_rotmats(rotmats)), rotmats, atol=1e-12)
     joints = load("mannequin").rest_joints
-    symmetric = (joints + joints[list(retarget.MIRROR)] * [-1, 1, 1]) / 2
+    symmetric = (joints + joints[list(MIRROR)] * [-1, 1, 1]) / 2
     a = kinematics.forward_kinematics(symmetric, rotmats).joints
     b = kinematics.forward_kinematics(symmetric, retarget.mirror_rotmats(rotmats)).joints
-    np.testing.assert_allclose(b[list(retarget.MIRROR)] * [-1, 1, 1], a, atol=1e-9)
+    np.testing.assert_allclose(b[list(MIRROR)] * [-1, 1, 1], a, atol=1e-9)
 
 
 # --- the formula through a simulated Blender rig ----------------------------------------------------------
@@ -202,3 +209,57 @@ def test_the_smpl_armature_itself_gets_the_bone_formula():
     parent_rest = np.concatenate([np.eye(3)[None], rest_b])[[p + 1 for p in PARENTS]]
     basis = np.swapaxes(parent_target @ np.swapaxes(parent_rest, -1, -2) @ rest_b, -1, -2) @ target
     np.testing.assert_allclose(basis, bones.pose_bone_rotmats(bones.bone_frames(rest_b), rotmats), atol=1e-9)
+
+
+def _simulate(heads, rest, parents, order, basis):
+    """Blender's pose evaluation: armature-space 4×4 matrices from rest (rotation, head) and pose-bone
+    rotations ``basis`` {bone: (3, 3)} (identity for bones not in it), parents first."""
+    rest4 = {}
+    for n in order:
+        m = np.eye(4)
+        m[:3, :3], m[:3, 3] = rest[n], heads[n]
+        rest4[n] = m
+    posed = {}
+    for n in order:
+        b = np.eye(4)
+        b[:3, :3] = basis.get(n, np.eye(3))
+        p = parents[n]
+        posed[n] = (rest4[n] if p is None else posed[p] @ np.linalg.inv(rest4[p]) @ rest4[n]) @ b
+    return posed
+
+
+def test_the_solver_poses_a_simulated_rig_whose_spine_has_an_extra_bone():
+    """follow_relations → build_solver → solve, on the A-pose rig run through Blender's evaluation in numpy:
+    every bone segment points where the mannequin's does, and the extra spine bone takes a share."""
+    rng = np.random.default_rng(7)
+    heads, rest, parents, order = _a_pose_rig(rng)
+    mapping = rig_names.RigMapping(joints={n: n for n in JOINT_NAMES})
+    driven = list(JOINT_NAMES) + ["upper_chest"]
+    identity = _simulate(heads, rest, parents, order, {})
+    rest_arr = np.array([identity[n] for n in driven])
+    probe = rot.rotvec_to_rotmat(np.array([0.15, 0.4, -0.25]))
+    probes = {n: np.array([_simulate(heads, rest, parents, order, {n: probe})[d][:3, :3] for d in driven])
+              for n in JOINT_NAMES}
+    parent, relation, nonrigid = retarget.follow_relations(driven, rest_arr, probes)
+    assert nonrigid == [] and parent["neck"] == "spine3" and parent["left_collar"] == "spine3"
+    mapped = np.ones(NUM_JOINTS, bool)
+    rig_joints = np.array([heads[n] for n in JOINT_NAMES])
+    frame = retarget.body_frame(rig_joints, mapped)
+    mannequin = load("mannequin").rest_joints
+    alignments = retarget.rest_alignments(rig_joints, mannequin, frame, mapped)
+    solver = retarget.build_solver(mapping, driven, rest_arr, parent, relation, {}, frame, alignments, parents,
+                                   ["upper_chest"], 1.0)
+    assert len(solver.chains) == 1 and solver.names[-1] == "upper_chest"
+    segments = retarget.mapped_segments(mapped)
+    for _ in range(10):
+        rotmats = rot.rotvec_to_rotmat(rng.normal(0, 0.5, (NUM_JOINTS, 3)))
+        quats, _, _ = retarget.solve(solver, rotmats)
+        basis = dict(zip(solver.names, rot.quat_wxyz_to_rotmat(quats)))
+        posed = _simulate(heads, rest, parents, order, basis)
+        got = np.array([posed[n][:3, 3] for n in JOINT_NAMES])
+        want = frames.smpl_points_to_blender(kinematics.forward_kinematics(mannequin, rotmats).joints)
+        angles = retarget.direction_angles_deg(retarget.segment_directions(got, segments),
+                                               retarget.segment_directions(want, segments))
+        assert angles.max() < 1e-6
+        share = rot.geodesic_angle(basis["upper_chest"], np.eye(3))
+        assert share > 1e-3 and abs(share - rot.geodesic_angle(basis["spine3"], np.eye(3))) < np.radians(60)
