@@ -244,6 +244,8 @@ def calibrate(obj, mapping: rig_names.RigMapping | None = None) -> _Calibration:
     if cached is not None:
         rest = _rest_fingerprint(obj, cached.bone_count)
         if rest is not None and np.array_equal(rest, cached.rest_fingerprint):
+            if not obj.get(MAPPING_PROPERTY):   # another object of the same names and rest (a new file, say)
+                obj[MAPPING_PROPERTY] = text
             return cached
     problem = retarget_problem(obj, mapping)
     if problem:
