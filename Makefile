@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON_SYS) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON_SYS) not found)"; exit 1; }
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,smpl]"
 	touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv and install every pinned dependency (reused when up to date)
