@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import random
 
-from .data.records import InstructionRecord, PoseRecord
+from backend.posegpt.model import POSE_TOKEN
+from backend.posegpt.templates import IMAGE_MARK
 
-POSE_PLACEHOLDER = "<POSE>"
-IMAGE_PLACEHOLDER = "<image>"
+from .data.records import InstructionRecord, PoseRecord
 
 IMAGE_QUESTIONS = (
     "What is the SMPL pose of the person in the middle of this picture?",
@@ -92,7 +92,7 @@ def pose_turns(record: PoseRecord, rng: random.Random, *, answers: tuple[str, ..
     elif record.kind == "image":
         question = (DESCRIBED_PERSON_QUESTION.format(description=_describe(record.caption)) if record.caption
                     else rng.choice(IMAGE_QUESTIONS[:pool or None]))
-        question = IMAGE_PLACEHOLDER + "\n" + question
+        question = IMAGE_MARK + "\n" + question
     else:
         raise ValueError(f"unknown pose record kind {record.kind!r}")
     return [("user", question), ("assistant", answer)]

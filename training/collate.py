@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from backend.posegpt.model import IGNORE_INDEX
+from backend.posegpt.model import IGNORE_INDEX, POSE_TOKEN
 from backend.posegpt.templates import IMAGE_MARK, encode_conversation
 
 from .data.records import InstructionRecord, PoseRecord
-from .chat_turns import POSE_PLACEHOLDER, answer_pool, follow_up_turns, pose_turns, record_turns
+from .chat_turns import answer_pool, follow_up_turns, pose_turns, record_turns
 
 log = logging.getLogger(__name__)
 IGNORE = IGNORE_INDEX
@@ -68,7 +68,7 @@ class ChatEncoder:
                   else record_turns(record, rng, answers=self.answers, pool=self.pool))
         if isinstance(record, InstructionRecord):
             # A literal <POSE> in instruction text would make the model emit a pose with no target.
-            turns = [(r, t.replace(POSE_PLACEHOLDER, "pose")) for r, t in turns]
+            turns = [(r, t.replace(POSE_TOKEN, "pose")) for r, t in turns]
         pil = [record.load_image()] if record.load_image is not None else []
         marks = sum(t.count(IMAGE_MARK) for r, t in turns if r == "user")
         if marks != len(pil):

@@ -24,7 +24,9 @@ from smpl_rig import metrics
 from smpl_rig.kinematics import forward_kinematics
 
 from .data.records import PoseRecord
-from .chat_turns import DESCRIBED_PERSON_QUESTION, IMAGE_PLACEHOLDER, IMAGE_QUESTIONS, TEXT_QUESTIONS
+from backend.posegpt.templates import IMAGE_MARK
+
+from .chat_turns import DESCRIBED_PERSON_QUESTION, IMAGE_QUESTIONS, TEXT_QUESTIONS
 
 log = logging.getLogger(__name__)
 MANNEQUIN_NPZ = Path(__file__).resolve().parents[1] / "smpl_rig" / "data" / "mannequin.npz"
@@ -66,8 +68,8 @@ def question_for(record: PoseRecord) -> str:
     if record.kind == "text":
         return TEXT_QUESTIONS[0].format(description=record.caption.strip())
     if record.caption:
-        return IMAGE_PLACEHOLDER + "\n" + DESCRIBED_PERSON_QUESTION.format(description=record.caption.strip())
-    return IMAGE_PLACEHOLDER + "\n" + IMAGE_QUESTIONS[0]
+        return IMAGE_MARK + "\n" + DESCRIBED_PERSON_QUESTION.format(description=record.caption.strip())
+    return IMAGE_MARK + "\n" + IMAGE_QUESTIONS[0]
 
 
 @torch.no_grad()

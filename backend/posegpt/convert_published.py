@@ -40,11 +40,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import PoseGPTError
+from .templates import IMAGE_MARK
 
 log = logging.getLogger(__name__)
 
 PUBLISHED_POSE_TOKEN = "[SEG]"
-IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 IM_START, IM_END = "<im_start>", "<im_end>"
 DIRECT_ANSWER = "Sure, it is<POSE>"  # the published answers read "Sure, it is [SEG]."; the model emits [SEG] after "▁is"
@@ -131,8 +131,8 @@ def project_tokenizer(published: Path):
         for leftover in ("tokenizer.model", "added_tokens.json"):  # the renamed tokenizer.json is the tokenizer
             (Path(tmp) / leftover).unlink(missing_ok=True)
         tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
-    extra = [IMAGE_TOKEN] + ([PAD_TOKEN] if tokenizer.pad_token is None else [])
-    tokenizer.add_special_tokens({"extra_special_tokens": [POSE_TOKEN, IMAGE_TOKEN]}, replace_extra_special_tokens=False)
+    extra = [IMAGE_MARK] + ([PAD_TOKEN] if tokenizer.pad_token is None else [])
+    tokenizer.add_special_tokens({"extra_special_tokens": [POSE_TOKEN, IMAGE_MARK]}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     missing = [t for t in extra if t not in tokenizer.get_vocab()]
@@ -286,7 +286,7 @@ def convert(published, clip, out, dtype: str = "bf16", verify: bool = True, im_s
         tie_word_embeddings=False)
     patches = (vision_config.image_size // vision_config.patch_size) ** 2
     config = LlavaConfig(vision_config=vision_config.to_dict(), text_config=text_config,
-                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_MARK),
                          vision_feature_layer=int(source_config.get("mm_vision_select_layer", -2)),
                          vision_feature_select_strategy=strategy, projector_hidden_act="gelu",
                          image_seq_length=patches + (strategy == "full"), tie_word_embeddings=False)
@@ -311,7 +311,7 @@ def convert(published, clip, out, dtype: str = "bf16", verify: bool = True, im_s
         shutil.copyfile(published / "tokenizer.model", out / PROMPT_MODEL_FILE)
     template = VICUNA_V1.to_dict() | {
         "name": "chatpose_vicuna_v1", "encoding": "whole", "direct_answer": DIRECT_ANSWER,
-        "image_text": (IM_START + IMAGE_TOKEN + IM_END if im_start_end else IMAGE_TOKEN) + "\n"}
+        "image_text": (IM_START + IMAGE_MARK + IM_END if im_start_end else IMAGE_MARK) + "\n"}
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "family": "llava",
         "backbone_class": "LlavaForConditionalGeneration", "weights": "merged", "pose_token": POSE_TOKEN,

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .model import POSE_TOKEN, PoseGPT, add_pose_token
-from .templates import CHATML, VICUNA_V1
+from .templates import CHATML, IMAGE_MARK, VICUNA_V1
 
 _CORPUS = """\
 A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful,
@@ -32,7 +32,7 @@ system user assistant You are a helpful assistant.
 """
 
 SPECIALS = {
-    "llava": ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+    "llava": ["<unk>", "<s>", "</s>", "<pad>", IMAGE_MARK],
     "qwen2_vl": ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
                  "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
     "text": ["<unk>", "<s>", "</s>", "<pad>"],
@@ -86,7 +86,7 @@ def build_llava_backbone(text_config, tokenizer, *, vision_hidden: int, vision_l
                               num_hidden_layers=vision_layers, num_attention_heads=vision_heads,
                               image_size=image_size, patch_size=patch_size, projection_dim=vision_hidden)
     config = LlavaConfig(vision_config=vision, text_config=text_config,
-                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_MARK),
                          vision_feature_layer=vision_feature_layer, vision_feature_select_strategy="default",
                          projector_hidden_act="gelu", image_seq_length=(image_size // patch_size) ** 2)
     processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},

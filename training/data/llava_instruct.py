@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.posegpt.templates import IMAGE_MARK
+
 from .records import InstructionRecord
 
 log = logging.getLogger(__name__)
 
 ROLES = {"human": "user", "gpt": "assistant"}
-IMAGE_PLACEHOLDER = "<image>"
 
 
 class LlavaInstruct:
@@ -120,10 +121,10 @@ class LlavaInstruct:
         entry = self.entry(index)
         turns = [(ROLES[t["from"]], str(t["value"])) for t in entry["conversations"]]
         # The placeholder belongs to user turns only; in an answer it would be an image token to predict.
-        turns = [(r, t.replace(IMAGE_PLACEHOLDER, "image") if r == "assistant" else t) for r, t in turns]
+        turns = [(r, t.replace(IMAGE_MARK, "image") if r == "assistant" else t) for r, t in turns]
         if not entry.get("image"):
             # A stray placeholder without an image would leave the processor with nothing to expand.
-            turns = [(r, t.replace(IMAGE_PLACEHOLDER, "").strip()) for r, t in turns]
+            turns = [(r, t.replace(IMAGE_MARK, "").strip()) for r, t in turns]
             return InstructionRecord(turns=turns, meta={"source": "llava", "id": str(entry.get("id", index))})
         if self.image_root is None:
             raise ValueError("LLaVA entries reference images: set data.llava_image_root")
@@ -133,12 +134,12 @@ class LlavaInstruct:
         # then the rest of the turn.
         seen = False
         for k, (role, text) in enumerate(turns):
-            if role == "user" and IMAGE_PLACEHOLDER in text:
-                rest = text.replace(IMAGE_PLACEHOLDER, "").strip()
-                turns[k] = (role, rest if seen else IMAGE_PLACEHOLDER + "\n" + rest)
+            if role == "user" and IMAGE_MARK in text:
+                rest = text.replace(IMAGE_MARK, "").strip()
+                turns[k] = (role, rest if seen else IMAGE_MARK + "\n" + rest)
                 seen = True
         if not seen:
-            turns[0] = ("user", IMAGE_PLACEHOLDER + "\n" + turns[0][1])
+            turns[0] = ("user", IMAGE_MARK + "\n" + turns[0][1])
 
         def load_image():
             with Image.open(image_path) as im:
