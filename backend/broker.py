@@ -9,8 +9,9 @@ queued most; the image bytes held for waiting requests have a hard ceiling; and 
 (its connection closed, e.g. after its requests timed out) has its queued work dropped at the next
 heartbeat, never run for nobody.
 
-Images are decoded here, off the model's thread, by a small pool (``backend/images.py``: the decoder
-checks the size it decodes, and decodes only as large as the model reads). A job reaches its worker with
+Images are decoded off the model's thread and GIL, by a small pool of low-priority processes
+(``backend/images.py``: the decoder checks the size it decodes, and decodes only as large as the model
+reads). A job reaches its worker with
 the pixels, so a model never waits for a peer's 16 MB PNG, a cancel during a decode answers at once, and
 a queued request holds a few hundred kilobytes instead of the file.
 
@@ -23,10 +24,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import multiprocessing
 import os
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -59,10 +61,10 @@ class Quotas:
     client_running: int = 2                   # of one client's requests, at most this many run at once
     queued_image_bytes: int = 256 * 1024 * 1024   # image bytes held for waiting requests, all clients
     client_image_share: float = 0.5           # the part of that one client may hold
-    decode_threads: int = 2                   # images decoded at once (off the model's thread)
+    decode_processes: int = 1                   # decoder processes (off the model's thread and GIL, low priority)
 
     def __post_init__(self):
-        if min(self.client_queued, self.client_running, self.queued_image_bytes, self.decode_threads) < 1:
+        if min(self.client_queued, self.client_running, self.queued_image_bytes, self.decode_processes) < 1:
             raise ValueError(f"every quota must be at least 1: {self}")
         if not 0.0 < self.client_image_share <= 1.0:
             raise ValueError(f"client_image_share must be in (0, 1], got {self.client_image_share}")
@@ -134,7 +136,11 @@ class Broker:
         self.dropped_for_gone_clients = 0
         self._service_s = 0.05                   # running mean of a job's time on a worker (retry hints)
         self._decode_wait: deque = deque()       # request keys whose images wait for a decoder
-        self._decoders = ThreadPoolExecutor(quotas.decode_threads, thread_name_prefix="posegpt-decode")
+        # processes, not threads: a decoder's Python between Pillow calls would take the GIL from the
+        # model's thread every switch interval; spawned, since this process may already hold torch's threads
+        self._decoders = ProcessPoolExecutor(quotas.decode_processes, multiprocessing.get_context("spawn"),
+                                             image_decoding.decoder_init, (limits,))
+        self._decoders.submit(int).add_done_callback(lambda _: None)      # start them now, not at the first photo
         self._decoded: deque = deque()           # (key, images, bytes, ms, error) from the decoder threads
         self._wake_r, self._wake_w = os.pipe()   # a decoder thread writes a byte: the loop wakes up
         os.set_blocking(self._wake_r, False)
@@ -322,7 +328,7 @@ class Broker:
             return
         if request.started is None:
             self._release(key)
-            self._reply(identity, wire.Error(message.request_id, "cancelled", "the request was cancelled"))
+            self._reply(identity, wire.Error(message.request_id, "cancelled", wire.CANCELLED_MESSAGE))
             self._log(request, "cancelled")
         else:
             send_frames(self.backend, [request.worker.identity, *jobs.cancel_frames(identity, message.request_id)])
@@ -432,7 +438,7 @@ class Broker:
                 running = self.clients[client].running + taken.get(client, 0)
                 if (not request.ready or running >= self.quotas.client_running
                         or request.job.session_id in blocked_sessions | sessions
-                        or (batch and not (request.job.batchable and self.requests[batch[0]].job.batchable))):
+                        or (batch and not _batch_with(self.requests[batch[0]], request))):
                     # this client's turn is over for this job: its next request may not overtake this one
                     blocked_sessions.add(request.job.session_id)
                     keys.clear()
@@ -465,12 +471,12 @@ class Broker:
                         copy=False)
             self._free_images(request)        # the pixels are the worker's now
 
-    # --- image decoding (a thread pool; the loop never waits for it) ---------------------------------
+    # --- image decoding (a process pool; the loop never waits for it) --------------------------------
 
     def _start_decodes(self) -> None:
         """Start decodes while a decoder is free, taking first the client with the fewest running."""
         busy = sum(h.decoding for h in self.clients.values())
-        while busy < self.quotas.decode_threads and self._decode_wait:
+        while busy < self.quotas.decode_processes and self._decode_wait:
             key = min(self._decode_wait, key=lambda k: self.clients[self.requests[k].client].decoding
                       if k in self.requests else -1)
             self._decode_wait.remove(key)
@@ -482,22 +488,21 @@ class Broker:
             request.decoding = True
             self.clients[request.client].decoding += 1
             busy += 1
-            self._decoders.submit(self._decode, request, request.images,
-                                  size if isinstance(size, int) and size > 0 else None)
+            files = [bytes(f.buffer) if hasattr(f, "buffer") else bytes(f) for f in request.images]
+            future = self._decoders.submit(image_decoding.decode_files, files, self.limits,
+                                           size if isinstance(size, int) and size > 0 else None)
+            future.add_done_callback(lambda done, request=request: self._decode_done(request, done))
 
-    def _decode(self, request: _Request, files: list, draft_size: int | None) -> None:
-        """In a decoder thread: the files → RGB pixels (or the error), handed back to the loop."""
-        start = time.perf_counter()
+    def _decode_done(self, request: _Request, future) -> None:
+        """In the pool's thread: hand the outcome to the loop and wake it."""
         try:
-            pictures = [image_decoding.decode_image(f.buffer if hasattr(f, "buffer") else f, self.limits,
-                                                    draft_size) for f in files]
-            outcome = [((p.width, p.height), p.tobytes()) for p in pictures]
-        except wire.WireError as err:
-            outcome = err
-        except Exception as exc:                       # never lose a request to a decoder bug
-            log.exception("decoding the images of %s failed", request.request_id)
-            outcome = wire.WireError("bad_image", f"the image could not be decoded ({type(exc).__name__})")
-        self._decoded.append((request, outcome, (time.perf_counter() - start) * 1e3))
+            outcome = future.result()
+        except Exception as exc:                       # the decoder process died (killed, out of memory)
+            outcome = ("error", "bad_image", f"the image could not be decoded ({type(exc).__name__})", 0.0)
+        if outcome[0] == "ok":
+            self._decoded.append((request, outcome[1], outcome[2]))
+        else:
+            self._decoded.append((request, wire.WireError(outcome[1], outcome[2]), outcome[3]))
         try:
             os.write(self._wake_w, b"d")
         except OSError:
@@ -665,3 +670,10 @@ def _user_id(frame: zmq.Frame) -> str | None:
         return frame.get("User-Id") or None
     except zmq.ZMQError:
         return None
+
+
+def _batch_with(head: _Request, other: _Request) -> bool:
+    """Whether ``other`` may join the batch ``head`` starts: both direct-mode turns with as many images.
+    (A padded batch costs every row the longest row's length: a text turn batched with a four-photo turn
+    would wait for the photos' tokens.)"""
+    return head.job.batchable and other.job.batchable and len(head.job.images) == len(other.job.images)

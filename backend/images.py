@@ -15,11 +15,15 @@ was sent.
 from __future__ import annotations
 
 import io
+import os
+import time
 import warnings
 
 from posegpt_net import wire
 
-__all__ = ["configure", "decode_image", "from_pixels"]
+__all__ = ["configure", "decode_image", "from_pixels", "decoder_init", "decode_files", "DECODER_NICE"]
+
+DECODER_NICE = 10        # a decoder process yields the CPU to the model and the broker on a busy machine
 
 
 def configure(limits: wire.Limits) -> None:
@@ -76,3 +80,28 @@ def from_pixels(width: int, height: int, buffer):
     if width < 1 or height < 1 or len(buffer) != width * height * 3:
         raise wire.WireError("bad_image", f"{len(buffer)} pixel bytes do not make a {width}×{height} RGB image")
     return Image.frombuffer("RGB", (width, height), buffer, "raw", "RGB", 0, 1)
+
+
+# --- the decoder process (backend/broker.py runs a small pool of them) ----------------------------------
+
+def decoder_init(limits: wire.Limits) -> None:
+    """Run once in each decoder process: the server's pixel limit, and a lower scheduling priority."""
+    configure(limits)
+    try:
+        os.nice(DECODER_NICE)
+    except OSError:
+        pass
+
+
+def decode_files(files: list[bytes], limits: wire.Limits, draft_size: int | None) -> tuple:
+    """In a decoder process: files → ("ok", [((width, height), RGB bytes)], ms) or ("error", code, message,
+    ms). Plain tuples cross the process boundary (an exception with its own constructor would not)."""
+    start = time.perf_counter()
+    try:
+        pictures = [decode_image(data, limits, draft_size) for data in files]
+        return "ok", [((p.width, p.height), p.tobytes()) for p in pictures], (time.perf_counter() - start) * 1e3
+    except wire.WireError as err:
+        return "error", err.code, err.message, (time.perf_counter() - start) * 1e3
+    except Exception as exc:                       # never lose a request to a decoder bug
+        return "error", "bad_image", f"the image could not be decoded ({type(exc).__name__})", \
+            (time.perf_counter() - start) * 1e3

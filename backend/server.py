@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="requests of one client that run at once")
     fair.add_argument("--max-queued-image-bytes", type=int, default=q.queued_image_bytes,
                       help="image bytes held for waiting requests, all clients (one client: half of it)")
-    fair.add_argument("--decode-threads", type=int, default=q.decode_threads, help="images decoded at once")
+    fair.add_argument("--decode-processes", type=int, default=q.decode_processes, help="processes decoding images (at low priority)")
     kv = parser.add_argument_group("KV cache (per worker; least recently used caches are evicted and rebuilt)")
     kv.add_argument("--kv-budget-tokens", type=int, default=None,
                     help="tokens of context all sessions' caches may hold (default: from --kv-budget-gb)")
@@ -379,7 +379,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
                          max_queue=args.max_queue, device=args.device, dtype=args.dtype, devices=devices,
                          log_level=args.log_level,
                          quotas=Quotas(args.client_queue, args.client_running, args.max_queued_image_bytes,
-                                       decode_threads=args.decode_threads),
+                                       decode_processes=args.decode_processes),
                          kv=KVBudget(args.kv_budget_tokens, args.kv_budget_gb, args.max_sessions))
 
 

@@ -191,7 +191,7 @@ class ModelWorker:
         for index, outcome in zip(slots, outcomes):
             job = batch[index]
             if job.cancel.is_set():
-                replies[index] = wire.Error(job.request_id, "cancelled", "the request was cancelled")
+                replies[index] = wire.Error(job.request_id, "cancelled", wire.CANCELLED_MESSAGE)
             elif isinstance(outcome, Exception):
                 replies[index] = self._error_reply(job, outcome)
             else:
@@ -204,7 +204,7 @@ class ModelWorker:
     def _answer(self, runtime, job: _Held) -> wire.Message:
         try:
             if job.cancel.is_set():
-                raise wire.WireError("cancelled", "the request was cancelled before it started")
+                raise wire.WireError("cancelled", wire.CANCELLED_MESSAGE)
             return self._run(runtime, job)
         except Exception as exc:
             return self._error_reply(job, exc)
@@ -214,6 +214,8 @@ class ModelWorker:
         if code not in wire.ERROR_CODES:
             log.error("%s: request %s failed", self.identity.decode(), job.request_id, exc_info=exc)
             code = "internal"
+        if code == "cancelled":                      # however far it got, the documented words
+            return wire.Error(job.request_id, code, wire.CANCELLED_MESSAGE)
         return wire.Error(job.request_id, code, getattr(exc, "message", str(exc))[:500])
 
     def _run(self, runtime, job: _Held) -> wire.Message:
@@ -247,7 +249,7 @@ class ModelWorker:
                               on_progress=on_progress)
         finished = time.perf_counter()
         if job.cancel.is_set():
-            return wire.Error(job.request_id, "cancelled", "the request was cancelled")
+            return wire.Error(job.request_id, "cancelled", wire.CANCELLED_MESSAGE)
         return self._result(job, result, {"model_ms": (finished - start) * 1e3})
 
     def _result(self, job: _Held, result, extra_timings: dict) -> wire.Result:
