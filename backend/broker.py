@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import json
 import multiprocessing
 import os
+import shutil
+import tempfile
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -136,14 +139,20 @@ class Broker:
         self.dropped_for_gone_clients = 0
         self._service_s = 0.05                   # running mean of a job's time on a worker (retry hints)
         self._decode_wait: deque = deque()       # request keys whose images wait for a decoder
-        # processes, not threads: a decoder's Python between Pillow calls would take the GIL from the
-        # model's thread every switch interval; spawned, since this process may already hold torch's threads
-        self._decoders = ProcessPoolExecutor(quotas.decode_processes, multiprocessing.get_context("spawn"),
-                                             image_decoding.decoder_init, (limits,))
-        self._decoders.submit(int).add_done_callback(lambda _: None)      # start them now, not at the first photo
-        self._decoded: deque = deque()           # (key, images, bytes, ms, error) from the decoder threads
-        self._wake_r, self._wake_w = os.pipe()   # a decoder thread writes a byte: the loop wakes up
-        os.set_blocking(self._wake_r, False)
+        # Decoders are processes, not threads: a decoder's Python between Pillow calls would take the GIL
+        # from the model's thread every switch interval. They get the client's frames over ZeroMQ (no copy
+        # made under this process's GIL, nothing pickled) from a ROUTER in a private folder.
+        self._decoder_dir = tempfile.mkdtemp(prefix="posegpt-")
+        Path(self._decoder_dir, "server.pid").write_text(str(os.getpid()))   # swept if we are SIGKILLed
+        self.decoders = frontend.context.socket(zmq.ROUTER)
+        self.decoders.linger = 0
+        self._decoder_endpoint = f"ipc://{self._decoder_dir}/decoders.ipc"
+        self.decoders.bind(self._decoder_endpoint)
+        self._decoder_procs: dict[bytes, multiprocessing.Process] = {}
+        self._idle_decoders: deque = deque()                  # identities of decoders waiting for work
+        self._in_decoder: dict[bytes, _Request] = {}          # decoder identity → the request it decodes
+        for index in range(quotas.decode_processes):
+            self._spawn_decoder(f"decoder-{index}".encode())
         self._trim_due = False
         # a send to a client that has gone raises EHOSTUNREACH instead of vanishing: how gone clients
         # are noticed (every held request is sent a heartbeat at least every BEAT_EVERY_S)
@@ -157,20 +166,21 @@ class Broker:
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self.decoders, zmq.POLLIN)
         next_tick = time.monotonic() + TICK_S
         while not should_stop():
             ready = dict(poller.poll(max(1, int((next_tick - time.monotonic()) * 1000) + 1)))
             if self.backend in ready:
                 self._drain(self.backend, self._on_worker)
-            if self._wake_r in ready:
-                self._on_decoded()
+            if self.decoders in ready:
+                self._drain(self.decoders, self._on_decoder, copy=False)
             if self.frontend in ready:
                 self._drain(self.frontend, self._on_client, copy=False)
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_S
                 self._check_workers()
+                self._check_decoders()
                 self._heartbeat(now)
                 if self._trim_due and not self.requests:
                     self._trim_due = False
@@ -198,9 +208,12 @@ class Broker:
         for worker in self.workers.values():
             if not worker.dead:
                 send_frames(self.backend, [worker.identity, jobs.STOP])
-        self._decoders.shutdown(wait=False, cancel_futures=True)
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
+        self.decoders.close(0)
+        for process in self._decoder_procs.values():
+            process.terminate()
+        for process in self._decoder_procs.values():
+            process.join(5)
+        shutil.rmtree(self._decoder_dir, ignore_errors=True)
         log.info("shutdown: %d requests served, %d malformed messages rejected, %d requests of gone clients "
                  "dropped", self.served, self.rejected, self.dropped_for_gone_clients)
 
@@ -471,74 +484,85 @@ class Broker:
                         copy=False)
             self._free_images(request)        # the pixels are the worker's now
 
-    # --- image decoding (a process pool; the loop never waits for it) --------------------------------
+    # --- image decoding (decoder processes; the loop never waits for them) ---------------------------
+
+    def _spawn_decoder(self, identity: bytes) -> None:
+        process = multiprocessing.get_context("spawn").Process(
+            target=image_decoding.serve_decoder, name=identity.decode(), daemon=True,
+            args=(self._decoder_endpoint, identity, asdict(self.limits), os.getpid()))
+        process.start()
+        self._decoder_procs[identity] = process
+
+    def _check_decoders(self) -> None:
+        """A decoder that died (a bomb that got past every check, the OOM killer) fails its request and
+        is started again."""
+        for identity, process in list(self._decoder_procs.items()):
+            if process.is_alive():
+                continue
+            log.error("image decoder %s stopped (exit code %s); starting it again", identity.decode(),
+                      process.exitcode)
+            request = self._in_decoder.pop(identity, None)
+            if identity in self._idle_decoders:
+                self._idle_decoders.remove(identity)
+            if request is not None:
+                self._decoded(request, wire.WireError("bad_image", "the image decoder stopped on this image"), 0.0)
+            self._spawn_decoder(identity)
 
     def _start_decodes(self) -> None:
-        """Start decodes while a decoder is free, taking first the client with the fewest running."""
-        busy = sum(h.decoding for h in self.clients.values())
-        while busy < self.quotas.decode_processes and self._decode_wait:
+        """Hand waiting images to idle decoders, taking first the client with the fewest decoding."""
+        while self._idle_decoders and self._decode_wait:
             key = min(self._decode_wait, key=lambda k: self.clients[self.requests[k].client].decoding
                       if k in self.requests else -1)
             self._decode_wait.remove(key)
             request = self.requests.get(key)
             if request is None:
                 continue
-            card = request.worker.model_card or {}
-            size = card.get("image_size")
+            size = (request.worker.model_card or {}).get("image_size")
+            options = json.dumps({"draft_size": size if isinstance(size, int) and size > 0 else None})
+            decoder = self._idle_decoders.popleft()
             request.decoding = True
             self.clients[request.client].decoding += 1
-            busy += 1
-            files = [bytes(f.buffer) if hasattr(f, "buffer") else bytes(f) for f in request.images]
-            future = self._decoders.submit(image_decoding.decode_files, files, self.limits,
-                                           size if isinstance(size, int) and size > 0 else None)
-            future.add_done_callback(lambda done, request=request: self._decode_done(request, done))
+            self._in_decoder[decoder] = request
+            send_frames(self.decoders, [decoder, decoder, options.encode(), *request.images], copy=False)
 
-    def _decode_done(self, request: _Request, future) -> None:
-        """In the pool's thread: hand the outcome to the loop and wake it."""
-        try:
-            outcome = future.result()
-        except Exception as exc:                       # the decoder process died (killed, out of memory)
-            outcome = ("error", "bad_image", f"the image could not be decoded ({type(exc).__name__})", 0.0)
-        if outcome[0] == "ok":
-            self._decoded.append((request, outcome[1], outcome[2]))
+    def _on_decoder(self, frames: list) -> None:
+        identity, *rest = (frame.bytes if index < 4 else frame for index, frame in enumerate(frames))
+        if identity not in self._decoder_procs:
+            return
+        if rest == [b"READY"]:
+            self._idle_decoders.append(identity)
         else:
-            self._decoded.append((request, wire.WireError(outcome[1], outcome[2]), outcome[3]))
-        try:
-            os.write(self._wake_w, b"d")
-        except OSError:
-            pass                                       # shut down meanwhile
-
-    def _on_decoded(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        touched = set()
-        while self._decoded:
-            request, outcome, decode_ms = self._decoded.popleft()
-            key = (request.identity, request.request_id)
-            request.decoding = False
-            self.clients[request.client].decoding -= 1
-            if self.requests.get(key) is not request:
-                # cancelled, or its client gone, while decoding: the files are free only now
-                self._free_images(request)
-                self._forget_idle(request.client)
-                continue
-            if isinstance(outcome, wire.WireError):
-                self._release(key)
-                self._reply(request.identity, wire.Error(request.request_id, outcome.code, outcome.message))
-                self._log(request, outcome.code)
-                continue
-            pixels = [data for _size, data in outcome]
-            self._resize_images(request, pixels, sum(len(p) for p in pixels))
-            request.job.images = [list(size) for size, _data in outcome]
-            request.job.image_decode_ms = decode_ms
-            request.ready = True
-            touched.add(request.worker.identity)
+            _tag, status, head, *pixels = rest
+            info = json.loads(head)
+            request = self._in_decoder.pop(identity, None)
+            self._idle_decoders.append(identity)
+            if request is not None:
+                outcome = (list(zip(info["sizes"], pixels)) if status == b"ok"
+                           else wire.WireError(info["code"], info["message"]))
+                self._decoded(request, outcome, float(info.get("ms", 0.0)))
         self._start_decodes()
-        for identity in touched:
-            self._dispatch(self.workers[identity])
+
+    def _decoded(self, request: _Request, outcome, decode_ms: float) -> None:
+        """A decode ended: the request is ready (or answered with the decoder's error)."""
+        key = (request.identity, request.request_id)
+        request.decoding = False
+        self.clients[request.client].decoding -= 1
+        if self.requests.get(key) is not request:
+            # cancelled, or its client gone, while decoding: the files are free only now
+            self._free_images(request)
+            self._forget_idle(request.client)
+            return
+        if isinstance(outcome, wire.WireError):
+            self._release(key)
+            self._reply(request.identity, wire.Error(request.request_id, outcome.code, outcome.message))
+            self._log(request, outcome.code)
+            return
+        pixels = [data for _size, data in outcome]
+        self._resize_images(request, pixels, sum(len(p) for p in pixels))
+        request.job.images = [list(size) for size, _data in outcome]
+        request.job.image_decode_ms = decode_ms
+        request.ready = True
+        self._dispatch(request.worker)
 
     def _resize_images(self, request: _Request, images: list, image_bytes: int) -> None:
         holder = self.clients[request.client]

@@ -5,7 +5,8 @@
 Starts ``python -m backend.server`` as its own process (one model worker thread, a tiny LLaVA-style
 checkpoint, the default quotas), then:
 - fairness: a victim client sends ``VICTIM_TURNS`` text chats one after another, first alone, then while
-  an abuser keeps its whole quota queued with chats carrying four 4K photos each. Prints the victim's p99
+  an abuser (its own process) keeps its whole quota queued with chats carrying four 4K photos each,
+  resending as soon as the server's ``busy`` retry hint allows. Prints the victim's p99
   latency alone and loaded and ``fair_share_p99_ratio`` (loaded / alone; the target is at most 3);
 - a gone client: the abuser fills its quota with long generations and closes its socket (what the
   lazy-pirate client does when its requests time out); ``gone_client_drop_s`` is how long until the
@@ -22,8 +23,8 @@ import os
 import socket
 import subprocess
 import sys
+import multiprocessing
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -93,49 +94,44 @@ def victim_latencies(address: str, turns: int = VICTIM_TURNS) -> list[float]:
     return out
 
 
-class Abuser(threading.Thread):
-    """Keeps its whole quota queued with large chats until stopped; counts what it got."""
-
-    def __init__(self, address: str, photos: list[bytes], mode: str = "direct"):
-        super().__init__(daemon=True)
-        self.address, self.photos, self.mode = address, photos, mode
-        self.stop = threading.Event()
-        self.results = self.busy = 0
-        self.client: PoseClient | None = None
-
-    def run(self):
-        with PoseClient(self.address, timeout_s=60) as client:
-            self.client = client
-            serial = 0
-            in_flight = set()
-            while not self.stop.is_set():
-                while len(in_flight) < 10 and not self.stop.is_set():     # more than its quota: some get busy
-                    serial += 1
-                    in_flight.add(client.chat(f"abuser-{serial % 16}", "what is the pose?", images=self.photos,
-                                              mode=self.mode, max_new_tokens=1000))
-                for message in client.pump():
-                    if message.final:
-                        in_flight.discard(message.request_id)
-                        self.results += message.kind == "result"
-                        self.busy += getattr(message, "code", "") == "busy"
-                time.sleep(0.005)
+def abuse(address: str, photos: list[bytes], stop, counts, mode: str = "direct") -> None:
+    """An abusive client (run in its own process, as it would be on its own machine): keeps more large
+    chats in flight than its quota allows until ``stop`` is set; a busy reply makes it wait the server's
+    retry hint before trying again. ``counts``: [results, busy replies]."""
+    with PoseClient(address, timeout_s=60) as client:
+        serial, in_flight, hold_until = 0, set(), 0.0
+        while not stop.is_set():
+            while len(in_flight) < 10 and time.monotonic() >= hold_until and not stop.is_set():
+                serial += 1
+                in_flight.add(client.chat(f"abuser-{serial % 16}", "what is the pose?", images=photos,
+                                          mode=mode, max_new_tokens=1000))
+            for message in client.pump():
+                if message.final:
+                    in_flight.discard(message.request_id)
+                    counts[0] += message.kind == "result"
+                    if getattr(message, "code", "") == "busy":
+                        counts[1] += 1
+                        hold_until = time.monotonic() + message.details.get("retry_after_s", 0.1)
+            time.sleep(0.005)
 
 
 def fair_share(address: str) -> dict[str, float]:
     alone = victim_latencies(address)
     photos = [photo_jpeg(seed=k) for k in range(ABUSER_IMAGES)]
-    abuser = Abuser(address, photos)
+    context = multiprocessing.get_context("spawn")
+    stop, counts = context.Event(), context.Array("i", 2)
+    abuser = context.Process(target=abuse, args=(address, photos, stop, counts), daemon=True)
     abuser.start()
-    time.sleep(2.0)                              # its quota is full before the victim starts
+    time.sleep(3.0)                              # its quota is full before the victim starts
     try:
         loaded = victim_latencies(address)
     finally:
-        abuser.stop.set()
+        stop.set()
         abuser.join(30)
     p99_alone, p99_loaded = float(np.percentile(alone, 99)), float(np.percentile(loaded, 99))
     return {"victim_p99_alone_ms": p99_alone * 1e3, "victim_p99_loaded_ms": p99_loaded * 1e3,
-            "fair_share_p99_ratio": p99_loaded / p99_alone, "abuser_results": float(abuser.results),
-            "abuser_busy_replies": float(abuser.busy), "photo_bytes": float(sum(len(p) for p in photos))}
+            "fair_share_p99_ratio": p99_loaded / p99_alone, "abuser_results": float(counts[0]),
+            "abuser_busy_replies": float(counts[1]), "photo_bytes": float(sum(len(p) for p in photos))}
 
 
 def gone_client_drop(address: str) -> float:
