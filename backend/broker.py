@@ -61,7 +61,8 @@ class Quotas:
     """What one client may hold, and what all of them together may hold in images."""
 
     client_queued: int = 8                    # requests one client may have waiting (decoding or queued)
-    client_running: int = 2                   # of one client's requests, at most this many run at once
+    client_running: int = 1                   # of one client's requests, at most this many run at once
+                                              # while another client has work waiting
     queued_image_bytes: int = 256 * 1024 * 1024   # image bytes held for waiting requests, all clients
     client_image_share: float = 0.5           # the part of that one client may hold
     decode_processes: int = 1                   # decoder processes (off the model's thread and GIL, low priority)
@@ -146,6 +147,8 @@ class Broker:
         Path(self._decoder_dir, "server.pid").write_text(str(os.getpid()))   # swept if we are SIGKILLed
         self.decoders = frontend.context.socket(zmq.ROUTER)
         self.decoders.linger = 0
+        if frontend.context.get(zmq.IO_THREADS) > 2:
+            self.decoders.affinity = 1 << 2        # its own I/O thread: photos to decode never block clients
         self._decoder_endpoint = f"ipc://{self._decoder_dir}/decoders.ipc"
         self.decoders.bind(self._decoder_endpoint)
         self._decoder_procs: dict[bytes, multiprocessing.Process] = {}
@@ -227,12 +230,16 @@ class Broker:
     # --- clients -------------------------------------------------------------------------------------
 
     def _send(self, identity: bytes, frames: list) -> bool:
-        """Send to a client without ever blocking; a client that is gone loses everything it held."""
+        """Send to a client without ever blocking; a client that is gone (or has stopped reading: its
+        send queue full) loses everything it held."""
         try:
             send_frames(self.frontend, [identity, *frames], NOBLOCK)
             return True
         except zmq.Again:
-            log.debug("client %s reads nothing; a message to it was dropped", identity.hex())
+            # a thousand messages wait unread: the client no longer reads (hung, or hostile); its work
+            # would only ever be run for nobody
+            log.warning("client %s reads nothing; dropping its work", identity.hex())
+            self._drop_client(identity)
         except zmq.ZMQError as exc:
             if exc.errno != errno.EHOSTUNREACH:
                 raise
@@ -441,6 +448,9 @@ class Broker:
         sessions: set = set()
         blocked_sessions: set = set()
         taken: dict[bytes, int] = {}
+        # work-conserving: the running quota only holds while another client has work ready here
+        contenders = sum(1 for keys in heads.values() if keys and self.requests[keys[0]].ready)
+        running_quota = self.quotas.client_running if contenders > 1 else MAX_JOB_BATCH
         progress = True
         while progress and len(batch) < MAX_JOB_BATCH:
             progress = False
@@ -449,7 +459,7 @@ class Broker:
                     continue
                 request = self.requests[keys[0]]
                 running = self.clients[client].running + taken.get(client, 0)
-                if (not request.ready or running >= self.quotas.client_running
+                if (not request.ready or running >= running_quota
                         or request.job.session_id in blocked_sessions | sessions
                         or (batch and not _batch_with(self.requests[batch[0]], request))):
                     # this client's turn is over for this job: its next request may not overtake this one

@@ -23,7 +23,7 @@ from posegpt_net import wire
 
 __all__ = ["configure", "decode_image", "from_pixels", "serve_decoder", "DECODER_NICE"]
 
-DECODER_NICE = 10        # a decoder process yields the CPU to the model and the broker on a busy machine
+DECODER_NICE = 19        # a decoder process yields the CPU to the model and the broker on a busy machine
 
 
 def configure(limits: wire.Limits) -> None:

@@ -97,7 +97,9 @@ def victim_latencies(address: str, turns: int = VICTIM_TURNS) -> list[float]:
 def abuse(address: str, photos: list[bytes], stop, counts, mode: str = "direct") -> None:
     """An abusive client (run in its own process, as it would be on its own machine): keeps more large
     chats in flight than its quota allows until ``stop`` is set; a busy reply makes it wait the server's
-    retry hint before trying again. ``counts``: [results, busy replies]."""
+    retry hint before trying again. ``counts``: [results, busy replies]. It runs at the lowest priority:
+    it stands in for a client on another machine, not for a process competing with the server here."""
+    os.nice(19)
     with PoseClient(address, timeout_s=60) as client:
         serial, in_flight, hold_until = 0, set(), 0.0
         while not stop.is_set():
