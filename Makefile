@@ -9,7 +9,7 @@ PROMPT     ?=
 ARGS       ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-gui bench serve keys addon train demo clean
+.PHONY: help venv test test-fast test-gui bench serve keys addon train eval demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ venv: $(STAMP) ## Create .venv and install every pinned dependency (reused when 
 
 test: $(STAMP) ## Run the test suite (headless; bpy module included)
 	$(PY) -m pytest -q tests $(ARGS)
+
+test-fast: $(STAMP) ## The edit-test loop: every test but those marked slow (under a minute)
+	$(PY) -m pytest -q tests -m "not slow" $(ARGS)
 
 test-gui: $(STAMP) ## Drive Debian's Blender under xvfb with the built add-on; screenshot in test_output/
 	bash scripts/install_gui_deps.sh
@@ -45,6 +48,9 @@ addon: $(STAMP) ## Build the Blender extension and legacy add-on zips into dist/
 
 train: $(STAMP) ## Fine-tune PoseGPT (CONFIG=training/configs/....yaml, ARGS="key=value ...")
 	$(PY) -m training.train --config $(CONFIG) $(ARGS)
+
+eval: $(STAMP) ## The paper's 3DPW / Human3.6M table for CHECKPOINT (ARGS="--smpl-model DIR --joint-regressor F --3dpw ROOT --h36m NPZ ...")
+	$(PY) -m training.estimation --checkpoint $(CHECKPOINT) $(ARGS)
 
 demo: $(STAMP) ## Words in, posed body out: backend + headless Blender, results in demo_output/
 	$(PY) -m demo.run_demo $(if $(PROMPT),--prompt "$(PROMPT)")

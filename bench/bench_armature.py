@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from smpl_rig import blender as smpl_blender  # noqa: E402
+from smpl_rig import blender_keys as smpl_keys  # noqa: E402
 from smpl_rig import body as smpl_body  # noqa: E402
 from smpl_rig import rotations as rot  # noqa: E402
 from smpl_rig.skeleton import JOINT_NAMES  # noqa: E402
@@ -75,7 +76,7 @@ def bench_keying(body, motion):
     # Bulk: one keyframe_points.add + foreach_set per F-curve.
     obj = fresh_armature(body)
     start = time.perf_counter()
-    smpl_blender.key_sequence(obj, motion, fps=bpy.context.scene.render.fps, start_frame=1)
+    smpl_keys.key_sequence(obj, motion, fps=bpy.context.scene.render.fps, start_frame=1)
     bulk_ms = 1000 * (time.perf_counter() - start)
     return loop_ms, bulk_ms
 

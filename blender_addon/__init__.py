@@ -2,7 +2,8 @@
 
 Package layout (the glTF add-on's split): bpy-free core modules (``chat_state``, ``reply_handling``,
 ``connection``, ``pose_files``) that import without Blender, and Blender glue (``properties``,
-``preferences``, ``operators``, ``panels``, ``session``, ``capture``) imported only by ``register()``.
+``preferences``, ``operators``, ``panels``, ``session``, ``capture``, ``rig_mapping``) imported only by
+``register()``.
 
 Shipped three ways by ``make addon`` (scripts/build_addon.py): as a Blender 4.2+ extension (the manifest;
 pyzmq, smpl_rig and posegpt_net as wheels) and as a legacy add-on zip for Blender 3.4–4.1, where
@@ -30,22 +31,24 @@ if os.path.isdir(_VENDOR_DIR) and _VENDOR_DIR not in sys.path:
 
 def _classes() -> tuple:
     """Every class the add-on registers, in registration order (property groups before their users)."""
-    from . import operators, panels, preferences, properties
-    return (*preferences.classes, *properties.classes, *operators.classes, *panels.classes)
+    from . import operators, panels, preferences, properties, rig_mapping
+    return (*preferences.classes, *properties.classes, *operators.classes, *panels.classes, *rig_mapping.classes)
 
 
 def register():
     import bpy
-    from . import properties
+    from . import properties, rig_mapping
     for cls in _classes():
         bpy.utils.register_class(cls)
     properties.register_properties()
+    rig_mapping.register_properties()
 
 
 def unregister():
     import bpy
-    from . import properties, session
+    from . import properties, rig_mapping, session
     session.disconnect()
+    rig_mapping.unregister_properties()
     properties.unregister_properties()
     for cls in reversed(_classes()):
         bpy.utils.unregister_class(cls)

@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 
+from smpl_rig.bones import check_rotmats as _check_rotations
 from smpl_rig.skeleton import NUM_JOINTS
 
 POSE_JSON_FORMAT = "posegpt-pose-rotmat"
@@ -28,16 +29,12 @@ class PoseFormatError(ValueError):
 
 
 def check_rotmats(rotmats) -> np.ndarray:
-    """Validate and return ``rotmats`` as float64 (24, 3, 3) proper rotations (det +1, orthonormal)."""
-    arr = np.asarray(rotmats, dtype=np.float64)
-    if arr.shape != (NUM_JOINTS, 3, 3):
-        raise PoseFormatError(f"a pose is {NUM_JOINTS} rotation matrices of shape (24, 3, 3), got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise PoseFormatError("the pose contains NaN or infinite numbers")
-    eye_error = np.abs(arr @ np.swapaxes(arr, -1, -2) - np.eye(3)).max()
-    if eye_error > 1e-4 or np.any(np.linalg.det(arr) < 0):
-        raise PoseFormatError(f"the pose has matrices that are not rotations (orthogonality error {eye_error:.2g})")
-    return arr
+    """Validate and return ``rotmats`` as float64 (24, 3, 3) proper rotations (det +1, orthonormal): the
+    one check of ``smpl_rig.bones``, its ``ValueError`` raised as ``PoseFormatError``."""
+    try:
+        return _check_rotations(rotmats, "the pose", num_joints=NUM_JOINTS)
+    except ValueError as error:
+        raise PoseFormatError(str(error)) from None
 
 
 def pose_to_json(rotmats) -> str:

@@ -7,7 +7,7 @@ import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
-from . import capture, session
+from . import capture, rig_mapping, session
 from .chat_state import PoseFormatError, pose_from_json
 from .connection import new_session_id
 from .pose_files import load_pose, save_pose
@@ -22,18 +22,18 @@ def smpl_blender():
 
 
 def target_armature(context):
-    """The SMPL armature the panel works on: the active object, or the armature of its body mesh."""
-    obj = context.active_object
-    if obj is not None and obj.type == "MESH" and obj.parent is not None:
-        obj = obj.parent
-    return obj if obj is not None and smpl_blender().is_smpl_armature(obj) else None
+    """The armature the panel works on: the active object, or the armature of its body mesh, when it is an
+    SMPL armature or any humanoid rig with a usable joint mapping (``rig_mapping``)."""
+    obj = rig_mapping.armature_of(context.active_object)
+    return obj if rig_mapping.is_poseable(obj) else None
 
 
 def _armature_by_name(operator, context):
     obj = bpy.data.objects.get(operator.armature) if operator.armature else target_armature(context)
-    if obj is None or not smpl_blender().is_smpl_armature(obj):
-        raise AddonError("no_armature", f"{operator.armature or 'the active object'} is not an SMPL "
-                         "armature: select one or press Create body")
+    if obj is not None and obj.type == "ARMATURE" and not rig_mapping.is_poseable(obj):
+        raise AddonError.plain("no_armature", rig_mapping.status(obj)["problem"])  # the rig's own sentence
+    if obj is None or not rig_mapping.is_poseable(obj):
+        raise AddonError("no_armature", f"{operator.armature or 'the active object'} is not an armature")
     return obj
 
 
@@ -212,7 +212,7 @@ class POSEGPT_OT_apply_pose(bpy.types.Operator):
         try:
             obj = _armature_by_name(self, context)
             pose = _message_pose(obj, self.index)
-            smpl_blender().apply_pose(obj, pose, global_orient=context.scene.posegpt.orientation.lower())
+            rig_mapping.apply_pose(context, obj, pose)
         except AddonError as exc:
             self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
@@ -237,9 +237,8 @@ class POSEGPT_OT_key_pose(bpy.types.Operator):
         try:
             obj = _armature_by_name(self, context)
             pose = _message_pose(obj, self.index)
-            rig = smpl_blender()
-            rig.apply_pose(obj, pose, global_orient=context.scene.posegpt.orientation.lower())
-            rig.key_pose(obj, frame)
+            rig_mapping.apply_pose(context, obj, pose)
+            rig_mapping.key_pose(obj, frame)
         except AddonError as exc:
             self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
@@ -290,6 +289,9 @@ class POSEGPT_OT_export_pose(bpy.types.Operator, ExportHelper):
         self.check(context)
         try:
             obj = _armature_by_name(self, context)
+            if not smpl_blender().is_smpl_armature(obj):
+                raise AddonError.plain("bad_pose", f"{obj.name} is your own rig: pose files are exported from "
+                                       "SMPL armatures (press Create body)")
             _write_pose_file(self.filepath, smpl_blender().read_pose(obj))
         except AddonError as exc:
             self.report({"ERROR"}, exc.text)
@@ -312,8 +314,7 @@ class POSEGPT_OT_import_pose(bpy.types.Operator, ImportHelper):
     def execute(self, context):
         try:
             obj = _armature_by_name(self, context)
-            smpl_blender().apply_pose(obj, _read_pose_file(self.filepath),
-                                      global_orient=context.scene.posegpt.orientation.lower())
+            rig_mapping.apply_pose(context, obj, _read_pose_file(self.filepath))
         except AddonError as exc:
             self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}

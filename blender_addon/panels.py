@@ -5,7 +5,7 @@ import time
 
 import bpy
 
-from . import session
+from . import rig_mapping, session
 from .chat_state import display_text, wrap_columns, wrap_text
 from .operators import target_armature
 
@@ -59,7 +59,7 @@ class POSEGPT_PT_main(_SidebarPanel, bpy.types.Panel):
 
 
 class POSEGPT_PT_body(_SidebarPanel, bpy.types.Panel):
-    """Which SMPL armature the chat poses"""
+    """Which armature the chat poses: an SMPL body, or your own humanoid rig"""
     bl_idname = "POSEGPT_PT_body"
     bl_label = "Body"
     bl_parent_id = "POSEGPT_PT_main"
@@ -69,9 +69,29 @@ class POSEGPT_PT_body(_SidebarPanel, bpy.types.Panel):
         obj = target_armature(context)
         if obj is not None:
             layout.label(text=f"Target: {obj.name}", icon="OUTLINER_OB_ARMATURE")
+            _draw_rig_status(layout, context, obj)
         else:
-            layout.label(text="Select an SMPL armature, or", icon="INFO")
+            candidate = rig_mapping.armature_of(context.active_object)
+            if candidate is not None:
+                box = layout.box()
+                box.alert = True
+                _wrapped_labels(box, context, rig_mapping.status(candidate)["problem"] or "")
+            layout.label(text="Select a humanoid armature, or", icon="INFO")
         layout.operator("posegpt.create_body", icon="OUTLINER_OB_ARMATURE")
+
+
+def _draw_rig_status(layout, context, obj) -> None:
+    """Mapped joints of the artist's own rig, and what posing it drives."""
+    info = rig_mapping.status(obj)
+    if info.get("smpl"):
+        return
+    column = layout.column(align=True)
+    column.scale_y = 0.8
+    column.label(text=f"{info['mapped']} of 24 joints mapped ({info['convention']} names)", icon="BONE_DATA")
+    if info["missing"]:
+        _wrapped_labels(column, context, "Not mapped: " + ", ".join(info["missing"]))
+    if info["convention"] == "rigify":
+        _wrapped_labels(column, context, "Poses the FK controls; the limbs' IK/FK switches are set to FK.")
 
 
 class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
@@ -85,7 +105,7 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
         settings = context.scene.posegpt
         obj = target_armature(context)
         if obj is None:
-            layout.label(text="No SMPL armature selected")
+            layout.label(text="No armature PoseGPT can pose is selected")
             return
         self._draw_history(layout, context, obj)
         self._draw_waiting(layout, obj)
@@ -127,6 +147,8 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
                 apply.armature, apply.index = obj.name, index
                 key = row.operator("posegpt.key_pose", text=f"Key at {frame}", icon="KEY_HLT")
                 key.armature, key.index = obj.name, index
+                asset = row.operator("posegpt.add_pose_asset", text="", icon="ASSET_MANAGER")
+                asset.armature, asset.index = obj.name, index
                 if message.keyed_frame >= 0:
                     box.label(text=f"Keyed at frame {message.keyed_frame}", icon="DECORATE_KEYFRAME")
         if not len(messages):
@@ -160,6 +182,12 @@ class POSEGPT_PT_options(_SidebarPanel, bpy.types.Panel):
         settings = context.scene.posegpt
         layout.prop(settings, "orientation")
         layout.prop(settings, "mode")
+        layout.prop(settings, "apply_strength", slider=True)
+        column = layout.column(align=True)
+        column.prop(settings, "floor_contact")
+        column.prop(settings, "only_selected")
+        column.prop(settings, "keep_changed")
+        column.prop(settings, "mirror")
         row = layout.row(align=True)
         row.prop(settings, "auto_key")
         sub = row.row(align=True)

@@ -3,7 +3,7 @@
 Both hold one pose in the SMPL model frame as axis-angle, the layout SMPL tools expect:
 ``global_orient`` (3,) and ``body_pose`` (23 × 3 = 69,). Import also accepts a flat ``poses`` array of
 72+ numbers (AMASS-style; the first frame and first 72 values are used, and an AMASS file's Z-up
-orientation is NOT converted: import those through ``smpl_rig.blender.load_amass``) and a ``rotmat``
+orientation is NOT converted: import those through ``smpl_rig.blender_keys.load_amass``) and a ``rotmat``
 (24, 3, 3) array. Files are read with ``allow_pickle=False``.
 """
 from __future__ import annotations

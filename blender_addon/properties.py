@@ -8,7 +8,7 @@ it was a render, so it survives a reopen on another machine).
 from __future__ import annotations
 
 import bpy
-from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, IntProperty, PointerProperty,
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
 IMAGE_SOURCES = (
@@ -74,6 +74,17 @@ class POSEGPT_PG_scene(bpy.types.PropertyGroup):
                        items=(("direct", "Pose", "Every reply is a pose (one fast pass, no free text)"),
                               ("chat", "Chat", "The model writes a reply and poses when it decides to")),
                        default="direct")
+    # How a reply goes on the armature (any rig: smpl_rig.blender_retarget.ApplyOptions)
+    apply_strength: FloatProperty(name="Strength", description="Blend from the current pose to the reply "
+                                  "(per bone, in rotation space): 1 replaces the pose", default=1.0, min=0.0, max=1.0,
+                                  subtype="FACTOR")
+    only_selected: BoolProperty(name="Only selected bones", description="Pose only the selected pose bones",
+                                default=False)
+    keep_changed: BoolProperty(name="Keep my edits", description="Leave bones you rotated by hand since the last "
+                               "reply as they are", default=False)
+    mirror: BoolProperty(name="Mirror", description="Apply the reply mirrored, left and right swapped", default=False)
+    floor_contact: BoolProperty(name="Floor contact", description="Move the body so its lowest point rests on the "
+                                "floor it stood on in rest pose (kneeling, sitting, lying)", default=True)
 
 classes = (POSEGPT_PG_message, POSEGPT_PG_chat, POSEGPT_PG_scene)
 

@@ -35,7 +35,7 @@ ADVICE = {
     "not_ready": "The model is still loading on the server: send again in a few seconds.",
     "worker_failed": "The server's model worker failed on this request: see the server log, then send again.",
     "server_shutdown": "The server is shutting down: restart it with `make serve`.",
-    "no_armature": "Select an SMPL armature (or its body mesh), or press Create body.",
+    "no_armature": "Select an armature PoseGPT can pose (an SMPL body or a humanoid rig), or press Create body.",
     "bad_image": "Pick another image or image source (PNG, JPEG or WebP).",
     "no_pose": "The reply carried no pose: rephrase the prompt or send it again.",
     "bad_pose": "Pick a chat message that carries a pose, or a pose file written by Export pose.",
@@ -64,3 +64,11 @@ class AddonError(Exception):
         self.message = message
         self.text = describe_error(code, message, address=address, timeout_s=timeout_s)
         super().__init__(self.text)
+
+    @classmethod
+    def plain(cls, code: str, sentence: str) -> "AddonError":
+        """An error whose message already says what to do (a rig's own mapping sentence, say)."""
+        error = cls(code, sentence)
+        error.text = sentence
+        error.args = (sentence,)
+        return error

@@ -2,7 +2,8 @@
 the benchmark (one definition, so the three cannot drift apart).
 
 - model: the checkpoint through ``PoseRuntime`` in direct mode (what the backend serves), camera frame;
-- mean pose: the chordal mean of the training poses, each joint projected back onto SO(3);
+- mean pose: the chordal mean of the training poses, each joint projected back onto SO(3)
+  (`smpl_rig.pose_mean`);
 - nearest caption: the pose of the training caption sharing the most words with the prompt (Jaccard
   overlap of lower-cased word sets; ties go to the earlier caption).
 
@@ -15,17 +16,9 @@ import re
 
 import numpy as np
 
-from smpl_rig import rotations
+from smpl_rig.pose_mean import mean_pose
 
 WORD = re.compile(r"[a-z]+")
-
-
-def mean_pose(rotmats: np.ndarray) -> np.ndarray:
-    """(N, 24, 3, 3) → (24, 3, 3): per joint, the mean matrix made a rotation again (Gram–Schmidt)."""
-    rotmats = np.asarray(rotmats, dtype=np.float64)
-    if rotmats.ndim != 4 or rotmats.shape[1:] != (24, 3, 3) or not len(rotmats):
-        raise ValueError(f"expected (N, 24, 3, 3) poses with N >= 1, got {rotmats.shape}")
-    return rotations.orthonormalize_rotmat(rotmats.mean(0))
 
 
 def words(text: str) -> frozenset:

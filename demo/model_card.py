@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from smpl_rig import rotations
+from smpl_rig.pose_mean import mean_pose
 
-from .evaluation import NearestCaption, compare, mean_pose, runtime_poses, summarize
+from .evaluation import NearestCaption, compare, runtime_poses, summarize
 
 BENCHMARK_FILE = "benchmark.npz"
 METRICS_FILE = "metrics.json"
@@ -120,7 +121,7 @@ def caption_references(corpus_dir, rest_joints) -> dict:
 # --- evaluation -----------------------------------------------------------------------------------------
 
 def text_prompts(prompts, style: str) -> list[str]:
-    from training.templates import TEXT_QUESTIONS
+    from training.chat_turns import TEXT_QUESTIONS
 
     if style == "typed":
         return [str(p) for p in prompts]
@@ -134,7 +135,7 @@ def evaluate(runtime, bench: dict, rest_joints, *, sets=("explicit", "speculativ
     """{"explicit_typed": {"model": {...}, "mean_pose": {...}, "nearest_caption": {...}}, ...}."""
     from PIL import Image
 
-    from training.templates import IMAGE_QUESTIONS
+    from training.chat_turns import IMAGE_QUESTIONS
 
     results = {}
     train_texts = [str(t) for t in bench["train_texts"]]
@@ -239,7 +240,7 @@ def write_card(checkpoint: Path, results: dict, info: dict, references: dict | N
         f"rendered at {info['corpus']['image_size']} px from random viewpoints (mannequin body).",
         f"- Training mix per batch: text {info['mix'].get('text', 0):g} : image {info['mix'].get('image', 0):g} "
         "(text = explicit captions and speculative prompts), each wrapped in the training question/answer "
-        f"templates (`training/templates.py`); text records: {CAPTION_WORDS.get(info['captions'], info['captions'])}"
+        f"templates (`training/chat_turns.py`); text records: {CAPTION_WORDS.get(info['captions'], info['captions'])}"
         + (f"; one batch in {info['follow_up_every']} asks each caption as turn 2 or 3 of a chat whose earlier "
            "answers keep their `<POSE>` and their own targets (`data.follow_up_every`)" if info["follow_up_every"] else "")
         + ".", "",

@@ -175,7 +175,7 @@ class Chat:
     prompt: str
     images: list[bytes] = field(default_factory=list)
     mode: str = "direct"
-    max_new_tokens: int = 64
+    max_new_tokens: int = 512  # chat mode stops at the end token first; the published script's cap
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
@@ -631,7 +631,7 @@ def _decode_chat(rid, header, blobs, limits, infos):
                 or meta.get("format", fmt) != fmt:
             raise WireError("bad_image", "image description does not match the image frame", rid)
     options = _get(header, "options", dict, {}, rid)
-    max_new_tokens = _get(options, "max_new_tokens", int, 64, rid)
+    max_new_tokens = _get(options, "max_new_tokens", int, 512, rid)
     temperature = _get(options, "temperature", (int, float), 0.0, rid)
     top_p = _get(options, "top_p", (int, float), 1.0, rid)
     seed = options.get("seed")

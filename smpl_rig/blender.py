@@ -1,7 +1,8 @@
-"""SMPL bodies as Blender armatures: build, pose, read back, keyframe, import AMASS motion.
+"""SMPL bodies as Blender armatures: build, recognise, pose, read back.
 
-The only module of ``smpl_rig`` that imports ``bpy``. Works in Blender 3.4–5.x; version-specific animation
-APIs (slotted actions from 4.4 on) are chosen by ``bpy.app.version``.
+Blender glue only: the formula and the build rules are numpy in ``smpl_rig.bones``; keyframes and AMASS
+import are in ``smpl_rig.blender_keys``. Only ``smpl_rig.blender*`` modules import ``bpy``. Works in
+Blender 3.4–5.x.
 
 Frames and the bone formula (``shared/docs/conventions.md``):
 
@@ -10,47 +11,32 @@ Frames and the bone formula (``shared/docs/conventions.md``):
 - a bone with rest orientation B_i = ``bone.matrix_local.to_3x3()`` gets the pose-bone rotation
   M_i = D_iᵀ R_i D_i with D_i = Cᵀ B_i, so any bone direction and roll poses correctly.
 
-Public functions: ``build_armature``, ``apply_pose``, ``read_pose``, ``read_translation``, ``key_pose``,
-``key_sequence``, ``load_amass``, ``is_smpl_armature``, ``find_smpl_armatures``, ``world_joint_positions``,
-``rest_joints``, ``body_mesh``, ``pose_bone_quaternions``, ``pose_corrective_features``.
+Public functions: ``build_armature``, ``apply_pose``, ``read_pose``, ``read_translation``,
+``is_smpl_armature``, ``find_smpl_armatures``, ``world_joint_positions``, ``rest_joints``, ``body_mesh``,
+``pose_bone_quaternions``.
 Reference and a script example: ``docs/blender_api.md``.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import bpy
 import numpy as np
 
-from . import amass, frames
+from . import bones, frames
 from . import rotations as rot
 from .body import NUM_POSE_FEATURES, pose_corrective_features
-from .skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS, PARENTS, primary_child
+from .skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS
 
 __all__ = [
-    "build_armature", "apply_pose", "read_pose", "read_translation", "key_pose", "key_sequence",
-    "load_amass", "AmassImport", "is_smpl_armature", "world_joint_positions", "rest_joints", "body_mesh",
-    "pose_corrective_features", "pose_bone_quaternions", "find_smpl_armatures", "MARKER", "DEFAULT_AMASS_FPS",
+    "build_armature", "apply_pose", "read_pose", "read_translation", "is_smpl_armature",
+    "world_joint_positions", "rest_joints", "body_mesh", "pose_bone_quaternions", "find_smpl_armatures",
+    "MARKER", "update_pose_correctives", "bone_frames_of", "corrective_key_blocks", "require_smpl_armature",
+    "require_poseable",
 ]
 
 MARKER = "smpl_rig"                 # custom property on the armature object (a group of rest data)
 MESH_MARKER = "smpl_rig_mesh"       # custom property on the skinned mesh object
 FORMAT_VERSION = 1
-CORRECTIVE_PREFIX = "pose_corrective"
 CORRECTIVE_RANGE = 2.0              # entries of R − I lie in [−2, 2]; shape-key sliders must allow that
-DEFAULT_AMASS_FPS = amass.DEFAULT_FPS
-ROTMAT_TOLERANCE = 1e-4             # how far from orthonormal a given matrix may be (float32 model output)
-LEAF_LENGTH_RATIO = 0.6             # a leaf bone continues its parent's direction at this fraction of its length
-MIN_BONE_RATIO = 0.02               # shortest bone, as a fraction of body height (Blender drops zero-length bones)
-FACING_ROLL_LIMIT = 0.7             # bones more aligned than this with "forward" roll toward "up" instead
-
-_C = frames.SMPL_TO_BLENDER
-_FORWARD = np.array([0.0, -1.0, 0.0])   # the body's front in Blender (SMPL +Z)
-_UP = np.array([0.0, 0.0, 1.0])
-_SLOTTED_ACTIONS = bpy.app.version >= (4, 4, 0)
-_FCURVE_GROUP_ARG = bpy.app.version >= (5, 0, 0)
-_INTERPOLATION = {"CONSTANT": 0, "LINEAR": 1, "BEZIER": 2}
 
 
 # --- recognising an SMPL armature ----------------------------------------------------------------------
@@ -77,22 +63,22 @@ def is_smpl_armature(obj) -> bool:
     return _smpl_armature_problem(obj) is None
 
 
-def _require_smpl_armature(obj) -> None:
+def require_smpl_armature(obj) -> None:
     problem = _smpl_armature_problem(obj)
     if problem is not None:
         raise ValueError(problem)
 
 
-def _require_poseable(obj) -> None:
+def require_poseable(obj) -> None:
     """An SMPL armature outside Edit Mode (there, bone rest matrices lag behind the edit bones)."""
-    _require_smpl_armature(obj)
+    require_smpl_armature(obj)
     if obj.mode == "EDIT":
         raise ValueError(f"armature {obj.name!r} is in Edit Mode; switch to Object or Pose Mode to pose it")
 
 
 def rest_joints(obj) -> np.ndarray:
     """The rest joints (24, 3) of the body the armature was built from, SMPL frame, metres."""
-    _require_smpl_armature(obj)
+    require_smpl_armature(obj)
     return np.asarray(obj[MARKER]["rest_joints"], dtype=np.float64).reshape(NUM_JOINTS, 3)
 
 
@@ -104,21 +90,16 @@ def body_mesh(obj):
     return None
 
 
-def _corrective_key_blocks(obj):
+def corrective_key_blocks(obj):
     """The mesh's shape-key collection when it carries the 207 pose correctives in order, else None."""
     mesh_obj = body_mesh(obj)
     keys = mesh_obj.data.shape_keys if mesh_obj is not None else None
     if keys is None or len(keys.key_blocks) != NUM_POSE_FEATURES + 1:
         return None
     first, last = keys.key_blocks[1].name, keys.key_blocks[-1].name
-    if first != _corrective_name(0) or last != _corrective_name(NUM_POSE_FEATURES - 1):
+    if first != bones.corrective_name(0) or last != bones.corrective_name(NUM_POSE_FEATURES - 1):
         return None
     return keys.key_blocks
-
-
-def _corrective_name(feature: int) -> str:
-    joint, entry = divmod(feature, 9)
-    return f"{CORRECTIVE_PREFIX}_{JOINT_NAMES[joint + 1]}_{entry // 3}{entry % 3}"
 
 
 # --- building -------------------------------------------------------------------------------------------
@@ -145,32 +126,6 @@ def _check_body(body) -> None:
         raise ValueError(f"body.posedirs must be ({n_verts}, 3, 207), got {posedirs}")
 
 
-def _bone_tails(heads: np.ndarray, min_length: float) -> np.ndarray:
-    """Tails (24, 3): each bone points to its primary child joint; a leaf (head, feet, hands) continues
-    its parent's direction at LEAF_LENGTH_RATIO of the parent-to-leaf distance."""
-    tails = np.empty_like(heads)
-    for i in range(NUM_JOINTS):
-        child = primary_child(i)
-        if child is not None:
-            direction = heads[child] - heads[i]
-        else:
-            direction = (heads[i] - heads[PARENTS[i]]) * LEAF_LENGTH_RATIO
-        length = np.linalg.norm(direction)
-        if length < min_length:  # coincident joints: keep a usable bone along the parent's direction or up
-            fallback = heads[i] - heads[PARENTS[i]] if i else _UP
-            fallback_norm = np.linalg.norm(fallback)
-            direction = fallback / fallback_norm * min_length if fallback_norm > 1e-9 else _UP * min_length
-        tails[i] = heads[i] + direction
-    return tails
-
-
-def _roll_target(direction: np.ndarray) -> np.ndarray:
-    """The rule for every bone's roll: its local Z axis points to the body's front (−Y) as far as the bone
-    direction allows; bones that themselves point mostly forward or back (feet) put local Z up (+Z)."""
-    unit = direction / np.linalg.norm(direction)
-    return _UP if abs(float(unit @ _FORWARD)) > FACING_ROLL_LIMIT else _FORWARD
-
-
 def _ensure_object_mode() -> None:
     if bpy.context.object is not None and bpy.context.object.mode != "OBJECT":
         bpy.ops.object.mode_set(mode="OBJECT")
@@ -186,7 +141,7 @@ def _build_skeleton(arm_obj, heads: np.ndarray, tails: np.ndarray) -> None:
         for i, name in enumerate(JOINT_NAMES):
             bone = edit_bones.new(name)
             bone.head, bone.tail = heads[i].tolist(), tails[i].tolist()
-            bone.align_roll(_roll_target(tails[i] - heads[i]).tolist())
+            bone.align_roll(bones.roll_target(tails[i] - heads[i]).tolist())
             bone.use_connect = False   # heads sit exactly on the joints; locations stay free for the pelvis
             if PARENTS[i] >= 0:
                 bone.parent = edit_bones[JOINT_NAMES[PARENTS[i]]]
@@ -219,7 +174,7 @@ def _build_mesh(body, name: str, arm_obj, collection):
         offsets = frames.smpl_points_to_blender(np.moveaxis(np.asarray(body.posedirs, dtype=np.float64), 2, 0))
         mesh_obj.shape_key_add(name="Basis", from_mix=False)
         for k in range(NUM_POSE_FEATURES):
-            block = mesh_obj.shape_key_add(name=_corrective_name(k), from_mix=False)
+            block = mesh_obj.shape_key_add(name=bones.corrective_name(k), from_mix=False)
             block.slider_min, block.slider_max = -CORRECTIVE_RANGE, CORRECTIVE_RANGE
             block.data.foreach_set("co", (vertices + offsets[k]).astype(np.float32).ravel())
             block.value = 0.0
@@ -247,7 +202,7 @@ def build_armature(body, name: str = "SMPL", *, collection=None):
     joints_smpl = np.asarray(body.rest_joints, dtype=np.float64)
     heads = frames.smpl_points_to_blender(joints_smpl)
     height = float(np.ptp(np.asarray(body.vertices, dtype=np.float64)[:, 1])) or float(np.ptp(joints_smpl[:, 1]))
-    tails = _bone_tails(heads, MIN_BONE_RATIO * max(height, 1e-3))
+    tails = bones.bone_tails(heads, bones.MIN_BONE_RATIO * max(height, 1e-3))
 
     arm_obj = bpy.data.objects.new(name, bpy.data.armatures.new(name))
     collection.objects.link(arm_obj)
@@ -272,82 +227,20 @@ def build_armature(body, name: str = "SMPL", *, collection=None):
 
 # --- poses ----------------------------------------------------------------------------------------------
 
-def _bone_frames(obj) -> np.ndarray:
+def bone_frames_of(obj) -> np.ndarray:
     """D_i = Cᵀ B_i for every joint (24, 3, 3), from the bones' rest orientations in armature space."""
-    bones = obj.data.bones
-    rest = np.array([bones[name].matrix_local.to_3x3() for name in JOINT_NAMES], dtype=np.float64)
-    return _C.T @ rot.orthonormalize_rotmat(rest)
-
-
-def _check_rotmats(rotmats: np.ndarray, what: str) -> np.ndarray:
-    gram_error = np.abs(rotmats @ np.swapaxes(rotmats, -1, -2) - np.eye(3)).max(initial=0.0)
-    if gram_error > ROTMAT_TOLERANCE or np.any(np.linalg.det(rotmats) < 0):
-        raise ValueError(f"{what} contains matrices that are not rotations (|R Rᵀ − I| = {gram_error:.2g})")
-    return rotmats
-
-
-def _pose_rotmats(pose, current=None) -> np.ndarray:
-    """Any accepted pose form → validated SMPL-frame rotations (24, 3, 3) float64.
-
-    A dict maps joint names to one rotation each ((3,) axis-angle, (3, 3), (6,) 6D or (4,) wxyz); joints
-    it leaves out keep ``current`` (the armature's pose)."""
-    if isinstance(pose, dict):
-        unknown = [k for k in pose if k not in JOINT_INDEX]
-        if unknown:
-            raise ValueError(f"unknown SMPL joint names {unknown}; expected names from {', '.join(JOINT_NAMES)}")
-        rotmats = np.array(current, dtype=np.float64)
-        for joint, value in pose.items():
-            single = np.asarray(value, dtype=np.float64)
-            if single.shape not in ((3,), (3, 3), (6,), (4,)):
-                raise ValueError(f"rotation for {joint!r} must be (3,), (3, 3), (6,) or (4,), got {single.shape}")
-            rotmats[JOINT_INDEX[joint]] = rot.pose_to_rotmat(single[None], num_joints=1)[0]
-        return _check_rotmats(rotmats, "pose")
-    try:
-        array = np.asarray(pose, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"pose must be an array of numbers, got {type(pose).__name__}: {error}") from None
-    rotmats = rot.pose_to_rotmat(array, num_joints=NUM_JOINTS)
-    if rotmats.shape != (NUM_JOINTS, 3, 3):
-        raise ValueError(f"apply_pose takes one pose, got shape {array.shape} (use key_sequence for many)")
-    return _check_rotmats(np.asarray(rotmats, dtype=np.float64), "pose")
-
-
-def _check_global_orient(global_orient: str) -> None:
-    if global_orient not in ("keep", "upright"):
-        raise ValueError(f"global_orient must be 'keep' or 'upright', got {global_orient!r}")
-
-
-def _check_translation(translation, count: int | None = None) -> np.ndarray | None:
-    if translation is None:
-        return None
-    t = np.asarray(translation, dtype=np.float64)
-    expected = (3,) if count is None else (count, 3)
-    if t.shape != expected or not np.all(np.isfinite(t)):
-        raise ValueError(f"translation must be finite {expected}, got shape {t.shape}")
-    return t
-
-
-def _pelvis_location(bone_frames: np.ndarray, translation) -> np.ndarray:
-    """SMPL translation (..., 3) → the pelvis pose-bone location (bone-local rest space): B_0ᵀ C t = D_0ᵀ t."""
-    if translation is None:
-        return np.zeros(3)
-    return np.asarray(translation) @ bone_frames[0]
-
-
-def _pose_bone_quats(bone_frames: np.ndarray, rotmats: np.ndarray) -> np.ndarray:
-    """M_i = D_iᵀ R_i D_i as quaternions (..., 24, 4), w first."""
-    local = np.swapaxes(bone_frames, -1, -2) @ rotmats @ bone_frames
-    return rot.rotmat_to_quat_wxyz(local)
+    rest = obj.data.bones
+    return bones.bone_frames(np.array([rest[name].matrix_local.to_3x3() for name in JOINT_NAMES], dtype=np.float64))
 
 
 def pose_bone_quaternions(obj, rotmats) -> np.ndarray:
     """The pose-bone quaternions (..., 24, 4), w first, that show SMPL rotations (..., 24, 3, 3) on this
     armature: M_i = D_iᵀ R_i D_i (no sign alignment; see ``rotations.quat_wxyz_align_signs``)."""
-    _require_smpl_armature(obj)
+    require_smpl_armature(obj)
     rotmats = np.asarray(rotmats, dtype=np.float64)
     if rotmats.shape[-3:] != (NUM_JOINTS, 3, 3):
         raise ValueError(f"rotmats must be (..., 24, 3, 3), got {rotmats.shape}")
-    return _pose_bone_quats(_bone_frames(obj), rotmats)
+    return bones.pose_bone_quats(bone_frames_of(obj), rotmats)
 
 
 def find_smpl_armatures(scene=None) -> list:
@@ -372,17 +265,17 @@ def apply_pose(obj, pose, *, global_orient: str = "keep", translation=None, undo
     exactly the SMPL pose; pose-corrective shape keys get (R_i − I). Returns the rotations applied
     (24, 3, 3).
     """
-    _require_poseable(obj)
-    _check_global_orient(global_orient)
-    rotmats = _pose_rotmats(pose, current=read_pose(obj) if isinstance(pose, dict) else None)
-    translation = _check_translation(translation)
+    require_poseable(obj)
+    bones.check_global_orient(global_orient)
+    rotmats = bones.pose_rotmats(pose, current=read_pose(obj) if isinstance(pose, dict) else None)
+    translation = bones.check_translation(translation)
     if global_orient == "upright":
         rotmats[0] = np.eye(3)
 
-    bone_frames = _bone_frames(obj)
-    quats = _pose_bone_quats(bone_frames, rotmats)
-    location = _pelvis_location(bone_frames, translation)
-    key_blocks = _corrective_key_blocks(obj)
+    bone_frames = bone_frames_of(obj)
+    quats = bones.pose_bone_quats(bone_frames, rotmats)
+    location = bones.pelvis_location(bone_frames, translation)
+    key_blocks = corrective_key_blocks(obj)
 
     pose_bones = obj.pose.bones
     for i, name in enumerate(JOINT_NAMES):
@@ -392,12 +285,23 @@ def apply_pose(obj, pose, *, global_orient: str = "keep", translation=None, undo
         pose_bone.rotation_quaternion = quats[i].tolist()
         pose_bone.location = location.tolist() if i == 0 else (0.0, 0.0, 0.0)
         pose_bone.scale = (1.0, 1.0, 1.0)
-    if key_blocks is not None:
-        values = np.concatenate([[key_blocks[0].value], pose_corrective_features(rotmats)]).astype(np.float32)
-        key_blocks.foreach_set("value", values)
+    _set_correctives(key_blocks, rotmats)
     if undo_push and bpy.ops.ed.undo_push.poll():
         bpy.ops.ed.undo_push(message="Apply SMPL pose")
     return rotmats
+
+
+def _set_correctives(key_blocks, rotmats) -> None:
+    if key_blocks is not None:
+        values = np.concatenate([[key_blocks[0].value], pose_corrective_features(rotmats)]).astype(np.float32)
+        key_blocks.foreach_set("value", values)
+
+
+def update_pose_correctives(obj) -> None:
+    """Set the pose-corrective shape keys from the pose the bones show (after posing them another way,
+    e.g. ``smpl_rig.blender_retarget``); nothing for a body without correctives."""
+    require_smpl_armature(obj)
+    _set_correctives(corrective_key_blocks(obj), read_pose(obj))
 
 
 def read_pose(obj) -> np.ndarray:
@@ -405,8 +309,8 @@ def read_pose(obj) -> np.ndarray:
 
     Reads ``rotation_quaternion`` for quaternion bones; for another rotation mode (an artist's change) the
     rotation part of ``matrix_basis``."""
-    _require_smpl_armature(obj)
-    bone_frames = _bone_frames(obj)
+    require_smpl_armature(obj)
+    bone_frames = bone_frames_of(obj)
     local = np.empty((NUM_JOINTS, 3, 3))
     for i, name in enumerate(JOINT_NAMES):
         pose_bone = obj.pose.bones[name]
@@ -414,291 +318,22 @@ def read_pose(obj) -> np.ndarray:
             local[i] = rot.quat_wxyz_to_rotmat(np.array(pose_bone.rotation_quaternion, dtype=np.float64))
         else:
             local[i] = rot.orthonormalize_rotmat(np.array(pose_bone.matrix_basis.to_3x3(), dtype=np.float64))
-    return bone_frames @ local @ np.swapaxes(bone_frames, -1, -2)
+    return bones.smpl_rotmats_from_pose_bones(bone_frames, local)
 
 
 def read_translation(obj) -> np.ndarray:
     """The SMPL ``transl`` (3,) shown by the pelvis bone's location: t = D_0 · location."""
-    _require_smpl_armature(obj)
-    return _bone_frames(obj)[0] @ np.array(obj.pose.bones[JOINT_NAMES[0]].location, dtype=np.float64)
+    require_smpl_armature(obj)
+    return bones.translation_from_location(bone_frames_of(obj), obj.pose.bones[JOINT_NAMES[0]].location)
 
 
 def world_joint_positions(obj, *, update: bool = True) -> np.ndarray:
     """World-space positions (24, 3) of the posed joints (pose-bone heads), Blender frame.
 
     update: evaluate the view layer first so the heads reflect the latest pose."""
-    _require_smpl_armature(obj)
+    require_smpl_armature(obj)
     if update:
         bpy.context.view_layer.update()
     world = np.array(obj.matrix_world, dtype=np.float64)
     heads = np.array([obj.pose.bones[name].head for name in JOINT_NAMES], dtype=np.float64)
     return heads @ world[:3, :3].T + world[:3, 3]
-
-
-# --- animation curves ------------------------------------------------------------------------------------
-
-def _channels(id_data, action_name: str):
-    """What holds the F-curves animating ``id_data`` (both kinds have ``.fcurves`` and ``.groups``): its
-    slot's channelbag on Blender ≥ 4.4 (slotted actions), the action itself before. Creates the action,
-    slot, layer and strip when missing."""
-    anim = id_data.animation_data or id_data.animation_data_create()
-    if anim.action is None:
-        anim.action = bpy.data.actions.new(action_name)
-    action = anim.action
-    if not _SLOTTED_ACTIONS:
-        return action
-    slot = anim.action_slot
-    if slot is None:
-        slot = action.slots.new(id_type=id_data.id_type, name=id_data.name)
-        anim.action_slot = slot
-    layer = action.layers[0] if len(action.layers) else action.layers.new("Layer")
-    strip = layer.strips[0] if len(layer.strips) else layer.strips.new(type="KEYFRAME")
-    return strip.channelbag(slot, ensure=True)
-
-
-def _fcurve(channels, data_path: str, index: int, group: str):
-    """The F-curve for (data_path, index), created in ``group`` when missing."""
-    curve = channels.fcurves.find(data_path, index=index)
-    if curve is not None:
-        return curve
-    if not _SLOTTED_ACTIONS:
-        return channels.fcurves.new(data_path, index=index, action_group=group)
-    if _FCURVE_GROUP_ARG:
-        return channels.fcurves.new(data_path, index=index, group_name=group)
-    curve = channels.fcurves.new(data_path, index=index)   # Blender 4.4–4.5: group set afterwards
-    curve.group = channels.groups.get(group) or channels.groups.new(group)
-    return curve
-
-
-def _key_frames(curve) -> np.ndarray:
-    count = len(curve.keyframe_points)
-    co = np.empty(2 * count, dtype=np.float32)
-    curve.keyframe_points.foreach_get("co", co)
-    return co[0::2].astype(np.float64)
-
-
-def _neighbour_key_value(curves, frame: float, *, or_after: bool) -> np.ndarray | None:
-    """Values of a multi-channel property (one curve per channel) at its last key before ``frame``; with
-    ``or_after``, at its first key after when none is before. None when there is no such key."""
-    times = _key_frames(curves[0])
-    before, after = times[times < frame - 1e-4], times[times > frame + 1e-4]
-    if len(before):
-        reference = before.max()
-    elif or_after and len(after):
-        reference = after.min()
-    else:
-        return None
-    return np.array([c.evaluate(reference) for c in curves], dtype=np.float64)
-
-
-def _write_keys(curve, frames_: np.ndarray, values: np.ndarray, interpolation: int) -> None:
-    """Replace the curve's keys in [frames_.min(), frames_.max()] by (frames_, values) in one bulk write."""
-    points = curve.keyframe_points
-    count = len(points)
-    lo, hi = frames_.min() - 1e-4, frames_.max() + 1e-4
-    if count:
-        co = np.empty(2 * count, dtype=np.float32)
-        kinds = np.empty(count, dtype=np.int32)
-        points.foreach_get("co", co)
-        points.foreach_get("interpolation", kinds)
-        keep = (co[0::2] < lo) | (co[0::2] > hi)
-        frames_ = np.concatenate([co[0::2][keep], frames_])
-        values = np.concatenate([co[1::2][keep], values])
-        kinds = np.concatenate([kinds[keep], np.full(len(values) - keep.sum(), interpolation, dtype=np.int32)])
-        order = np.argsort(frames_, kind="stable")
-        frames_, values, kinds = frames_[order], values[order], kinds[order]
-        if hasattr(points, "clear"):
-            points.clear()
-        else:                      # Blender 3.4 has no clear()
-            while len(points):
-                points.remove(points[-1], fast=True)
-    else:
-        kinds = np.full(len(frames_), interpolation, dtype=np.int32)
-    points.add(len(frames_))
-    points.foreach_set("co", np.stack([frames_, values], -1).astype(np.float32).ravel())
-    points.foreach_set("interpolation", kinds)
-    curve.update()
-
-
-def _insert_key(curve, frame: float, value: float) -> None:
-    curve.keyframe_points.insert(frame, value, options={"FAST"})
-
-
-def _quat_curves(channels, name: str):
-    path = f'pose.bones["{name}"].rotation_quaternion'
-    return [_fcurve(channels, path, k, name) for k in range(4)]
-
-
-def _location_curves(channels, name: str):
-    path = f'pose.bones["{name}"].location'
-    return [_fcurve(channels, path, k, name) for k in range(3)]
-
-
-def _corrective_curves(key_blocks):
-    channels = _channels(key_blocks.id_data, f"{key_blocks.id_data.name}_correctives")
-    return [_fcurve(channels, f'key_blocks["{key_blocks[k + 1].name}"].value', 0, "pose correctives")
-            for k in range(NUM_POSE_FEATURES)]
-
-
-def key_pose(obj, frame: float) -> None:
-    """Keyframe the armature's current pose at ``frame``: rotation quaternions of the 24 bones (each
-    sign-aligned with that bone's previous key, so interpolation takes the short way), the pelvis location
-    when it is translated or already animated, and the pose-corrective shape-key values."""
-    _require_poseable(obj)
-    frame = float(frame)
-    if not math.isfinite(frame):
-        raise ValueError(f"frame must be a finite number, got {frame}")
-    other_modes = [n for n in JOINT_NAMES if obj.pose.bones[n].rotation_mode != "QUATERNION"]
-    if other_modes:
-        raise ValueError(f"bones {', '.join(other_modes)} are not in quaternion rotation mode; SMPL keys are "
-                         f"quaternions (apply_pose sets that mode)")
-    channels = _channels(obj, f"{obj.name}_action")
-    for name in JOINT_NAMES:
-        pose_bone = obj.pose.bones[name]
-        curves = _quat_curves(channels, name)
-        quat = np.array(pose_bone.rotation_quaternion, dtype=np.float64)   # w, x, y, z
-        previous = _neighbour_key_value(curves, frame, or_after=True)
-        if previous is not None and float(previous @ quat) < 0:
-            quat = -quat
-            pose_bone.rotation_quaternion = quat.tolist()   # same rotation, now continuous with the keys
-        for curve, value in zip(curves, quat):
-            _insert_key(curve, frame, float(value))
-            curve.update()
-    pelvis = obj.pose.bones[JOINT_NAMES[0]]
-    location_animated = channels.fcurves.find(f'pose.bones["{JOINT_NAMES[0]}"].location') is not None
-    if location_animated or any(abs(v) > 0 for v in pelvis.location):
-        for curve, value in zip(_location_curves(channels, JOINT_NAMES[0]), pelvis.location):
-            _insert_key(curve, frame, float(value))
-            curve.update()
-    key_blocks = _corrective_key_blocks(obj)
-    if key_blocks is not None:
-        for k, curve in enumerate(_corrective_curves(key_blocks)):
-            _insert_key(curve, frame, float(key_blocks[k + 1].value))
-            curve.update()
-
-
-def _scene_fps(scene) -> float:
-    return scene.render.fps / scene.render.fps_base
-
-
-def key_sequence(obj, poses, fps: float | None = None, start_frame: float | None = None, *,
-                 translations=None, global_orient: str = "keep", interpolation: str = "LINEAR") -> np.ndarray:
-    """Keyframe a motion in bulk (one ``keyframe_points.add`` + ``foreach_set`` per F-curve).
-
-    poses: (n, 24, 3) axis-angle, (n, 24, 3, 3), (n, 24, 6) 6D or (n, 24, 4) wxyz, SMPL frame.
-    fps: the motion's frame rate (default: the scene's); pose k is placed at time k / fps, i.e. on frame
-        ``start_frame + k / fps × scene fps`` (fractional frames when the rates differ: resample first,
-        as ``load_amass`` does, to land on whole frames).
-    start_frame: frame of pose 0 (default: the scene's current frame).
-    translations: optional (n, 3) SMPL ``transl`` per pose, keyed on the pelvis location.
-    global_orient: "keep" or "upright" (joint 0 replaced by identity).
-    interpolation: "LINEAR" (default), "BEZIER" or "CONSTANT" for the new keys.
-
-    Quaternions are sign-aligned over time (and with any key just before the range); keys already in the
-    range are replaced, keys outside it kept. Pose-corrective shape-key values are keyed too. Everything
-    is validated before any key is written. Returns the frames used (n,).
-    """
-    _require_poseable(obj)
-    _check_global_orient(global_orient)
-    if interpolation not in _INTERPOLATION:
-        raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATION)}, got {interpolation!r}")
-    try:
-        array = np.asarray(poses, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"poses must be an array of numbers: {error}") from None
-    if array.ndim < 3 or array.shape[0] == 0:
-        raise ValueError(f"poses must be (n, 24, ...) with n ≥ 1, got shape {array.shape}")
-    rotmats = np.array(rot.pose_to_rotmat(array, num_joints=NUM_JOINTS), dtype=np.float64)
-    if rotmats.shape[1:] != (NUM_JOINTS, 3, 3) or rotmats.ndim != 4:
-        raise ValueError(f"poses must be (n, 24, ...) for one motion, got shape {array.shape}")
-    _check_rotmats(rotmats, "poses")
-    count = len(rotmats)
-    translations = _check_translation(translations, count)
-    scene = bpy.context.scene
-    scene_fps = _scene_fps(scene)
-    fps = scene_fps if fps is None else float(fps)
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number, got {fps}")
-    start = float(scene.frame_current if start_frame is None else start_frame)
-    if not math.isfinite(start):
-        raise ValueError(f"start_frame must be finite, got {start_frame}")
-    if global_orient == "upright":
-        rotmats[:, 0] = np.eye(3)
-
-    frame_numbers = start + np.arange(count) * (scene_fps / fps)
-    bone_frames = _bone_frames(obj)
-    quats = rot.quat_wxyz_align_signs(_pose_bone_quats(bone_frames, rotmats), axis=0)  # (n, 24, 4)
-    channels = _channels(obj, f"{obj.name}_action")
-    kind = _INTERPOLATION[interpolation]
-    for i, name in enumerate(JOINT_NAMES):
-        curves = _quat_curves(channels, name)
-        previous = _neighbour_key_value(curves, frame_numbers[0], or_after=False)
-        if previous is not None and float(previous @ quats[0, i]) < 0:
-            quats[:, i] *= -1   # continue the keys already before this range without a flip
-        for k, curve in enumerate(curves):
-            _write_keys(curve, frame_numbers, quats[:, i, k], kind)
-    pelvis_location_path = f'pose.bones["{JOINT_NAMES[0]}"].location'
-    if translations is not None or channels.fcurves.find(pelvis_location_path) is not None:
-        # No translations over a range of an already translated motion means "at rest", as in apply_pose.
-        locations = _pelvis_location(bone_frames, translations if translations is not None else np.zeros((count, 3)))
-        for k, curve in enumerate(_location_curves(channels, JOINT_NAMES[0])):
-            _write_keys(curve, frame_numbers, locations[:, k], kind)
-    key_blocks = _corrective_key_blocks(obj)
-    if key_blocks is not None:
-        features = pose_corrective_features(rotmats)
-        for k, curve in enumerate(_corrective_curves(key_blocks)):
-            _write_keys(curve, frame_numbers, features[:, k], kind)
-    return frame_numbers
-
-
-# --- AMASS ------------------------------------------------------------------------------------------------
-
-@dataclass
-class AmassImport:
-    """What ``load_amass`` keyed: ``num_frames`` scene frames from ``start_frame`` to ``end_frame``,
-    covering ``duration_s`` seconds of a motion recorded at ``source_fps`` (``scene_fps`` in the scene);
-    ``betas`` as stored in the file (the armature keeps its own rest skeleton)."""
-    num_frames: int
-    start_frame: int
-    end_frame: int
-    source_fps: float
-    scene_fps: float
-    duration_s: float
-    betas: np.ndarray
-
-
-def load_amass(path, obj, *, fps: float | None = None, start_frame: int | None = None,
-               set_frame_range: bool = True) -> AmassImport:
-    """Import an AMASS-layout ``.npz`` motion onto an SMPL armature.
-
-    The file holds ``poses`` (n, 156) SMPL-H or (n, 72) SMPL axis-angle (also (n, 165) SMPL-X, (n, 66)),
-    ``trans`` (n, 3) (optional), ``betas`` (optional), and ``mocap_frame_rate`` or ``mocap_framerate``.
-    fps: the motion's frame rate, overriding the file's; when neither gives one, 120 fps with a warning.
-    start_frame: first scene frame (default: the scene's start frame).
-    set_frame_range: extend the scene's frame range to show the whole motion.
-
-    AMASS data is Z-up: the global orientation and translation are re-expressed in the SMPL frame about
-    the armature's rest pelvis (``smpl_rig.frames``). The motion is resampled by TIME onto the scene's
-    frame rate (slerp between neighbouring recorded poses), so its duration is kept, then keyed with
-    ``key_sequence``. The armature keeps its own rest skeleton (the file's betas are returned, not applied).
-    """
-    _require_poseable(obj)
-    motion = amass.read_amass(path, fps=fps)
-    rotmats, translations = motion.rotmats(), motion.translations.copy()
-
-    # Z-up → SMPL frame; the global rotation pivots about the rest pelvis J0.
-    pelvis_rest = rest_joints(obj)[0]
-    rotmats[:, 0] = frames.amass_to_smpl_orient(rotmats[:, 0])
-    _, translations = frames.change_global_frame(np.eye(3), frames.AMASS_TO_SMPL, translations, pelvis_rest)
-
-    scene = bpy.context.scene
-    scene_fps = _scene_fps(scene)
-    rotmats, translations, duration = amass.resample_by_time(rotmats, translations, motion.fps, scene_fps)
-    start = int(scene.frame_start if start_frame is None else start_frame)
-    key_sequence(obj, rotmats, fps=scene_fps, start_frame=start, translations=translations)
-    end = start + len(rotmats) - 1
-    if set_frame_range:
-        scene.frame_start = min(scene.frame_start, start)
-        scene.frame_end = max(scene.frame_end, end)
-    return AmassImport(num_frames=len(rotmats), start_frame=start, end_frame=end, source_fps=motion.fps,
-                       scene_fps=scene_fps, duration_s=duration, betas=motion.betas)

@@ -19,17 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .arrays import like
 from .kinematics import forward_kinematics
+from .mannequin import read_mannequin
 from .skeleton import NUM_JOINTS
+from .smpl_file import BodyModelError, read_smpl_model
 
 __all__ = ["Body", "BodyModelError", "GENDERS", "NUM_POSE_FEATURES", "load", "pose_corrective_features"]
 
 GENDERS = ("neutral", "male", "female")
 NUM_POSE_FEATURES = 9 * (NUM_JOINTS - 1)  # (R_i − I) for joints 1..23, row-major: 207
-
-
-class BodyModelError(ValueError):
-    """A file or array that is not a usable body model (the message says what is wrong)."""
 
 
 def pose_corrective_features(rotmats):
@@ -41,11 +40,7 @@ def pose_corrective_features(rotmats):
     if tuple(rotmats.shape[-3:]) != (NUM_JOINTS, 3, 3):
         raise ValueError(f"expected rotations (..., 24, 3, 3), got {tuple(rotmats.shape)}")
     body = rotmats[..., 1:, :, :]                                          # (..., 23, 3, 3)
-    if type(rotmats).__module__.startswith("torch"):
-        import torch
-        identity = torch.eye(3, dtype=rotmats.dtype, device=rotmats.device)
-    else:
-        identity = np.eye(3, dtype=np.asarray(rotmats).dtype)
+    identity = like(np.eye(3), rotmats)
     return (body - identity).reshape(*body.shape[:-3], NUM_POSE_FEATURES)
 
 
@@ -188,13 +183,13 @@ def load(source, *, gender: str | None = None, betas=None) -> Body:
     if gender is not None and gender not in GENDERS:
         raise ValueError(f"gender must be one of {', '.join(GENDERS)}, got {gender!r}")
     if isinstance(source, str) and source == "mannequin":
-        from .mannequin import load_mannequin
         if gender not in (None, "neutral"):
             raise BodyModelError(f"the mannequin is gender-neutral; a {gender} body needs an SMPL model file")
-        body = load_mannequin()
+        arrays = read_mannequin()
+        body = Body(**arrays, template_vertices=arrays["vertices"].copy(), betas=np.zeros(0), gender="neutral",
+                    kind="mannequin", name="mannequin")
         return body if betas is None else body.shaped(betas)
 
-    from .smpl_file import read_smpl_model
     path = Path(source).expanduser()
     if path.is_dir():
         path = _find_in_folder(path, gender or "neutral")

@@ -15,21 +15,13 @@ import math
 import numpy as np
 
 from . import rotations as rot
+from .arrays import like as _like, namespace
 
 SMPL_TO_BLENDER = rot.rotmat_x(math.pi / 2)
-BLENDER_TO_SMPL = SMPL_TO_BLENDER.T
 AMASS_TO_SMPL = rot.rotmat_x(-math.pi / 2)
 CAMERA_TO_SMPL = rot.rotmat_x(math.pi)
 SMPL_TO_CAMERA = CAMERA_TO_SMPL.T  # Rx(180°) is its own inverse
 UPRIGHT_CAMERA = CAMERA_TO_SMPL.copy()  # global orientation of a body upright, facing the camera
-
-
-def _like(const: np.ndarray, x):
-    """A float64 numpy constant in the array type, dtype and device of ``x``."""
-    if type(x).__module__.startswith("torch"):
-        import torch
-        return torch.as_tensor(const, dtype=x.dtype, device=x.device)
-    return const.astype(np.asarray(x).dtype if np.asarray(x).dtype.kind == "f" else np.float64)
 
 
 def change_global_frame(global_orient_rotmat, frame_rotmat, translation=None, pelvis_rest=None):
@@ -53,19 +45,17 @@ def change_global_frame(global_orient_rotmat, frame_rotmat, translation=None, pe
 def heading_angle(global_orient_smpl):
     """Yaw (radians, about +Y) of the direction the body faces, for SMPL-frame orientations (..., 3, 3)."""
     facing = global_orient_smpl[..., :, 2]            # image of the body's forward axis +Z
-    if type(facing).__module__.startswith("torch"):
-        import torch
-        return torch.atan2(facing[..., 0], facing[..., 2])
-    return np.arctan2(facing[..., 0], facing[..., 2])
+    return namespace(facing).arctan2(facing[..., 0], facing[..., 2])
 
 
 def remove_yaw(global_orient_smpl):
     """Rotate SMPL-frame orientations (..., 3, 3) about the vertical axis so the body faces +Z (toward the
     viewer); lean and tilt are kept."""
     yaw = heading_angle(global_orient_smpl)
-    c, s = (yaw.cos(), yaw.sin()) if hasattr(yaw, "cos") else (np.cos(yaw), np.sin(yaw))
+    xp = namespace(yaw)
+    c, s = xp.cos(yaw), xp.sin(yaw)
     one, zero = c * 0 + 1, c * 0
-    stack = (lambda xs, d: __import__("torch").stack(xs, d)) if hasattr(yaw, "cos") else np.stack
+    stack = xp.stack
     undo = stack([stack([c, zero, -s], -1), stack([zero, one, zero], -1), stack([s, zero, c], -1)], -2)  # Ry(−yaw)
     return undo @ global_orient_smpl
 

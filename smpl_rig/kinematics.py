@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arrays import namespace
 from .skeleton import NUM_JOINTS, PARENTS
 
 
@@ -27,13 +28,6 @@ class ForwardKinematics:
     skinning: object
 
 
-def _lib(x):
-    if type(x).__module__.startswith("torch"):
-        import torch
-        return torch, (lambda xs, d: torch.stack(xs, d)), (lambda xs, d: torch.cat(xs, d))
-    return np, np.stack, np.concatenate
-
-
 def forward_kinematics(rest_joints, rotmats, translation=None) -> ForwardKinematics:
     """Pose a skeleton.
 
@@ -41,14 +35,14 @@ def forward_kinematics(rest_joints, rotmats, translation=None) -> ForwardKinemat
     rotmats:     (..., 24, 3, 3) local joint rotations; joint 0 is the global orientation (about J0).
     translation: optional (..., 3), added to every joint (SMPL's ``transl``).
     """
-    lib, stack, concat = _lib(rotmats)
+    xp = namespace(rotmats)
+    stack, concat = xp.stack, xp.concat
     if tuple(rest_joints.shape[-2:]) != (NUM_JOINTS, 3) or tuple(rotmats.shape[-3:]) != (NUM_JOINTS, 3, 3):
         raise ValueError(f"expected rest joints (..., 24, 3) and rotations (..., 24, 3, 3), got "
                          f"{tuple(rest_joints.shape)} and {tuple(rotmats.shape)}")
     batch = tuple(np.broadcast_shapes(tuple(rest_joints.shape[:-2]), tuple(rotmats.shape[:-3])))
-    expand = (lambda x, shape: x.expand(*shape)) if lib is not np else np.broadcast_to
-    rest_joints = expand(rest_joints, batch + (NUM_JOINTS, 3))
-    rotmats = expand(rotmats, batch + (NUM_JOINTS, 3, 3))
+    rest_joints = xp.expand(rest_joints, batch + (NUM_JOINTS, 3))
+    rotmats = xp.expand(rotmats, batch + (NUM_JOINTS, 3, 3))
 
     # 1. Offsets of each joint from its parent in the rest pose (the root's is J0 itself): (..., 24, 3)
     offsets = concat([rest_joints[..., :1, :], rest_joints[..., 1:, :] - rest_joints[..., list(PARENTS[1:]), :]], -2)

@@ -10,17 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .body import Body, BodyModelError
 from .skeleton import JOINT_NAMES, NUM_JOINTS
+from .smpl_file import BodyModelError
 
-__all__ = ["MANNEQUIN_LICENSE_PATH", "MANNEQUIN_PATH", "load_mannequin"]
+__all__ = ["MANNEQUIN_LICENSE_PATH", "MANNEQUIN_PATH", "read_mannequin"]
 
 MANNEQUIN_PATH = Path(__file__).resolve().parent / "data" / "mannequin.npz"
 MANNEQUIN_LICENSE_PATH = MANNEQUIN_PATH.with_name("MANNEQUIN_LICENSE.txt")
 
 
-def load_mannequin(path: Path = MANNEQUIN_PATH) -> Body:
-    """The mannequin as a ``Body`` (kind "mannequin", gender "neutral"); float64 arrays, int32 faces."""
+def read_mannequin(path: Path = MANNEQUIN_PATH) -> dict:
+    """The mannequin's arrays: ``rest_joints`` (24, 3), ``vertices`` (V, 3), ``weights`` (V, 24) float64 (rows
+    sum to 1), ``faces`` (F, 3) int32. ``smpl_rig.body.load("mannequin")`` makes the ``Body``."""
     if not path.is_file():
         raise BodyModelError(f"the mannequin asset is missing ({path}); run scripts/make_mannequin.py")
     with np.load(path, allow_pickle=False) as data:
@@ -39,6 +40,4 @@ def load_mannequin(path: Path = MANNEQUIN_PATH) -> Body:
                              f"{vertices.shape}, faces {faces.shape}, weights {weights.shape}")
     # Stored as float32: renormalise so the rows sum to 1 to float64 precision, as Body promises.
     weights /= weights.sum(1, keepdims=True)
-    return Body(rest_joints=rest_joints, vertices=vertices, faces=faces, weights=weights,
-                template_vertices=vertices.copy(), betas=np.zeros(0), gender="neutral",
-                kind="mannequin", name="mannequin")
+    return {"rest_joints": rest_joints, "vertices": vertices, "faces": faces, "weights": weights}

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arrays import to_numpy as _np
 from .rotations import geodesic_angle
-
-
-def _np(x) -> np.ndarray:
-    if type(x).__module__.startswith("torch"):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 def mpjpe_mm(pred_joints_m, true_joints_m, root: int = 0):

@@ -18,118 +18,21 @@ import math
 
 import numpy as np
 
+from .arrays import is_torch, namespace
+
 __all__ = [
     "rotvec_to_rotmat", "rotmat_to_rotvec", "rotmat_to_quat_wxyz", "quat_wxyz_to_rotmat",
     "rotvec_to_quat_wxyz", "quat_wxyz_to_rotvec", "rotmat_to_d6", "d6_to_rotmat", "d6_to_rotvec",
     "rotvec_to_d6", "quat_wxyz_to_d6", "d6_to_quat_wxyz", "geodesic_angle", "pose_to_rotmat",
     "quat_wxyz_align_signs", "quat_wxyz_slerp", "quat_wxyz_multiply", "quat_wxyz_conjugate",
     "rotmat_x", "rotmat_y", "rotmat_z", "orthonormalize_rotmat", "angles_xyz_deg_to_rotmat_yzx",
-    "rotvec_mirror_x",
+    "rotvec_mirror_x", "rotmat_slerp", "rotmat_between",
 ]
 
 _SMALL_ANGLE = 1e-4  # below this, Taylor series replace sin(x)/x-type ratios
 
 
-# --- array-library dispatch ----------------------------------------------------------------------------
-
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
-class _Numpy:
-    stack = staticmethod(lambda xs, axis: np.stack(xs, axis=axis))
-    concat = staticmethod(lambda xs, axis: np.concatenate(xs, axis=axis))
-    sqrt = staticmethod(np.sqrt)
-    sin = staticmethod(np.sin)
-    cos = staticmethod(np.cos)
-    arctan2 = staticmethod(np.arctan2)
-    where = staticmethod(np.where)
-    abs = staticmethod(np.abs)
-    norm = staticmethod(lambda x: np.linalg.norm(x, axis=-1, keepdims=True))
-    cross = staticmethod(lambda a, b: np.cross(a, b, axis=-1))
-    clip = staticmethod(np.clip)
-    argmax = staticmethod(lambda x: np.argmax(x, axis=-1))
-    take = staticmethod(lambda x, idx: np.take_along_axis(x, idx[..., None, None], axis=-2)[..., 0, :])
-    cumprod = staticmethod(lambda x, axis: np.cumprod(x, axis=axis))
-    eye_like = staticmethod(lambda x: np.broadcast_to(np.eye(3, dtype=x.dtype), x.shape[:-1] + (3, 3)).copy())
-    swap = staticmethod(lambda m: np.swapaxes(m, -1, -2))
-    isfinite_all = staticmethod(lambda x: bool(np.all(np.isfinite(x))))
-    asarray = staticmethod(lambda x: x if isinstance(x, np.ndarray) and x.dtype.kind == "f" else np.asarray(x, dtype=np.float64))
-
-
-class _Torch:
-    def __init__(self):
-        import torch
-        self.t = torch
-
-    def stack(self, xs, axis):
-        return self.t.stack(xs, dim=axis)
-
-    def concat(self, xs, axis):
-        return self.t.cat(xs, dim=axis)
-
-    def sqrt(self, x):
-        return self.t.sqrt(x)
-
-    def sin(self, x):
-        return self.t.sin(x)
-
-    def cos(self, x):
-        return self.t.cos(x)
-
-    def arctan2(self, a, b):
-        return self.t.atan2(a, b)
-
-    def where(self, c, a, b):
-        return self.t.where(c, a, b)
-
-    def abs(self, x):
-        return self.t.abs(x)
-
-    def norm(self, x):
-        return self.t.linalg.vector_norm(x, dim=-1, keepdim=True)
-
-    def cross(self, a, b):
-        return self.t.linalg.cross(a, b, dim=-1)
-
-    def clip(self, x, lo, hi):
-        return self.t.clamp(x, lo, hi)
-
-    def argmax(self, x):
-        return self.t.argmax(x, dim=-1)
-
-    def take(self, x, idx):
-        index = idx[..., None, None].expand(*idx.shape, 1, x.shape[-1])
-        return self.t.gather(x, -2, index)[..., 0, :]
-
-    def cumprod(self, x, axis):
-        return self.t.cumprod(x, dim=axis)
-
-    def eye_like(self, x):
-        return self.t.eye(3, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 3, 3).clone()
-
-    def swap(self, m):
-        return m.transpose(-1, -2)
-
-    def isfinite_all(self, x):
-        return bool(self.t.isfinite(x).all())
-
-    def asarray(self, x):
-        return x if x.is_floating_point() else x.double()
-
-
-_NUMPY = _Numpy()
-_TORCH = None
-
-
-def _ns(x):
-    global _TORCH
-    if _is_torch(x):
-        if _TORCH is None:
-            _TORCH = _Torch()
-        return _TORCH
-    return _NUMPY
-
+# --- array-library dispatch: ``smpl_rig.arrays`` ------------------------------------------------------
 
 def _check_last(x, sizes: tuple[int, ...], what: str):
     if tuple(x.shape[len(x.shape) - len(sizes):]) != sizes or len(x.shape) < len(sizes):
@@ -137,7 +40,7 @@ def _check_last(x, sizes: tuple[int, ...], what: str):
 
 
 def _prepare(x, sizes, what):
-    xp = _ns(x)
+    xp = namespace(x)
     x = xp.asarray(x)
     _check_last(x, sizes, what)
     return xp, x
@@ -294,7 +197,7 @@ def quat_wxyz_slerp(q0, q1, t):
     xp, q0 = _prepare(q0, (4,), "quat_wxyz")
     _, q1 = _prepare(q1, (4,), "quat_wxyz")
     t = t[..., None] if hasattr(t, "shape") and len(t.shape) else t
-    dot = (q0 * q1).sum(-1, keepdims=True) if not _is_torch(q0) else (q0 * q1).sum(-1, keepdim=True)
+    dot = (q0 * q1).sum(-1, keepdims=True) if not is_torch(q0) else (q0 * q1).sum(-1, keepdim=True)
     q1 = xp.where(dot < 0, -q1, q1)
     dot = xp.abs(dot)
     omega = xp.arctan2(xp.sqrt(xp.clip(1 - dot * dot, 0, None)), dot)
@@ -304,6 +207,58 @@ def quat_wxyz_slerp(q0, q1, t):
     w1 = xp.where(near, t + omega * 0, xp.sin(t * omega) / s)
     q = w0 * q0 + w1 * q1
     return q / xp.norm(q)
+
+
+@_keep_dtype
+def rotmat_slerp(a, b, t):
+    """Rotation matrices (..., 3, 3) a fraction ``t`` of the way from ``a`` to ``b`` on the shortest arc:
+    a · exp(t · log(aᵀ b)), Rodrigues written out (no quaternion round trip: retargeting runs it on every
+    apply). At a half turn (aᵀ b = 180°) the axis comes from the symmetric part."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.shape == b.shape == (3, 3) and np.isscalar(t):
+        return _rotmat_slerp_single(a.astype(np.float64), b.astype(np.float64), float(t))
+    xp, a = _prepare(a, (3, 3), "rotmat")
+    _, b = _prepare(b, (3, 3), "rotmat")
+    d = xp.swap(a) @ b
+    vee = xp.stack([d[..., 2, 1] - d[..., 1, 2], d[..., 0, 2] - d[..., 2, 0], d[..., 1, 0] - d[..., 0, 1]], -1) / 2
+    sin = xp.norm(vee)                                          # (..., 1): sin θ
+    cos = (d[..., 0, 0] + d[..., 1, 1] + d[..., 2, 2] - 1)[..., None] / 2
+    theta = xp.arctan2(sin, cos)
+    if bool((sin < _SMALL_ANGLE).any() & (cos < 0).any()):      # near a half turn: a careful log
+        return a @ rotvec_to_rotmat(rotmat_to_rotvec(d) * t)
+    axis = vee / xp.where(sin < 1e-12, sin * 0 + 1, sin)
+    k = _skew(xp, axis)
+    angle = (theta * t)[..., None]
+    return a @ (xp.eye_like(axis) + xp.sin(angle) * k + (1 - xp.cos(angle)) * (k @ k))
+
+
+def _rotmat_slerp_single(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """``rotmat_slerp`` for one pair of float64 (3, 3) matrices, in scalar arithmetic (no array dispatch)."""
+    d = a.T @ b
+    x, y, z = 0.5 * (d[2, 1] - d[1, 2]), 0.5 * (d[0, 2] - d[2, 0]), 0.5 * (d[1, 0] - d[0, 1])
+    sin = math.sqrt(x * x + y * y + z * z)
+    cos = 0.5 * (d[0, 0] + d[1, 1] + d[2, 2] - 1.0)
+    if sin < _SMALL_ANGLE and cos < 0:                            # near a half turn: a careful log
+        return a @ rotvec_to_rotmat(rotmat_to_rotvec(d) * t)
+    if sin < 1e-12:
+        return a.copy()
+    angle = t * math.atan2(sin, cos)
+    x, y, z = x / sin, y / sin, z / sin
+    k = np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+    return a @ (np.eye(3) + math.sin(angle) * k + (1.0 - math.cos(angle)) * (k @ k))
+
+
+def rotmat_between(a, b) -> np.ndarray:
+    """The smallest rotation (3, 3) turning direction ``a`` (3,) onto direction ``b`` (3,), numpy, float64:
+    I + [v]× + [v]×² / (1 + c) with v = â × b̂, c = â · b̂; a half turn picks an axis perpendicular to
+    ``a``."""
+    a = np.asarray(a, dtype=np.float64) / np.linalg.norm(a)
+    b = np.asarray(b, dtype=np.float64) / np.linalg.norm(b)
+    v, c = np.cross(a, b), float(a @ b)
+    if c < -1 + 1e-12:
+        axis = np.cross(a, np.eye(3)[np.argmin(np.abs(a))])
+        return rotvec_to_rotmat(axis / np.linalg.norm(axis) * math.pi)
+    k = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+    return np.eye(3) + k + (k @ k) / (1.0 + c)
 
 
 # --- 6D ------------------------------------------------------------------------------------------------
@@ -410,7 +365,7 @@ def pose_to_rotmat(pose, num_joints: int = 24):
     """A pose as (J, 3) axis-angle, (J*3,), (J, 3, 3) matrices, (J, 6) or (J*6,) 6D, or (J, 4) quaternions
     (w first), any leading batch shape → (..., J, 3, 3). Rejects other shapes and non-finite values with a
     ``ValueError`` that says what was expected."""
-    xp = _ns(pose)
+    xp = namespace(pose)
     p = xp.asarray(pose)
     shape = tuple(p.shape)
     if not xp.isfinite_all(p):

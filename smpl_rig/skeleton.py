@@ -12,7 +12,6 @@ JOINT_NAMES = (
 )
 PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
 NUM_JOINTS = 24
-NUM_BODY_JOINTS = 23  # every joint but the pelvis, whose rotation is the global orientation
 
 JOINT_INDEX = {name: i for i, name in enumerate(JOINT_NAMES)}
 

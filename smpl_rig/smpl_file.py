@@ -19,12 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .body import BodyModelError  # body.py imports this module lazily, so no cycle
+from .skeleton import PARENTS
 
-__all__ = ["SMPL_KEYS", "SafeUnpickler", "read_smpl_arrays", "read_smpl_model", "safe_unpickle"]
+__all__ = ["BodyModelError", "SMPL_KEYS", "SafeUnpickler", "read_smpl_arrays", "read_smpl_model", "safe_unpickle"]
 
 SMPL_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
 _MAX_FILE_BYTES = 2 * 1024 ** 3  # a real SMPL file is ~40–250 MB; refuse anything absurd before reading
+
+
+class BodyModelError(ValueError):
+    """A file or array that is not a usable body model (the message says what is wrong)."""
 
 
 def _numpy_global(name: str):
@@ -228,8 +232,6 @@ def read_smpl_model(path) -> dict:
 
     Raises BodyModelError naming the array and the shape it has versus the shape it should have.
     """
-    from .skeleton import PARENTS
-
     name = Path(path).name
     a = read_smpl_arrays(path)
     template = a["v_template"].astype(np.float64)

@@ -112,7 +112,9 @@ def assert_armature_shows(obj, pose, tol_frac=1e-5):
     rest = rig.rest_joints(obj)
     expected = frames.smpl_points_to_blender(forward_kinematics(rest, pose).joints)
     height = obj["smpl_rig"]["height"]
-    error = np.abs(rig.world_joint_positions(obj) - expected).max()
+    shown = rig.world_joint_positions(obj)
+    lift = np.array([0.0, 0.0, (shown - expected)[:, 2].mean()])   # floor contact (on by default) moves it up/down
+    error = np.abs(shown - lift - expected).max()
     assert error <= tol_frac * height, f"joint error {error:.3g} m > {tol_frac} × height {height:.3f}"
 
 
@@ -160,7 +162,9 @@ def test_send_prompt_poses_the_armature_with_the_returned_rotations(prefs):
     assert session.pump() is None
     bpy.context.scene.posegpt.prompt = "now she waves"
     bpy.ops.posegpt.send_prompt(armature=obj.name)
-    assert bpy.app.timers.is_registered(session.pump) and session.pump() == session.PUMP_INTERVAL_S
+    assert bpy.app.timers.is_registered(session.pump)
+    # The pump keeps asking to be called while the request is out (a fast reply may already be in).
+    assert session.pump() in (session.PUMP_INTERVAL_S, None)
 
 
 def test_upright_option_replaces_the_global_orientation(prefs):

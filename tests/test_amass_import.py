@@ -8,6 +8,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from smpl_rig import blender as smpl_blender  # noqa: E402
+from smpl_rig import blender_keys as smpl_keys  # noqa: E402
 from smpl_rig import kinematics, rotations as rot  # noqa: E402
 
 pytestmark = [pytest.mark.bpy, pytest.mark.usefixtures("fresh_scene")]
@@ -52,7 +53,7 @@ def test_120_fps_into_30_fps_keeps_duration_and_lands_z_up_motion_in_place(tmp_p
     trans = np.cumsum(rng.normal(0, 0.01, (241, 3)), 0) + [0.0, 0.0, 0.9]
     path = write_amass(tmp_path / "walk_poses.npz", poses, trans, mocap_frame_rate=np.array(120.0))
 
-    result = smpl_blender.load_amass(path, obj)
+    result = smpl_keys.load_amass(path, obj)
     assert (result.num_frames, result.start_frame, result.end_frame) == (61, 1, 61)
     assert result.source_fps == 120.0 and result.scene_fps == 30.0 and result.duration_s == pytest.approx(2.0)
     scene = bpy.context.scene
@@ -77,7 +78,7 @@ def test_resampling_slerps_between_recorded_poses(tmp_path, bodies):
     poses = smooth_amass_poses(rng, 51, width=72)          # 1 s at 50 fps, plain SMPL layout
     poses[:, 3:] += rng.normal(0, 0.15, (51, 69))          # neighbouring samples differ noticeably
     path = write_amass(tmp_path / "jitter.npz", poses, np.zeros((51, 3)), mocap_framerate=np.array(50.0))
-    result = smpl_blender.load_amass(path, obj, start_frame=10)
+    result = smpl_keys.load_amass(path, obj, start_frame=10)
     assert (result.num_frames, result.start_frame, result.end_frame) == (31, 10, 40)
 
     source = rot.rotvec_to_rotmat(poses.reshape(51, 24, 3))
@@ -107,7 +108,7 @@ def test_hand_joints_identity_for_smpl_h_and_kept_for_smpl(tmp_path, bodies):
         obj = smpl_blender.build_armature(bodies["mannequin"])
         poses = smooth_amass_poses(rng, 4, width=width)
         path = write_amass(tmp_path / f"w{width}.npz", poses, np.zeros((4, 3)), mocap_frame_rate=np.array(30.0))
-        smpl_blender.load_amass(path, obj)
+        smpl_keys.load_amass(path, obj)
         bpy.context.scene.frame_set(2)
         got = smpl_blender.read_pose(obj)
         np.testing.assert_allclose(got[1:22], rot.rotvec_to_rotmat(poses[1, 3:66].reshape(21, 3)), atol=1e-6)
@@ -122,9 +123,9 @@ def test_missing_frame_rate_defaults_to_120_with_a_warning_or_takes_the_paramete
     rng = np.random.default_rng(4)
     path = write_amass(tmp_path / "no_rate.npz", smooth_amass_poses(rng, 121), np.zeros((121, 3)))
     with pytest.warns(UserWarning, match="assuming 120 fps"):
-        result = smpl_blender.load_amass(path, obj)
+        result = smpl_keys.load_amass(path, obj)
     assert result.source_fps == 120.0 and result.num_frames == 25          # 1 s at 24 fps
-    result = smpl_blender.load_amass(path, obj, fps=60.0)
+    result = smpl_keys.load_amass(path, obj, fps=60.0)
     assert result.source_fps == 60.0 and result.num_frames == 49           # the same samples last 2 s
 
 
@@ -140,7 +141,7 @@ def test_bad_amass_files_are_refused_without_keys(tmp_path, bodies, content, mes
     path = tmp_path / "bad.npz"
     np.savez(path, mocap_frame_rate=np.array(60.0), **content)
     with pytest.raises(ValueError, match=message):
-        smpl_blender.load_amass(path, obj)
+        smpl_keys.load_amass(path, obj)
     assert obj.animation_data is None
 
 
@@ -149,8 +150,8 @@ def test_not_an_npz_and_not_an_smpl_armature_are_refused(tmp_path, bodies):
     text = tmp_path / "motion.npz"
     text.write_text("not a zip archive")
     with pytest.raises(ValueError, match="cannot read"):
-        smpl_blender.load_amass(text, obj)
+        smpl_keys.load_amass(text, obj)
     good = write_amass(tmp_path / "ok.npz", np.zeros((3, 156)), np.zeros((3, 3)), mocap_frame_rate=np.array(30.0))
     with pytest.raises(ValueError, match="not an armature"):
-        smpl_blender.load_amass(good, smpl_blender.body_mesh(obj))
+        smpl_keys.load_amass(good, smpl_blender.body_mesh(obj))
     assert obj.animation_data is None

@@ -13,6 +13,8 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from smpl_rig import blender as smpl_blender  # noqa: E402
+from smpl_rig import blender_keys as smpl_keys  # noqa: E402
+from smpl_rig import bones  # noqa: E402
 from smpl_rig import body as smpl_body  # noqa: E402
 from smpl_rig import frames, kinematics, rotations as rot  # noqa: E402
 from smpl_rig.skeleton import JOINT_NAMES, PARENTS, primary_child  # noqa: E402
@@ -92,7 +94,7 @@ def test_bones_sit_on_joints_point_to_children_with_a_deliberate_roll(body):
         rests.append(rest)
         z_axis, y_axis = rest[:, 2], rest[:, 1]
         # The roll rule: local Z toward the body's front, or up for bones that point forward themselves.
-        if abs(y_axis @ forward) <= smpl_blender.FACING_ROLL_LIMIT:
+        if abs(y_axis @ forward) <= bones.FACING_ROLL_LIMIT:
             assert z_axis @ forward > 0.7 * np.sqrt(1 - (y_axis @ forward) ** 2)
         else:
             assert z_axis[2] > 0
@@ -302,9 +304,12 @@ def test_non_smpl_armature_is_refused_untouched():
     bone.head, bone.tail = (0, 0, 0), (0, 0, 1)
     bpy.ops.object.mode_set(mode="OBJECT")
     rotation = tuple(arm.pose.bones["pelvis"].rotation_quaternion)
-    for call in (lambda: smpl_blender.apply_pose(arm, np.zeros((24, 3))), lambda: smpl_blender.read_pose(arm),
-                 lambda: smpl_blender.key_pose(arm, 1), lambda: smpl_blender.key_sequence(arm, np.zeros((2, 24, 3)))):
+    for call in (lambda: smpl_blender.apply_pose(arm, np.zeros((24, 3))), lambda: smpl_blender.read_pose(arm)):
         with pytest.raises(ValueError, match="not built by smpl_rig"):
+            call()
+    # keys also go on retargeted rigs (issue 14): a one-bone armature is refused with the retargeting sentence
+    for call in (lambda: smpl_keys.key_pose(arm, 1), lambda: smpl_keys.key_sequence(arm, np.zeros((2, 24, 3)))):
+        with pytest.raises(ValueError, match="does not look like a humanoid"):
             call()
     assert tuple(arm.pose.bones["pelvis"].rotation_quaternion) == rotation and arm.animation_data is None
 
@@ -318,7 +323,7 @@ def test_edit_mode_armature_is_refused_untouched(bodies):
     with pytest.raises(ValueError, match="Edit Mode"):
         smpl_blender.apply_pose(obj, np.zeros((24, 3)))
     with pytest.raises(ValueError, match="Edit Mode"):
-        smpl_blender.key_sequence(obj, np.zeros((3, 24, 3)))
+        smpl_keys.key_sequence(obj, np.zeros((3, 24, 3)))
     bpy.ops.object.mode_set(mode="OBJECT")
     assert_same_state(before, armature_state(obj))
     assert obj.animation_data is None
@@ -376,7 +381,7 @@ def test_key_sequence_reads_back_at_every_frame(body):
     rng = np.random.default_rng(21)
     rotmats = _smooth_motion(rng, 40)
     translations = rng.normal(0, 0.2, (40, 3))
-    frames_ = smpl_blender.key_sequence(obj, rotmats, fps=bpy.context.scene.render.fps, start_frame=5,
+    frames_ = smpl_keys.key_sequence(obj, rotmats, fps=bpy.context.scene.render.fps, start_frame=5,
                                         translations=translations)
     np.testing.assert_array_equal(frames_, 5 + np.arange(40))
     quats = _curve_quats(obj, frames_)
@@ -404,9 +409,9 @@ def test_key_sequence_places_frames_by_time_and_keeps_other_keys(bodies):
     scene.render.fps, scene.render.fps_base = 30, 1.0
     rng = np.random.default_rng(22)
     first = _smooth_motion(rng, 10)
-    smpl_blender.key_sequence(obj, first, fps=30, start_frame=1)
+    smpl_keys.key_sequence(obj, first, fps=30, start_frame=1)
     second = _smooth_motion(rng, 9)
-    frames_ = smpl_blender.key_sequence(obj, second, fps=60, start_frame=20)  # 60 fps: half a frame apart
+    frames_ = smpl_keys.key_sequence(obj, second, fps=60, start_frame=20)  # 60 fps: half a frame apart
     np.testing.assert_allclose(frames_, 20 + 0.5 * np.arange(9))
     np.testing.assert_allclose(rot.quat_wxyz_to_rotmat(_curve_quats(obj, frames_)), _bone_local(obj, second), atol=1e-6)
     np.testing.assert_allclose(rot.quat_wxyz_to_rotmat(_curve_quats(obj, 1 + np.arange(10))), _bone_local(obj, first),
@@ -420,8 +425,8 @@ def test_key_sequence_without_translations_puts_a_translated_motion_back_at_rest
     obj = smpl_blender.build_armature(body)
     rng = np.random.default_rng(24)
     motion = _smooth_motion(rng, 6)
-    smpl_blender.key_sequence(obj, motion, start_frame=1, translations=rng.normal(0, 0.3, (6, 3)))
-    smpl_blender.key_sequence(obj, motion[:3], start_frame=3)
+    smpl_keys.key_sequence(obj, motion, start_frame=1, translations=rng.normal(0, 0.3, (6, 3)))
+    smpl_keys.key_sequence(obj, motion[:3], start_frame=3)
     scene = bpy.context.scene
     scene.frame_set(2)
     assert np.abs(smpl_blender.read_translation(obj)).max() > 0.01        # kept outside the new range
@@ -439,14 +444,14 @@ def test_key_pose_aligns_signs_with_the_previous_key(bodies):
         pose = np.zeros((24, 3))
         pose[[0, 18]] = axis * angle
         poses.append(smpl_blender.apply_pose(obj, pose))
-        smpl_blender.key_pose(obj, frame)
+        smpl_keys.key_pose(obj, frame)
     quats = _curve_quats(obj, [1, 2, 3, 4])
     assert ((quats[1:] * quats[:-1]).sum(-1) >= 0).all()
     np.testing.assert_allclose(rot.quat_wxyz_to_rotmat(quats), _bone_local(obj, np.array(poses)), atol=1e-6)
     assert _channels(obj).find('pose.bones["pelvis"].location', index=0) is None  # never translated
     obj.pose.bones["left_elbow"].rotation_mode = "XYZ"
     with pytest.raises(ValueError, match="left_elbow .*quaternion"):
-        smpl_blender.key_pose(obj, 5)
+        smpl_keys.key_pose(obj, 5)
 
 
 def test_key_pose_keys_pelvis_location_once_translated(bodies):
@@ -454,9 +459,9 @@ def test_key_pose_keys_pelvis_location_once_translated(bodies):
     obj = smpl_blender.build_armature(body)
     rng = np.random.default_rng(23)
     rotmats = [smpl_blender.apply_pose(obj, random_pose(rng), translation=[0.2, 0.1, -0.3])]
-    smpl_blender.key_pose(obj, 1)
+    smpl_keys.key_pose(obj, 1)
     rotmats.append(smpl_blender.apply_pose(obj, random_pose(rng)))   # back to no translation: keyed too
-    smpl_blender.key_pose(obj, 10)
+    smpl_keys.key_pose(obj, 10)
     scene = bpy.context.scene
     for frame, rotmat, translation in ((1, rotmats[0], [0.2, 0.1, -0.3]), (10, rotmats[1], None)):
         scene.frame_set(frame)
@@ -476,7 +481,7 @@ def test_key_pose_keys_pelvis_location_once_translated(bodies):
 def test_key_sequence_bad_input_writes_nothing(bodies, poses, kwargs, message):
     obj = smpl_blender.build_armature(bodies["mannequin"])
     with pytest.raises(ValueError, match=message):
-        smpl_blender.key_sequence(obj, poses, **kwargs)
+        smpl_keys.key_sequence(obj, poses, **kwargs)
     assert obj.animation_data is None
 
 
@@ -490,7 +495,7 @@ SYSTEM_BLENDER_CHECK = textwrap.dedent("""
     except ImportError:
         sys.exit(3)
     import bpy
-    from smpl_rig import blender as sb, body as B, rotations as rot, kinematics, frames
+    from smpl_rig import blender as sb, blender_keys as sk, body as B, rotations as rot, kinematics, frames
     from smpl_fixtures import write_synthetic_smpl
     print("BLENDER", bpy.app.version)
     write_synthetic_smpl({smpl!r}, seed=1)
@@ -506,19 +511,19 @@ SYSTEM_BLENDER_CHECK = textwrap.dedent("""
             assert np.abs(sb.world_joint_positions(obj) - frames.smpl_points_to_blender(fk)).max() < 1e-5 * body.height
             assert np.abs(sb.read_pose(obj) - rotmats).max() < 1e-6
         motion = rot.rotvec_to_rotmat(rng.normal(0, 0.5, (30, 24, 3)))
-        sb.key_sequence(obj, motion, start_frame=1)
-        sb.key_sequence(obj, motion[:5], start_frame=40)          # merges into the existing curves
+        sk.key_sequence(obj, motion, start_frame=1)
+        sk.key_sequence(obj, motion[:5], start_frame=40)          # merges into the existing curves
         for frame, expected in ((1, motion[0]), (7, motion[6]), (30, motion[29]), (42, motion[2])):
             bpy.context.scene.frame_set(frame)
             assert np.abs(sb.read_pose(obj) - expected).max() < 1e-6, frame
         sb.apply_pose(obj, np.zeros((24, 3)), translation=[0.0, 0.0, 1.0])
-        sb.key_pose(obj, 60)
+        sk.key_pose(obj, 60)
         bpy.context.scene.frame_set(60)
         assert np.abs(sb.read_translation(obj) - [0.0, 0.0, 1.0]).max() < 1e-6
         np.savez({amass!r}, poses=rng.normal(0, 0.3, (121, 156)), trans=rng.normal(0, 0.3, (121, 3)),
                  mocap_frame_rate=np.array(120.0))
         bpy.context.scene.render.fps = 30
-        info = sb.load_amass({amass!r}, obj, start_frame=100)
+        info = sk.load_amass({amass!r}, obj, start_frame=100)
         assert (info.num_frames, info.end_frame) == (31, 130), info
     print("SYSTEM BLENDER OK")
 """)

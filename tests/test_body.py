@@ -11,7 +11,7 @@ import pytest
 from smpl_rig import body as body_module
 from smpl_rig.body import Body, BodyModelError, load, pose_corrective_features
 from smpl_rig.kinematics import forward_kinematics
-from smpl_rig.mannequin import MANNEQUIN_LICENSE_PATH, MANNEQUIN_PATH
+from smpl_rig.mannequin import MANNEQUIN_LICENSE_PATH, MANNEQUIN_PATH, read_mannequin
 from smpl_rig.rotations import rotvec_to_rotmat
 from smpl_rig.skeleton import JOINT_INDEX, NUM_JOINTS
 from smpl_rig.smpl_file import safe_unpickle
@@ -372,5 +372,15 @@ def test_bad_pose_input_is_refused(smpl_body):
         smpl_body.pose(identity_pose(), translation=[0.0, 1.0])
 
 
-def test_body_dataclass_is_what_load_returns(smpl_body, mannequin):
-    assert isinstance(smpl_body, Body) and isinstance(mannequin, Body)
+def test_load_builds_the_body_from_the_files_arrays(smpl_files, smpl_body, mannequin):
+    """``load`` puts each reader's arrays where ``Body`` documents them: the mannequin's as stored, an SMPL
+    file's rest joints regressed from its template (computed here independently of ``load``)."""
+    arrays = read_mannequin()
+    for name in ("rest_joints", "vertices", "faces", "weights"):
+        np.testing.assert_array_equal(getattr(mannequin, name), arrays[name])
+    assert mannequin.posedirs is None
+    assert (mannequin.kind, mannequin.gender, mannequin.num_betas) == ("mannequin", "neutral", 0)
+    raw = np.load(smpl_files["npz"])
+    np.testing.assert_allclose(smpl_body.rest_joints, raw["J_regressor"] @ raw["v_template"], atol=1e-12)
+    np.testing.assert_array_equal(smpl_body.posedirs, raw["posedirs"])
+    assert (smpl_body.kind, smpl_body.gender, smpl_body.num_betas) == ("smpl", "neutral", NUM_BETAS)

@@ -111,6 +111,7 @@ def _rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS from /proc")
 def test_fuzzed_server_answers_every_message_and_keeps_serving(server):
     process, address = server

@@ -161,3 +161,26 @@ def test_angle_parametrisation_and_mirror():
     np.testing.assert_allclose(rot.rotvec_to_rotmat(rot.rotvec_mirror_x(v)), m @ rot.rotvec_to_rotmat(v) @ m, atol=1e-12)
     vt = torch.from_numpy(v)
     np.testing.assert_allclose(rot.rotvec_mirror_x(vt).numpy(), rot.rotvec_mirror_x(v))
+
+
+@pytest.mark.parametrize("batch", [(), (7,)])
+def test_rotmat_slerp_matches_quaternion_slerp_and_its_ends(batch):
+    rng = np.random.default_rng(11)
+    a = rot.rotvec_to_rotmat(rng.normal(size=(*batch, 3)))
+    b = rot.rotvec_to_rotmat(rng.normal(size=(*batch, 3)))
+    for t in (0.0, 0.3, 1.0):
+        want = rot.quat_wxyz_to_rotmat(rot.quat_wxyz_slerp(rot.rotmat_to_quat_wxyz(a), rot.rotmat_to_quat_wxyz(b),
+                                                           np.full(batch, t)))
+        np.testing.assert_allclose(rot.rotmat_slerp(a, b, t), want, atol=1e-9)
+    half_turn = a @ rot.rotmat_x(np.pi)
+    np.testing.assert_allclose(rot.geodesic_angle(rot.rotmat_slerp(a, half_turn, 0.5), a), np.pi / 2, atol=1e-6)
+
+
+def test_rotmat_between_turns_a_onto_b_by_the_smallest_angle():
+    rng = np.random.default_rng(12)
+    for a, b in list(rng.normal(size=(20, 2, 3))) + [(np.array([1.0, 0, 0]), np.array([-1.0, 0, 0]))]:
+        r = rot.rotmat_between(a, b)
+        np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
+        np.testing.assert_allclose(r @ a / np.linalg.norm(a), b / np.linalg.norm(b), atol=1e-12)
+        cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+        assert abs(rot.geodesic_angle(r, np.eye(3)) - np.arccos(np.clip(cos, -1, 1))) < 1e-7

@@ -80,6 +80,7 @@ def test_help_lists_every_option():
         assert option in result.stdout
 
 
+@pytest.mark.slow
 def test_killed_server_gives_an_error_within_the_timeout_then_works_after_restart(tmp_path, checkpoint):
     port = free_port()
     server = ServerProcess(tmp_path, checkpoint, f"tcp://127.0.0.1:{port}").start()
@@ -111,6 +112,7 @@ def test_killed_server_gives_an_error_within_the_timeout_then_works_after_restar
         server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_shuts_down_gracefully(tmp_path, checkpoint, signum):
     port = free_port()

@@ -12,6 +12,8 @@ from backend.posegpt.tiny import build_tiny_checkpoint
 from backend.server import serve_in_thread
 from posegpt_net.client import PoseClient
 
+pytestmark = pytest.mark.slow      # two model processes start: ~13 s of the suite
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):

@@ -21,7 +21,7 @@ from training.data.llava_instruct import LlavaInstruct
 from training.data.posescript import PoseScript
 from training.data.webdataset_4dhumans import FourDHumansTars, load_pyd
 from training.sampler import MixSampler
-from training.templates import IMAGE_QUESTIONS, POSE_ANSWERS, TEXT_QUESTIONS, pose_turns
+from training.chat_turns import IMAGE_QUESTIONS, POSE_ANSWERS, TEXT_QUESTIONS, pose_turns
 from training.data.records import PoseRecord
 
 UPRIGHT_CAMERA = np.diag([1.0, -1.0, -1.0])
@@ -108,6 +108,47 @@ def test_posescript_prefers_human_captions_and_reads_amass_frames(tmp_path, v1):
     assert len(PoseScript(release, amass, "val")) == 1
 
 
+def test_posescript_automatic_captions_are_redrawn_each_time_a_pose_is_drawn(tmp_path):
+    from training.sources import MixedSamples
+
+    release, amass, _ = _write_posescript(tmp_path)
+    data = PoseScript(release, amass, "train", seed=3)
+    index = data.ids.index("1")
+    assert data[index].meta["caption_choices"] == ["auto one a", "auto one b", "auto one c"]
+    assert "caption_choices" not in data[data.ids.index("0")].meta          # human captions win, always
+
+    class Captions:                                   # stands in for the chat encoder: returns the caption
+        def encode(self, record, rng, earlier):
+            return record.caption
+
+    samples = MixedSamples({"text": data}, Captions(), seed=0)
+    drawn = [samples[("text", index, batch_no, 0)] for batch_no in range(30)]
+    assert set(drawn) == {"auto one a", "auto one b", "auto one c"}
+    assert drawn == [samples[("text", index, batch_no, 0)] for batch_no in range(30)]   # a resumed run draws alike
+
+
+def test_text_targets_follow_posescripts_normalisation_for_leaning_poses():
+    from training.data.amass import posescript_normalize
+    from smpl_rig.frames import amass_to_smpl_orient, canonical_camera_orient
+
+    def rz(a):
+        return np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+
+    # PoseScript: orientation = Rz(θz)·Ry(θy)·Rx(θx) in AMASS's Z-up frame; θz (the heading) is dropped.
+    for heading, side, forward in [(0.4, 0.2, 1.9), (-2.0, 0.6, 1.2), (2.9, -0.5, 2.4)]:
+        orient = rz(heading) @ rotmat_y(side) @ rotmat_x(forward)
+        np.testing.assert_allclose(posescript_normalize(orient), rotmat_y(side) @ rotmat_x(forward), atol=1e-12)
+        pose = np.broadcast_to(np.eye(3), (24, 3, 3)).copy()
+        pose[0] = orient
+        expected = rotmat_x(math.pi) @ rotmat_x(-math.pi / 2) @ rotmat_y(side) @ rotmat_x(forward)
+        np.testing.assert_allclose(canonical_text_target(pose)[0], expected, atol=1e-12)
+    # The conventions page's heading removal agrees for upright bodies, not for a body leaning sideways.
+    leaning = rz(0.4) @ rotmat_y(0.6) @ rotmat_x(1.2)
+    other = canonical_camera_orient(amass_to_smpl_orient(leaning))
+    ours = canonical_text_target(np.broadcast_to(leaning, (24, 3, 3)).copy())[0]
+    assert np.degrees(np.arccos((np.trace(other @ ours.T) - 1) / 2)) > 1.0
+
+
 def test_posescript_missing_sequence_is_a_clear_error(tmp_path):
     release, amass, _ = _write_posescript(tmp_path)
     (amass / "CMU/01/01_01_poses.npz").unlink()
@@ -192,11 +233,68 @@ def test_4dhumans_tar_reads_every_person_and_crops(tmp_path):
                                                          "body_pose": [0.1] * 72}]).encode())
     data = FourDHumansTars([tmp_path / "shard-000000.tar"], crop_size=40)
     assert len(data) == 2
+    # The index holds flat arrays (pose, box, place in the shard), not the annotation dicts and keypoints.
+    assert data.pose.shape == (2, 72) and data.pose.dtype == np.float32 and data.members == ["coco/000017.png", "coco/000018.png"]
     first = data[0]
     np.testing.assert_allclose(first.pose_rotmat, rotvec_to_rotmat(people[0]["body_pose"].reshape(24, 3).astype(np.float64)), atol=1e-6)
-    expected = crop_person(_gradient_image(), (60, 45), 50, 40)
+    # A wide 50 × 40 px box: 4D-Humans widens it to its 192 : 256 aspect first, so the square is 50 × 256 / 192.
+    expected = crop_person(_gradient_image(), (60, 45), 50 * 256 / 192, 40)
     np.testing.assert_array_equal(np.asarray(first.load_image()), np.asarray(expected))
     assert data[1].load_image().size == (40, 40)
+
+
+def test_box_side_is_4d_humans_crop():
+    from training.data.hmr import box_side
+
+    assert box_side(1.5) == pytest.approx(300.0)                     # SPIN: one scale, side = 200 × scale
+    assert box_side([1.44, 1.0]) == pytest.approx(384.0)              # wide 288 × 200 px: 288 × 256 / 192
+    assert box_side([0.75, 1.5]) == pytest.approx(300.0)              # tall 150 × 300 px: already narrower
+    assert box_side([1.2, 1.6]) == pytest.approx(320.0)               # exactly 192 : 256
+
+
+def test_hmr_npz_reads_4d_humans_names_and_never_unpickles(tmp_path):
+    rng = np.random.default_rng(4)
+    _gradient_image().save(tmp_path / "a.png")
+    pose = rng.normal(scale=0.3, size=(3, 72))
+    extra = np.empty(3, dtype=object)
+    extra[:] = [{"note": "pickled"}] * 3                               # 4D-Humans' extra_info: an object array
+    np.savez(tmp_path / "hmr2.npz", imgname=np.array(["a.png"] * 3), center=np.full((3, 2), 50.0),
+             scale=np.array([[0.5, 0.4]] * 3), body_pose=pose, has_body_pose=np.array([1.0, 0.0, 1.0]),
+             betas=np.zeros((3, 10)), extra_info=extra)
+    data = HMRNpz(tmp_path / "hmr2.npz", tmp_path)
+    assert len(data) == 2                                              # the row without a body pose is left out
+    np.testing.assert_allclose(data[1].pose_rotmat, rotvec_to_rotmat(pose[2].reshape(24, 3)), atol=1e-6)
+    assert data[0].load_image().size == (round(100 * 256 / 192),) * 2
+    np.savez(tmp_path / "split.npz", imgname=np.array(["a.png"]), center=np.full((1, 2), 50.0), scale=np.ones(1),
+             global_orient=pose[:1, :3], body_pose=pose[:1, 3:])
+    np.testing.assert_allclose(HMRNpz(tmp_path / "split.npz", tmp_path)[0].pose_rotmat,
+                               rotvec_to_rotmat(pose[0].reshape(24, 3)), atol=1e-6)
+
+
+def test_hmr_npz_without_smpl_says_why(tmp_path):
+    np.savez(tmp_path / "h36m_train.npz", imgname=np.array(["a.png"]), center=np.zeros((1, 2)), scale=np.ones(1),
+             S=np.zeros((1, 24, 4)), part=np.zeros((1, 24, 3)))
+    with pytest.raises(ValueError, match="h36m_train.npz"):
+        HMRNpz(tmp_path / "h36m_train.npz", tmp_path)
+
+
+def test_eft_json_reads_rotation_matrices_and_boxes(tmp_path):
+    from training.data.eft import EFTJson
+
+    rng = np.random.default_rng(6)
+    (tmp_path / "train2014").mkdir()
+    _gradient_image().save(tmp_path / "train2014" / "COCO_train2014_000000000036.jpg")
+    rotmats = rotvec_to_rotmat(rng.normal(scale=0.4, size=(2, 24, 3)))
+    fits = [{"imageName": "COCO_train2014_000000000036.jpg", "bbox_center": [60.0, 45.0], "bbox_scale": 0.3,
+             "parm_pose": r.tolist(), "parm_shape": [0.0] * 10, "parm_cam": [1.0, 0.0, 0.0]} for r in rotmats]
+    fits.append({"imageName": "COCO_train2014_000000000036.jpg", "bbox_center": [1, 1], "bbox_scale": 1})
+    (tmp_path / "COCO2014-All-ver01.json").write_text(json.dumps({"ver": 0.1, "data": fits}))
+    data = EFTJson(tmp_path / "COCO2014-All-ver01.json", tmp_path / "train2014")
+    assert len(data) == 2                                              # the fit without parm_pose is skipped
+    np.testing.assert_allclose(data[1].pose_rotmat, rotmats[1], atol=1e-6)
+    with Image.open(tmp_path / "train2014" / "COCO_train2014_000000000036.jpg") as saved:
+        expected = crop_person(saved, (60, 45), 60)                    # bbox_scale × 200 around bbox_center
+    np.testing.assert_array_equal(np.asarray(data[0].load_image()), np.asarray(expected))
 
 
 def test_pyd_loader_refuses_anything_but_arrays():
@@ -234,6 +332,29 @@ def test_llava_instruct_reads_the_mix_layout(tmp_path):
     many = data[3].turns                                         # one image: exactly one placeholder kept
     assert sum(t.count("<image>") for _, t in many) == 1 and many[0][1].startswith("<image>\n")
     assert many[1] == ("assistant", "An image tag")
+    assert many[0][1] == "<image>\nLook  here"                       # moved to the front, as LLaVA does
+    assert many[2] == ("user", "again")
+
+
+def test_llava_instruct_from_its_line_index_reads_the_same_chats_without_holding_the_file(tmp_path, monkeypatch):
+    (tmp_path / "coco").mkdir()
+    _gradient_image().save(tmp_path / "coco" / "1.jpg")
+    entries = [{"id": str(i), **({"image": "coco/1.jpg"} if i % 2 else {}), "conversations": [
+                   {"from": "human", "value": ("<image>\n" if i % 2 else "") + f"Question {i} é?"},
+                   {"from": "gpt", "value": f"Answer {i}."}]} for i in range(7)]
+    entries.insert(3, {"id": "bad", "conversations": [{"from": "gpt", "value": "answer first"}]})
+    (tmp_path / "mix.json").write_text(json.dumps(entries))
+    plain = LlavaInstruct(tmp_path / "mix.json", tmp_path)
+    indexed = LlavaInstruct(tmp_path / "mix.json", tmp_path, cache_dir=tmp_path / "cache")
+    assert indexed.entries is None and len(indexed) == len(plain) == 7
+    for a, b in zip(plain, indexed):
+        assert a.turns == b.turns and a.meta == b.meta and (a.load_image is None) == (b.load_image is None)
+    # A second reader (another process, a resumed run) uses the index: the JSON is not parsed again.
+    monkeypatch.setattr(json, "load", lambda *a, **k: pytest.fail("the JSON was parsed again"))
+    again = LlavaInstruct(tmp_path / "mix.json", tmp_path, cache_dir=tmp_path / "cache", limit=5)
+    assert [r.meta["id"] for r in again] == ["0", "1", "2", "3", "4"]
+    assert again.keep_text_only() == (5, 3) and [r.meta["id"] for r in again] == ["0", "2", "4"]
+    assert len(list((tmp_path / "cache").iterdir())) == 2                # the lines and their index, no temp files
 
 
 # --- benchmarks ----------------------------------------------------------------------------------------

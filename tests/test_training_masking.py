@@ -13,9 +13,9 @@ from backend.posegpt.model import unwrap_backbone
 from backend.posegpt.templates import Template
 from backend.posegpt.tiny import build_tiny_model
 from smpl_rig.rotations import rotmat_x
-from training.collate import IGNORE, ChatEncoder, collate, pose_l1_loss
+from training.collate import IGNORE, ChatEncoder, collate
 from training.data.records import InstructionRecord, PoseRecord
-from training.train import forward_losses
+from training.train import forward_batch
 
 
 def _setup(family_name: str):
@@ -94,17 +94,34 @@ def test_cross_entropy_is_over_assistant_tokens_only_and_batches_pad_cleanly():
 
     model.eval()
     with torch.no_grad():
-        ce, pose = forward_losses(model, batch, family, torch.device("cpu"), torch.float32)
+        trained = forward_batch(model, batch, family, torch.device("cpu"), torch.float32)
         kwargs = family.image_kwargs(batch["images"], "cpu", torch.float32)
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+    # The loss PoseGPT.forward returns is what training used to add up itself: 1.0 × CE over the assistant
+    # tokens + 0.1 × (mean |ΔR| over the 23 body joints + mean |ΔR| over the root), computed here by hand.
     logp = torch.log_softmax(out.logits.float(), -1)
     terms = [-logp[b, t - 1, batch["input_ids"][b, t]] for b in range(3) for t in range(1, max(lengths))
              if batch["labels"][b, t] != IGNORE]
-    torch.testing.assert_close(ce, torch.stack(terms).mean(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(pose, pose_l1_loss(out.pose_rotmat, batch["pose_targets"]))
+    ce = torch.stack(terms).mean()
+    diff = (out.pose_rotmat.double() - batch["pose_targets"].double()).abs()
+    pose = diff[:, 1:].sum() / (len(diff) * 23 * 9) + diff[:, 0].sum() / (len(diff) * 9)
+    torch.testing.assert_close(trained.ce_loss, ce, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(trained.pose_loss.double(), pose, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(trained.loss.double(), 1.0 * ce.double() + 0.1 * pose, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        weighted = forward_batch(model, batch, family, torch.device("cpu"), torch.float32, ce_weight=0.5, pose_weight=2.0)
+        no_targets = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           labels=batch["labels"], **kwargs)
+    torch.testing.assert_close(weighted.loss.double(), 0.5 * ce.double() + 2.0 * pose, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(no_targets.loss, trained.ce_loss, rtol=1e-5, atol=1e-6)   # labels only: CE alone
+    with pytest.raises(ValueError, match="pose targets"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+              pose_targets=batch["pose_targets"][:1], **kwargs)
 
 
 def test_pose_loss_weighs_the_root_like_all_body_joints():
+    from backend.posegpt.model import pose_l1_loss
+
     eye = torch.eye(3).expand(1, 24, 3, 3).clone()
     flipped_root = eye.clone()
     flipped_root[0, 0] = torch.as_tensor(rotmat_x(np.pi), dtype=torch.float32)   # two entries differ by 2
@@ -129,7 +146,7 @@ def test_encoder_rejects_mismatched_images_and_stray_pose_tokens():
 def test_follow_up_chat_trains_every_turns_pose_in_order():
     # A text record asked as turn 3 of a chat: each earlier answer keeps its real <POSE> and its own target,
     # so the loss pairs every pose token with the pose its turn described, and the last turn is the record.
-    from training.train import MixedSamples
+    from training.sources import MixedSamples
 
     model, tokenizer, family, template, encoder = _setup("llava")
     poses = [np.broadcast_to(rotmat_x(a), (24, 3, 3)).copy() for a in (0.1, 0.5, 0.9)]
@@ -145,7 +162,7 @@ def test_follow_up_chat_trains_every_turns_pose_in_order():
     np.testing.assert_allclose(batch["pose_targets"].numpy(), np.stack([poses[0], *poses]), atol=1e-6)
     model.eval()
     with torch.no_grad():
-        forward_losses(model, batch, family, torch.device("cpu"), torch.float32)  # pose tokens match targets
+        forward_batch(model, batch, family, torch.device("cpu"), torch.float32)  # pose tokens match targets
     with pytest.raises(ValueError, match="follow-up"):
         encoder.encode(PoseRecord(kind="image", pose_rotmat=poses[0], load_image=_image), random.Random(0), [first])
 

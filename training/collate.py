@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from backend.posegpt.model import IGNORE_INDEX
 from backend.posegpt.templates import IMAGE_MARK, encode_conversation
 
 from .data.records import InstructionRecord, PoseRecord
-from .templates import POSE_PLACEHOLDER, answer_pool, follow_up_turns, pose_turns, record_turns
+from .chat_turns import POSE_PLACEHOLDER, answer_pool, follow_up_turns, pose_turns, record_turns
 
 log = logging.getLogger(__name__)
-IGNORE = -100
+IGNORE = IGNORE_INDEX
 
 
 @dataclass
@@ -133,15 +134,3 @@ def collate(samples: list[EncodedSample], pad_id: int, family) -> dict:
     if planes > 1:
         out["position_ids"] = positions
     return out
-
-
-def pose_l1_loss(pred_rotmat: torch.Tensor, true_rotmat: torch.Tensor) -> torch.Tensor:
-    """Conventions page: mean |ΔR| over the 23 body joints' matrix entries + the same over the global
-    orientation (added, so the root weighs as much as all body joints together). (N, 24, 3, 3) → scalar."""
-    if pred_rotmat.shape != true_rotmat.shape or pred_rotmat.shape[-3:] != (24, 3, 3):
-        raise ValueError(f"pose loss needs two (N, 24, 3, 3) tensors, got {tuple(pred_rotmat.shape)} and "
-                         f"{tuple(true_rotmat.shape)}")
-    if pred_rotmat.shape[0] == 0:
-        return pred_rotmat.sum() * 0.0
-    diff = (pred_rotmat.float() - true_rotmat.float()).abs()
-    return diff[:, 1:].mean() + diff[:, 0].mean()

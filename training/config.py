@@ -27,7 +27,7 @@ class ModelConfig:
     tiny_hidden: int = 64                # tiny model sizes (tests, smoke runs)
     tiny_layers: int = 2
     tiny_init: str = "hf"                # "hf" | "mixing": re-draw a tiny random backbone so its states depend on
-                                         # the whole prompt, as a pretrained LM's do (see train.remix_tiny_backbone)
+                                         # the whole prompt, as a pretrained LM's do (see model_setup.remix_tiny_backbone)
     template: str = ""                   # conversation template (backend.posegpt.templates.TEMPLATES) for a base
                                          # builder that makes its own model; "" = the builder's default
     base_builder: str = ""               # or "module:function", called with the config → (model, tokenizer,
@@ -51,7 +51,9 @@ class DataConfig:
     posescript_split: str = "train"
     hmr_npz: list = field(default_factory=list)      # HMR-style npz files (imgname, center/scale, pose, betas)
     hmr_image_root: str = ""
-    tars: list = field(default_factory=list)         # 4D-Humans webdataset tar shards
+    tars: list = field(default_factory=list)         # 4D-Humans webdataset tar shards (split between processes)
+    eft_json: list = field(default_factory=list)     # EFT pseudo-ground-truth fits (COCO2014-All-ver01.json, ...)
+    eft_image_root: str = ""
     llava_json: str = ""                 # LLaVA instruction mix (e.g. llava_v1_5_mix665k.json)
     llava_image_root: str = ""
     corpus_dir: str = ""                 # the project's own pose corpus (training/corpus): text and image records
@@ -72,7 +74,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.95])
     warmup_steps: int = 100
-    schedule: str = "cosine"             # "cosine" | "constant"
+    schedule: str = "cosine"             # "cosine" | "linear" (warm-up, then linear decay to 0: the reference
+                                         # scripts' DeepSpeed WarmupDecayLR; the paper configs) | "constant"
     grad_clip: float = 1.0
 
 
@@ -96,6 +99,7 @@ class TrainConfig:
     progress: bool = True
     torch_threads: int = 0               # 0 = torch's default; 1 helps tiny CPU runs on a busy machine
     export_final: bool = True            # write <output_dir>/final in the backend format (LoRA merged)
+    export_dtype: str = "bf16"           # dtype of the exported backbone: "bf16" | "fp16" | "fp32" (head: fp32)
 
 
 @dataclass
@@ -239,8 +243,10 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("train.batch_size and train.grad_accum must be at least 1")
     if cfg.train.mixed_precision not in ("auto", "bf16", "fp16", "no"):
         raise ConfigError("train.mixed_precision must be one of auto, bf16, fp16, no")
-    if cfg.optim.schedule not in ("cosine", "constant"):
-        raise ConfigError("optim.schedule must be cosine or constant")
+    if cfg.train.export_dtype not in ("bf16", "fp16", "fp32"):
+        raise ConfigError("train.export_dtype must be one of bf16, fp16, fp32")
+    if cfg.optim.schedule not in ("cosine", "linear", "constant"):
+        raise ConfigError("optim.schedule must be cosine, linear or constant")
     if not cfg.data.mix or any((not isinstance(v, (int, float))) or v < 0 for v in cfg.data.mix.values()):
         raise ConfigError("data.mix must map source names to non-negative weights")
     unknown = set(cfg.data.mix) - {"image", "text", "instruction"}
@@ -250,6 +256,10 @@ def validate(cfg: ExperimentConfig) -> None:
     if len(chosen) != 1:
         raise ConfigError("set exactly one of model.checkpoint (a project checkpoint), model.tiny_family "
                           f"(offline tiny model) or model.base_builder (module:function); got {chosen or 'none'}")
+    if cfg.model.load_in_4bit and not cfg.model.checkpoint:
+        raise ConfigError("model.load_in_4bit quantises a checkpoint's weights as they load (bitsandbytes, CUDA): "
+                          "it applies to model.checkpoint only; a tiny_family or base_builder model would "
+                          "silently train unquantised")
     if cfg.model.tiny_init not in ("hf", "mixing"):
         raise ConfigError("model.tiny_init must be hf or mixing")
     if cfg.model.base_builder and ":" not in cfg.model.base_builder:

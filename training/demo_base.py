@@ -19,11 +19,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from backend.posegpt.model import POSE_TOKEN, PoseGPT, add_pose_token
+from backend.posegpt.model import POSE_TOKEN
 from backend.posegpt.templates import TEMPLATES, VICUNA_V1, Template
+from backend.posegpt.tiny import build_llava_backbone, pose_model, train_bpe_tokenizer
 from smpl_rig import rotations
-
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class DemoSizes:
 
 def template_texts(t: Template = VICUNA_V1) -> list[str]:
     """Every fixed string the training chats and the runtime write, so the tokenizer learns them whole."""
-    from .templates import DESCRIBED_PERSON_QUESTION, IMAGE_QUESTIONS, POSE_ANSWERS, TEXT_QUESTIONS
+    from .chat_turns import DESCRIBED_PERSON_QUESTION, IMAGE_QUESTIONS, POSE_ANSWERS, TEXT_QUESTIONS
 
     fixed = [t.system, t.user_prefix, t.assistant_prefix + t.answer_prefix + t.direct_answer.replace(POSE_TOKEN, "")]
     fixed += [q.replace("{description}", "") for q in (*TEXT_QUESTIONS, DESCRIBED_PERSON_QUESTION, *IMAGE_QUESTIONS)]
@@ -53,46 +52,26 @@ def template_texts(t: Template = VICUNA_V1) -> list[str]:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = DemoSizes.vocab_size, template: Template = VICUNA_V1):
-    """Byte-level BPE (any text encodes, no unknown bytes) trained on ``texts`` plus the chat templates;
-    LLaVA's special tokens, then ``<POSE>`` is added by ``add_pose_token``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    """Byte-level BPE (``backend.posegpt.tiny.train_bpe_tokenizer``, LLaVA's special tokens) trained on
+    ``texts`` plus the chat templates; ``<POSE>`` is added by ``add_pose_token``."""
     # The templates appear in every sample: repeat them so their words become single tokens.
-    core.train_from_iterator(list(texts) + template_texts(template) * 50, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>")
+    return train_bpe_tokenizer(list(texts) + template_texts(template) * 50, "llava", vocab_size)
 
 
 def build_backbone(tokenizer, sizes: DemoSizes):
     """(LlavaForConditionalGeneration with random weights, CLIP image processor)."""
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration)
+    from transformers import LlamaConfig
 
-    if sizes.hidden % sizes.heads or sizes.image_size % sizes.patch_size:
-        raise ValueError(f"hidden must divide by heads and image_size by patch_size: {sizes}")
+    if sizes.hidden % sizes.heads:
+        raise ValueError(f"hidden must divide by heads: {sizes}")
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=sizes.hidden, intermediate_size=sizes.intermediate,
                        num_hidden_layers=sizes.layers, num_attention_heads=sizes.heads,
                        num_key_value_heads=sizes.kv_heads, max_position_embeddings=2048,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    vision = CLIPVisionConfig(hidden_size=sizes.vision_hidden, intermediate_size=2 * sizes.vision_hidden,
-                              num_hidden_layers=sizes.vision_layers, num_attention_heads=sizes.vision_heads,
-                              image_size=sizes.image_size, patch_size=sizes.patch_size,
-                              projection_dim=sizes.vision_hidden)
-    patches = (sizes.image_size // sizes.patch_size) ** 2
-    config = LlavaConfig(vision_config=vision, text_config=text,
-                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
-                         vision_feature_select_strategy="default", projector_hidden_act="gelu",
-                         image_seq_length=patches)
-    processor = CLIPImageProcessorPil(size={"shortest_edge": sizes.image_size},
-                                      crop_size={"height": sizes.image_size, "width": sizes.image_size})
-    return LlavaForConditionalGeneration(config), processor
+    return build_llava_backbone(text, tokenizer, vision_hidden=sizes.vision_hidden, vision_layers=sizes.vision_layers,
+                                vision_heads=sizes.vision_heads, image_size=sizes.image_size,
+                                patch_size=sizes.patch_size, vision_feature_layer=-1)
 
 
 def build_demo_model(texts: Iterable[str], *, mean_pose_rotmat: np.ndarray | None = None, seed: int = 0,
@@ -102,7 +81,7 @@ def build_demo_model(texts: Iterable[str], *, mean_pose_rotmat: np.ndarray | Non
 
     mean_pose_rotmat: (24, 3, 3) camera-frame pose the untrained head should answer (output bias), or None.
     attention_gain: re-draw the decoder's matrices at std 1/√fan-in (query/key × this gain) with
-    ``training.train.remix_tiny_backbone``; None (the demo's choice) keeps transformers' 0.02 init.
+    ``training.model_setup.remix_tiny_backbone``; None (the demo's choice) keeps transformers' 0.02 init.
     Measured: at 0.02 the states before `<POSE>` of 32 test captions are 0.98-cosine alike, with gain 2
     0.42 alike — yet full training from the gain-2 start stayed at the mean pose for 1500 steps, while the
     0.02 start had begun to separate prompts by step 1000 (the head and every weight train here, unlike
@@ -111,15 +90,13 @@ def build_demo_model(texts: Iterable[str], *, mean_pose_rotmat: np.ndarray | Non
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(texts, sizes.vocab_size, template)
     backbone, processor = build_backbone(tokenizer, sizes)
-    pose_id = add_pose_token(backbone, tokenizer, POSE_TOKEN)
-    if attention_gain is not None:
-        from .train import remix_tiny_backbone
-        remix_tiny_backbone(backbone, seed=seed, attention_gain=attention_gain)
-    tokenizer.chat_template = template.jinja()
-    model = PoseGPT(backbone, pose_id)
+    # Output weights × 0.1: start close to the bias pose; training grows what the text explains.
+    model = pose_model(backbone, tokenizer, template, head_out_scale=0.1)
+    if attention_gain is not None:     # its own generator: the draws above are the same either way
+        from .model_setup import remix_tiny_backbone
+        remix_tiny_backbone(model.backbone, seed=seed, attention_gain=attention_gain)
     with torch.no_grad():
         last = model.pose_head[2]
-        last.weight.mul_(0.1)        # start close to the bias pose; training grows what the text explains
         if mean_pose_rotmat is not None:
             mean = np.asarray(mean_pose_rotmat, dtype=np.float64)
             if mean.shape != (24, 3, 3):
@@ -129,10 +106,6 @@ def build_demo_model(texts: Iterable[str], *, mean_pose_rotmat: np.ndarray | Non
                 "description": "PoseGPT demo: tiny LLaVA trained from scratch on the project's pose corpus",
                 "demo_sizes": asdict(sizes), "init": {"attention_gain": attention_gain}}
     return model, tokenizer, processor, manifest
-
-
-def parameter_count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # --- from a training config ---------------------------------------------------------------------------
@@ -159,7 +132,7 @@ def build_from_config(cfg):
     seed and splits). The tokenizer learns the train split's captions and speculative prompts; the head's
     bias is the mean train pose (text targets: joint 0 in the canonical camera frame). Returns (PoseGPT,
     tokenizer, processor, manifest)."""
-    from demo.evaluation import mean_pose
+    from smpl_rig.pose_mean import mean_pose
 
     from .corpus.build import load_corpus
 

@@ -24,7 +24,7 @@ from smpl_rig import metrics
 from smpl_rig.kinematics import forward_kinematics
 
 from .data.records import PoseRecord
-from .templates import DESCRIBED_PERSON_QUESTION, IMAGE_PLACEHOLDER, IMAGE_QUESTIONS, TEXT_QUESTIONS
+from .chat_turns import DESCRIBED_PERSON_QUESTION, IMAGE_PLACEHOLDER, IMAGE_QUESTIONS, TEXT_QUESTIONS
 
 log = logging.getLogger(__name__)
 MANNEQUIN_NPZ = Path(__file__).resolve().parents[1] / "smpl_rig" / "data" / "mannequin.npz"

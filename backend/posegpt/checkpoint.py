@@ -115,11 +115,12 @@ def load_checkpoint(path, *, device: str | torch.device = "cpu", dtype: torch.dt
     manifest = read_manifest(path)
     local_files_only = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        processor = (AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
+        # trust_remote_code=False: a checkpoint that ships Python code is refused, never run or asked about.
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        processor = (AutoImageProcessor.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
                      if (path / "preprocessor_config.json").is_file() else None)
         backbone_class = getattr(transformers, manifest["backbone_class"])
-        kwargs = {"dtype": dtype, "local_files_only": local_files_only}
+        kwargs = {"dtype": dtype, "local_files_only": local_files_only, "trust_remote_code": False}
         if quantization:
             kwargs["quantization_config"] = _quantization_config(quantization)
             kwargs["device_map"] = {"": device}
@@ -158,6 +159,30 @@ def load_checkpoint(path, *, device: str | torch.device = "cpu", dtype: torch.dt
         model.pose_head.to(device)
     model.eval()
     return model, tokenizer, processor, manifest
+
+
+def load_prompt_tokenizer(manifest: dict, path, tokenizer):
+    """The prompt tokenizer of a "whole" template (``manifest["prompt_tokenizer"]``), or None.
+
+    A sentencepiece prompt tokenizer must agree with the checkpoint's tokenizer on every piece's id, or the
+    ids it writes would mean other tokens to the model."""
+    from .prompt_tokenizer import SentencePiecePromptTokenizer, load_prompt_tokenizer as _load
+
+    spec = manifest.get("prompt_tokenizer")
+    if not spec:
+        return None
+    try:
+        prompt = _load(spec, Path(path), tokenizer)
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, ImportError) as exc:
+        raise PoseGPTError("bad_checkpoint", f"cannot load the prompt tokenizer {spec.get('model_file', '')!r} "
+                           f"of {str(path)!r}: {exc}") from exc
+    if isinstance(prompt, SentencePiecePromptTokenizer):
+        vocab = tokenizer.get_vocab()
+        wrong = [p for i in range(prompt.sp.get_piece_size()) if vocab.get(p := prompt.sp.id_to_piece(i), i) != i]
+        if wrong:
+            raise PoseGPTError("bad_checkpoint", f"the prompt tokenizer's pieces {wrong[:5]} have other ids in the "
+                               "checkpoint's tokenizer")
+    return prompt
 
 
 def _quantization_config(kind: str):

@@ -2,7 +2,8 @@
 
 Training imports it from here; the runtime drives the same modules step by step (runtime.py).
 The pose embedding is the last decoder layer's hidden state, after the final norm, at the position just
-BEFORE each `<POSE>` token (conventions page, "The pose token").
+BEFORE each `<POSE>` token (conventions page, "The pose token"). Given labels (and pose targets), forward
+returns the training loss: CE_WEIGHT × token cross-entropy + POSE_WEIGHT × pose L1 (conventions page, "Loss").
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from smpl_rig import rotations
 
 POSE_TOKEN = "<POSE>"
 POSE_DIM = 24 * 6  # 24 joints × 6D (first two matrix columns), joint 0 = global orientation
+CE_WEIGHT = 1.0    # the paper's loss: 1.0 × cross-entropy + 0.1 × pose L1
+POSE_WEIGHT = 0.1
+IGNORE_INDEX = -100
 
 
 def build_pose_head(hidden_size: int, head_hidden: int | None = None) -> nn.Sequential:
@@ -58,10 +62,23 @@ def head_output_to_rotmat(d6: torch.Tensor) -> torch.Tensor:
     return rotations.d6_to_rotmat(d6.reshape(*d6.shape[:-1], 24, 6) if d6.shape[-1] == POSE_DIM else d6)
 
 
+def pose_l1_loss(pred_rotmat: torch.Tensor, true_rotmat: torch.Tensor) -> torch.Tensor:
+    """Conventions page: mean |ΔR| over the 23 body joints' matrix entries + the same over the global
+    orientation (added, so the root weighs as much as all body joints together). (N, 24, 3, 3) → scalar."""
+    if pred_rotmat.shape != true_rotmat.shape or pred_rotmat.shape[-3:] != (24, 3, 3):
+        raise ValueError(f"pose loss needs two (N, 24, 3, 3) tensors, got {tuple(pred_rotmat.shape)} and "
+                         f"{tuple(true_rotmat.shape)}")
+    if pred_rotmat.shape[0] == 0:
+        return pred_rotmat.sum() * 0.0
+    diff = (pred_rotmat.float() - true_rotmat.float()).abs()
+    return diff[:, 1:].mean() + diff[:, 0].mean()
+
+
 @dataclass
 class PoseGPTOutput:
-    """``logits`` (batch, seq, vocab), None when only the loss was asked for; ``loss`` scalar or None;
-    ``pose_d6`` (N, 24, 6); ``pose_rotmat`` (N, 24, 3, 3); ``pose_batch_index`` (N,); ``hidden_states``
+    """``logits`` (batch, seq, vocab), None when only the loss was asked for; ``loss`` scalar or None: the
+    training loss, ``ce_weight`` × ``ce_loss`` + ``pose_weight`` × ``pose_loss`` (the pose term only when
+    pose targets were given); ``ce_loss`` / ``pose_loss`` its two parts (scalars or None); ``pose_d6`` (N, 24, 6); ``pose_rotmat`` (N, 24, 3, 3); ``pose_batch_index`` (N,); ``hidden_states``
     (batch, seq, H) last layer after the norm; ``cache`` the backbone's KV cache (when ``use_cache``)."""
 
     logits: torch.Tensor | None
@@ -71,6 +88,8 @@ class PoseGPTOutput:
     pose_batch_index: torch.Tensor
     hidden_states: torch.Tensor
     cache: object = None
+    ce_loss: torch.Tensor | None = None
+    pose_loss: torch.Tensor | None = None
 
 
 class PoseGPT(nn.Module):
@@ -102,15 +121,21 @@ class PoseGPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                return_logits: bool = True, **backbone_kwargs) -> PoseGPTOutput:
+                pose_targets: torch.Tensor | None = None, return_logits: bool = True,
+                ce_weight: float = CE_WEIGHT, pose_weight: float = POSE_WEIGHT, **backbone_kwargs) -> PoseGPTOutput:
         """input_ids (batch, seq); labels (batch, seq) with -100 where no loss is wanted (standard shift:
         position t predicts token t+1). Poses come from every `<POSE>` in ``input_ids``, in order,
         batch-major; a `<POSE>` at position 0 has no preceding state and is an error.
+
+        pose_targets (N, 24, 3, 3): the true rotations of those N `<POSE>` tokens, in the same order; with
+        them the loss gets ``pose_weight`` × ``pose_l1_loss`` (needs labels too).
 
         return_logits=False (training): the output layer runs only where a label is, giving the same loss
         without the (batch, seq, vocab) logits — most positions of a pose chat are prompt, unlabelled."""
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+        if pose_targets is not None and labels is None:
+            raise ValueError("pose_targets need labels: the loss is cross-entropy plus the pose term")
         if pixel_values is not None:
             backbone_kwargs["pixel_values"] = pixel_values
         image_token_id = getattr(unwrap_backbone(self.backbone).config, "image_token_id", None)
@@ -120,19 +145,28 @@ class PoseGPT(nn.Module):
         out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, **backbone_kwargs)
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden) if return_logits or labels is None else None
-        loss = None
+        ce = None
         if labels is not None:
             targets = labels[:, 1:].to(hidden.device)
             if logits is not None:
-                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                       ignore_index=-100)
+                ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                     ignore_index=IGNORE_INDEX)
             else:
-                labelled = targets != -100
-                loss = F.cross_entropy(self.lm_head(hidden[:, :-1][labelled]).float(), targets[labelled])
+                labelled = targets != IGNORE_INDEX
+                ce = F.cross_entropy(self.lm_head(hidden[:, :-1][labelled]).float(), targets[labelled])
         batch_index, positions = (input_ids == self.pose_token_id).nonzero(as_tuple=True)
         if (positions == 0).any():
             raise ValueError("a <POSE> token at position 0 has no preceding hidden state")
         d6, rotmat = self.pose_from_hidden(hidden[batch_index, positions - 1])
+        pose = loss = None
+        if ce is not None:
+            loss = ce_weight * ce
+        if pose_targets is not None:
+            if pose_targets.shape[0] != rotmat.shape[0]:
+                raise ValueError(f"{pose_targets.shape[0]} pose targets for {rotmat.shape[0]} <POSE> tokens in "
+                                 "input_ids: give one (24, 3, 3) target per token, in order")
+            pose = pose_l1_loss(rotmat, pose_targets.to(rotmat.device))
+            loss = loss + pose_weight * pose
         return PoseGPTOutput(logits=logits, loss=loss, pose_d6=d6, pose_rotmat=rotmat,
                              pose_batch_index=batch_index, hidden_states=hidden,
-                             cache=getattr(out, "cache", None))
+                             cache=getattr(out, "cache", None), ce_loss=ce, pose_loss=pose)

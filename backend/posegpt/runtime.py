@@ -27,7 +27,7 @@ import torch
 from transformers import DynamicCache
 from transformers.generation.logits_process import TopPLogitsWarper
 
-from .checkpoint import complete_manifest, load_checkpoint
+from .checkpoint import complete_manifest, load_checkpoint, load_prompt_tokenizer
 from .errors import PoseGPTError
 from .families import ImageInput, make_family
 from .model import PoseGPT, unwrap_backbone
@@ -37,6 +37,7 @@ from .templates import IMAGE_MARK, Template, TurnEncoder
 
 MODES = ("direct", "chat")
 MAX_BATCH = 16
+MAX_NEW_TOKENS = 512  # chat mode stops at the end token or here, as the published chat script does
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
            "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
@@ -75,6 +76,7 @@ class _Turn:
     start: int                     # tokens already in the session's KV cache
     cache: list | None
     positions: torch.Tensor        # (P, len(ids))
+    text: str = ""                 # "whole" templates: the conversation text up to the generation prompt
     turn_starts: list[int] = None  # where each user turn begins in ``ids`` (this one included)
     trimmed: int = 0               # oldest whole turns dropped so that this one fits the context
 
@@ -83,21 +85,30 @@ class PoseRuntime:
     """A loaded model plus its sessions. Thread-safe: calls are serialised on one lock (one model)."""
 
     def __init__(self, model: PoseGPT, tokenizer, processor, manifest: dict, *, device: torch.device,
-                 dtype: torch.dtype, sessions: SessionStore | None = None, warmup: bool = True):
+                 dtype: torch.dtype, sessions: SessionStore | None = None, warmup: bool = True,
+                 prompt_tokenizer=None):
         self.model = model.eval()
         self.tokenizer, self.processor = tokenizer, processor
         self.manifest = complete_manifest(model, tokenizer, manifest)
         self.device, self.dtype = device, dtype
         base = unwrap_backbone(model.backbone)
         self.family = make_family(manifest["family"], base.config, processor, model.decoder)
-        self.template = Template.from_dict(manifest["template"])
-        self.turns = TurnEncoder(tokenizer, self.template)
+        try:
+            self.template = Template.from_dict(manifest["template"])
+            self.turns = TurnEncoder(tokenizer, self.template, prompt_tokenizer)
+            # The pose is read at the token before <POSE>: refuse a template whose direct answer puts another
+            # token there than the model emits (a lone space piece, say) before any request is served.
+            self.direct_answer_ids = self.turns.check_pose_follows()
+        except ValueError as exc:
+            raise PoseGPTError("bad_checkpoint", f"template: {exc}") from exc
         self.pose_id = model.pose_token_id
         self.stop_ids = {self.turns.end_id} | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.turns.end_id
-        self.direct_answer_ids = self.turns.answer(self.template.direct_answer)
-        if not self.direct_answer_ids or self.direct_answer_ids[-1] != self.pose_id:
-            raise PoseGPTError("bad_checkpoint", "the template's direct_answer must end with the pose token")
+        # Control tokens a user must not be able to type in a "whole" conversation string.
+        # Prompt tokens the published generate() never attended to: its pad id (the script sets pad = unk).
+        self._masked_ids = set(self.manifest.get("prompt_tokenizer", {}).get("attention_masked_ids", []))
+        self._control_texts = sorted(set(getattr(self.turns.prompt_tokenizer, "added", ()))
+                                     | {t for t in tokenizer.all_special_tokens if t} | {self.manifest["pose_token"]})
         self.store = sessions or SessionStore()
         self._lock = threading.RLock()
         if warmup:
@@ -117,7 +128,8 @@ class PoseRuntime:
             path, device=device, dtype=dtype, merge_adapter=merge_adapter, local_files_only=local_files_only,
             quantization=quantization)
         return cls(model, tokenizer, processor, manifest, device=device, dtype=dtype,
-                   sessions=SessionStore(**session_limits), warmup=warmup)
+                   sessions=SessionStore(**session_limits), warmup=warmup,
+                   prompt_tokenizer=load_prompt_tokenizer(manifest, path, tokenizer))
 
     @property
     def model_card(self) -> dict:
@@ -172,7 +184,7 @@ class PoseRuntime:
 
     # ------------------------------------------------------------------ public entry points
     def chat(self, session_id: str, prompt: str, images: list | None = None, mode: str = "direct",
-             max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+             max_new_tokens: int = MAX_NEW_TOKENS, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
              should_stop: Callable[[], bool] | None = None,
              on_progress: Callable[[dict], None] | None = None) -> ChatResult:
         """One turn of ``session_id`` (created on first use). Raises PoseGPTError on bad input."""
@@ -220,7 +232,7 @@ class PoseRuntime:
                     stop = request.get("should_stop")
                     session = self.store.open(sid)
                     turn = self._prepare(session, request.get("prompt"), request.get("images") or [], "direct",
-                                         request.get("max_new_tokens", 64), request.get("temperature", 0.0),
+                                         request.get("max_new_tokens", MAX_NEW_TOKENS), request.get("temperature", 0.0),
                                          request.get("top_p", 1.0))
                     if stop is not None and stop():
                         raise PoseGPTError("cancelled", "cancelled before the model ran")
@@ -265,15 +277,17 @@ class PoseRuntime:
         if marks and marks < len(images):
             raise PoseGPTError("bad_request", f"{len(images)} images for {marks} {IMAGE_MARK} placeholders")
         encoded = [self.family.encode_image(_check_image(im)) for im in images]
+        content = self.turns.user_content(prompt, len(encoded))
+        if self.template.encoding == "whole":
+            return self._prepare_whole(session, prompt, content, encoded, mode, max_new_tokens)
 
         ids = list(session.ids) if session.ids else self.turns.start()
         first_new = len(ids)
-        content = self.turns.user_content(prompt, len(encoded))
         ids += self.turns.user_turn(content, lambda k: self.family.placeholder_ids(encoded[k]))
         starts = _image_starts(ids, first_new, encoded, self.family)
         if mode == "direct":
             ids += self.direct_answer_ids
-        budget = self.family.max_positions - (max_new_tokens + len(self.turns.end_of_answer()) if mode == "chat" else 0)
+        budget = self._budget(mode)
         old_images, turn_starts, trimmed = list(session.images), list(session.turn_starts), 0
         turn_starts.append(first_new)
         if len(ids) > budget:
@@ -288,6 +302,49 @@ class PoseRuntime:
         return _Turn(session=session, ids=ids, images=all_images, start=start,
                      cache=session.cache if start else None, positions=positions, turn_starts=turn_starts,
                      trimmed=trimmed)
+
+    def _prepare_whole(self, session: Session, prompt: str, content: str, encoded: list, mode: str,
+                       max_new_tokens: int) -> _Turn:
+        """A "whole" template's turn: the conversation text so far plus this turn, tokenised whole as the
+        published code did. The KV cache is reused up to the first id that differs from the cached ones
+        (a chat reply re-tokenised from its text can differ from the ids generated)."""
+        typed = [t for t in self._control_texts if t in prompt]
+        if typed:
+            raise PoseGPTError("bad_request", f"the prompt contains the model's control token {typed[0]!r}")
+        images = [im for _, im in session.images] + encoded
+        text = session.text + self.turns.user_text(content, first=not session.text)
+        full = text + (self.turns.answer_text(self.template.direct_answer) if mode == "direct" else "")
+        ids = self.turns.encode_text(full, lambda k: self.family.placeholder_ids(images[k]))
+        if mode == "direct" and ids[-1] != self.pose_id:
+            raise PoseGPTError("internal", "the direct answer did not end with the pose token in this context")
+        self._check_budget(ids, mode, max_new_tokens)
+        starts = _image_starts(ids, 0, images, self.family)
+        all_images = list(zip(starts, images))
+        positions = self.family.positions(ids, images)
+        start, cache = 0, None
+        if session.cache is not None:
+            start = _common_prefix(session.ids[:session.cache_len], ids)
+            for first, image in all_images:  # an image's features are computed whole: never start inside one
+                if first < start < first + len(self.family.placeholder_ids(image)):
+                    start = first
+            start = min(start, len(ids) - 2)  # at least the last two tokens run (the pose is read at -2)
+            if start > 0:
+                cache = [(k[:, :, :start], v[:, :, :start]) for k, v in session.cache]
+            else:
+                start = 0
+        return _Turn(session=session, ids=ids, images=all_images, start=start, cache=cache, positions=positions,
+                     text=text)
+
+    def _budget(self, mode: str) -> int:
+        """Most tokens a turn's input may take. Chat mode needs room for one token and the end; it stops
+        early where the context ends rather than reserving max_new_tokens."""
+        return self.family.max_positions - (1 + len(self.turns.end_of_answer()) if mode == "chat" else 0)
+
+    def _check_budget(self, ids: list[int], mode: str, max_new_tokens: int) -> None:
+        budget = self._budget(mode)
+        if len(ids) > budget:
+            raise PoseGPTError("prompt_too_long", f"the conversation needs {len(ids)} tokens; the context holds "
+                               f"{self.family.max_positions}")
 
     # ------------------------------------------------------------------ running
     @torch.inference_mode()
@@ -313,9 +370,16 @@ class PoseRuntime:
             mask[r, c_max + n_max - len(tail):] = 1
             positions[:, r, n_max - len(tail):] = turn.positions[:, turn.start:]
             chunk_images += [im for pos, im in turn.images if pos >= turn.start]
+        attention = mask
+        if self._masked_ids:  # hidden from attention, as the published generate() hid them; still cached
+            attention = mask.clone()
+            for r, turn in enumerate(turns):
+                for i, token in enumerate(turn.ids):
+                    if token in self._masked_ids:
+                        attention[r, c_max - turn.start + i if i < turn.start else c_max + n_max - len(turn.ids) + i] = 0
         cache = DynamicCache(ddp_cache_data=self._batch_cache(turns, c_max)) if c_max else DynamicCache()
         out = self.model.decoder(
-            input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+            input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
             position_ids=(positions[0] if npos == 1 else positions).to(self.device), cache=cache, use_cache=True,
             **self.family.image_kwargs(chunk_images, self.device, self.dtype))
         return out.last_hidden_state, out.cache, mask
@@ -335,11 +399,15 @@ class PoseRuntime:
             layers.append((keys, values))
         return layers
 
-    def _commit(self, turn: _Turn, ids: list[int], cache, mask_row: torch.Tensor | None, row: int = 0) -> None:
-        """The session now holds ``ids``; ``cache`` (row ``row``, real positions from ``mask_row``) covers a prefix."""
+    def _commit(self, turn: _Turn, ids: list[int], cache, mask_row: torch.Tensor | None, row: int = 0,
+                answer: str = "") -> None:
+        """The session now holds ``ids``; ``cache`` (row ``row``, real positions from ``mask_row``) covers a prefix.
+        ``answer``: the reply's text, which "whole" templates keep as conversation text."""
         keep = None if mask_row is None or bool(mask_row.all()) else mask_row.nonzero()[:, 0].to(self.device)
         kv = cache_to_list(cache, keep, row)
         turn.session.ids = ids
+        if self.template.encoding == "whole":
+            turn.session.text = turn.text + self.turns.history_answer_text(answer)
         turn.session.images = turn.images
         turn.session.turn_starts = turn.turn_starts or []
         turn.session.turns += 1
@@ -351,14 +419,15 @@ class PoseRuntime:
         hidden, cache, mask = self._forward(turns)
         forward_s = time.perf_counter() - t0
         d6, _ = self.model.pose_from_hidden(hidden[:, -2])  # the position before the trailing <POSE>
-        text = self.tokenizer.decode(self.direct_answer_ids, skip_special_tokens=False).strip()
+        text = self._decode(self.direct_answer_ids).strip()
         poses = pose_results(d6, [len(self.direct_answer_ids) - 1] * len(turns))
         results = []
         for r, (turn, pose) in enumerate(zip(turns, poses)):
             if isinstance(pose, PoseGPTError):
                 results.append(pose)
                 continue
-            self._commit(turn, turn.ids + self.turns.end_of_answer(), cache, mask[r], r)
+            self._commit(turn, turn.ids + self.turns.end_of_answer(), cache, mask[r], r,
+                         answer=self.template.direct_answer)
             results.append(ChatResult(text=text, poses=[pose], session_id=turn.session.session_id,
                                       token_ids=list(self.direct_answer_ids),
                                       timings={"forward_s": forward_s, "batch_size": float(len(turns)),
@@ -382,6 +451,8 @@ class PoseRuntime:
         next_pos = int(turn.positions.max()) + 1
         npos = turn.positions.shape[0]
         total = len(turn.ids)
+        max_new_tokens = min(max_new_tokens, self.family.max_positions - total - len(self.turns.end_of_answer()))
+        attention = torch.tensor([[0 if t in self._masked_ids else 1 for t in turn.ids]], device=self.device)
         reply: list[int] = []
         pose_states: list[tuple[int, torch.Tensor]] = []
         last = hidden[:, -1]  # (1, H): the state whose next-token prediction we are making
@@ -403,8 +474,9 @@ class PoseRuntime:
                 break
             pos = torch.full((npos, 1, 1), next_pos, dtype=torch.long, device=self.device)
             total += 1
+            attention = torch.cat([attention, attention.new_ones(1, 1)], dim=1)
             out = self.model.decoder(input_ids=torch.tensor([[token]], device=self.device),
-                                     attention_mask=torch.ones(1, total, dtype=torch.long, device=self.device),
+                                     attention_mask=attention,
                                      position_ids=pos[0] if npos == 1 else pos, cache=cache, use_cache=True)
             cache, last, next_pos = out.cache, out.last_hidden_state[:, -1], next_pos + 1
         decode_s = time.perf_counter() - t0 - prefill_s
@@ -417,12 +489,18 @@ class PoseRuntime:
                     raise pose
         # History: the real reply ids (`<POSE>` included) and a well-formed end, whatever stopped decoding.
         # The cache covers every token fed so far: the prompt and all reply tokens but the last one.
-        self._commit(turn, turn.ids + reply + self.turns.end_of_answer(), cache, None)
-        text = self.tokenizer.decode(reply, skip_special_tokens=False)
+        text = self._decode(reply)
+        # "whole" templates keep the reply as the published script did: decoded with its end token.
+        history = self._decode(reply + [self.turns.end_id]) if stopped_by_end else text
+        self._commit(turn, turn.ids + reply + self.turns.end_of_answer(), cache, None, answer=history)
         return ChatResult(text=text.strip(), poses=poses, session_id=turn.session.session_id, token_ids=reply,
                           timings={"prefill_s": prefill_s, "decode_s": decode_s, "new_tokens": float(len(reply)),
                                    "prompt_tokens": float(len(turn.ids) - turn.start),
                                    "cached_tokens": float(turn.start), "stopped_by_end": float(stopped_by_end)})
+
+    def _decode(self, ids: list[int]) -> str:
+        decode = getattr(self.turns.prompt_tokenizer, "decode", None)
+        return decode(ids) if decode is not None else self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def _warmup(self) -> None:
         """One throwaway direct pass so the first real request does not pay for lazy initialisation."""
@@ -446,6 +524,14 @@ def _check_image(image):
     if min(image.size) < 1:
         raise PoseGPTError("bad_request", "an image is empty")
     return image
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def _trim_history(ids: list[int], images: list, starts: list[int], turn_starts: list[int], budget: int,

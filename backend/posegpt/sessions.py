@@ -37,6 +37,7 @@ class Session:
     cache: KVCache | None = None
     cache_len: int = 0
     turns: int = 0
+    text: str = ""  # "whole" templates: the conversation as text, as the published code kept it
     turn_starts: list[int] = field(default_factory=list)   # index in ids where each user turn begins
     last_used: float = field(default_factory=time.monotonic)
 

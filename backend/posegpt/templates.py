@@ -1,18 +1,32 @@
 """Conversation templates and their tokenisation, shared by inference and training.
 
-A conversation is tokenised piece by piece (system, each user turn, each assistant answer) and the ids
-are concatenated, never re-tokenised from the joined text. That keeps three promises:
-- a session's ids only ever grow by appending, so the KV cache of earlier turns stays valid;
-- assistant turns keep the ids the model really produced, `<POSE>` included (the published code wrote
-  earlier poses back as the plain text "[POSE]", a train/inference mismatch);
-- training (``encode_conversation``) sees exactly the ids inference builds.
+Two encodings, chosen per checkpoint by ``Template.encoding``:
+- "pieces" (the project's own models): a conversation is tokenised piece by piece (system, each user
+  turn, each assistant answer) and the ids are concatenated, never re-tokenised from the joined text. A
+  session's ids only ever grow by appending, so the KV cache of earlier turns stays valid, and training
+  (``encode_conversation``) sees exactly the ids inference builds.
+- "whole" (published checkpoints): the conversation is written out as one string, exactly as the
+  authors' code wrote it, and tokenised whole by the checkpoint's prompt tokenizer
+  (``prompt_tokenizer.py``), split only at images. A model answers best to the ids it was trained on.
+Either way assistant turns keep the pose token (the published code wrote earlier poses back as the plain
+text "[POSE]", a train/inference mismatch; ``history_pose_text`` restores that on request).
 Images are written `<image>` in user text; each becomes the family's placeholder ids (see families.py).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
+from .model import POSE_TOKEN
+
 IMAGE_MARK = "<image>"
+# Whitespace written before the pose token in template or answer text ("it is <POSE>") is not a token: the
+# model emits <POSE> straight after the word, as the published model emits [SEG] after "▁is" (its
+# tokenizer strips whitespace next to added tokens). A lone space piece there would be the state the
+# pose is read from, a state the model never saw before a pose.
+_SPACE_BEFORE_POSE = re.compile(r"\s+(?=" + re.escape(POSE_TOKEN) + ")")
+
+ENCODINGS = ("pieces", "whole")
 
 VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant "
                  "gives helpful, detailed, and polite answers to the human's questions.")
@@ -33,6 +47,17 @@ class Template:
     image_text: str = IMAGE_MARK + "\n"  # how an image is announced in user text when the prompt names none
     add_bos: bool = True
     direct_answer: str = "Sure, here is the pose: <POSE>"  # forced answer of direct mode, ends with the pose token
+    encoding: str = "pieces"      # "pieces" or "whole" (module docstring)
+    pose_follows: str = ""        # the token the model emits just before the pose token ("▁is" for ChatPose);
+                                  # when set, the runtime checks the direct answer against it at load
+    history_pose_text: str = ""   # "whole" only: write earlier poses into the history as this text ("[POSE]",
+                                  # as the published chat script did) instead of keeping the pose token
+
+    def __post_init__(self):
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"template encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        if not self.direct_answer.rstrip().endswith(POSE_TOKEN):
+            raise ValueError(f"the template's direct_answer must end with {POSE_TOKEN}: {self.direct_answer!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,9 +104,13 @@ class TurnEncoder:
     ``image_ids(k)`` is a callable giving the placeholder ids of the k-th image of the piece being encoded.
     """
 
-    def __init__(self, tokenizer, template: Template):
+    def __init__(self, tokenizer, template: Template, prompt_tokenizer=None):
         self.tokenizer = tokenizer
         self.template = template
+        if template.encoding == "whole" and prompt_tokenizer is None:
+            from .prompt_tokenizer import HFChunkTokenizer
+            prompt_tokenizer = HFChunkTokenizer(tokenizer, template.add_bos)
+        self.prompt_tokenizer = prompt_tokenizer
         self._fixed = {template.system, template.user_prefix, template.user_suffix, template.assistant_prefix,
                        template.after_end, template.answer_prefix + template.direct_answer, template.image_text}
         self._pieces: dict[str, list[int]] = {}
@@ -95,7 +124,7 @@ class TurnEncoder:
             return []
         cached = self._pieces.get(text)
         if cached is None:
-            cached = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            cached = self.tokenizer(_SPACE_BEFORE_POSE.sub("", text), add_special_tokens=False)["input_ids"]
             if text in self._fixed:  # template pieces recur every turn; user text does not
                 self._pieces[text] = cached
         return list(cached)
@@ -132,6 +161,58 @@ class TurnEncoder:
     def end_of_answer(self) -> list[int]:
         return [self.end_id] + self.text(self.template.after_end)
 
+    # ------------------------------------------------------------------ "whole" encoding
+    def user_text(self, content: str, first: bool) -> str:
+        """A user turn as conversation text, ending with the generation prompt (system text first)."""
+        t = self.template
+        return (t.system if first else "") + t.user_prefix + content + t.user_suffix + t.assistant_prefix
+
+    def answer_text(self, answer: str) -> str:
+        """An answer as it goes into the conversation text (without the end token)."""
+        return self.template.answer_prefix + answer
+
+    def history_answer_text(self, answer: str) -> str:
+        """An answer as the history keeps it: stripped, closed by the end token, earlier poses written as
+        ``history_pose_text`` when the template asks for it (the published script's "[POSE]")."""
+        t = self.template
+        answer = answer.strip().replace(t.end_token, "")
+        if t.history_pose_text:  # the published script: .replace("[SEG] ", "[POSE]").replace("[SEG]", "[POSE]")
+            answer = answer.replace(POSE_TOKEN + " ", t.history_pose_text).replace(POSE_TOKEN, t.history_pose_text)
+        return self.answer_text(answer) + t.end_token + t.after_end
+
+    def encode_text(self, text: str, image_ids) -> list[int]:
+        """Ids of a whole conversation string: split only at `<image>`, each piece tokenised whole."""
+        from .prompt_tokenizer import split_at_images
+
+        return split_at_images(text, IMAGE_MARK, self.prompt_tokenizer, image_ids)
+
+    def check_pose_follows(self) -> list[int]:
+        """The direct answer's ids in context, checked: they end with the pose token, the token before it is
+        the one the template says the model emits there, and it is never a bare space piece (whose state
+        the model never saw before a pose). Returns the answer's ids (after the generation prompt)."""
+        t = self.template
+        pose_id = self.tokenizer.convert_tokens_to_ids(POSE_TOKEN)
+        if t.encoding == "whole":
+            prompt = self.user_text("What is the pose?", first=True)
+            before = self.encode_text(prompt, _no_images)
+            ids = self.encode_text(prompt + self.answer_text(t.direct_answer), _no_images)
+            if ids[:len(before)] != before:
+                raise ValueError("the direct answer changes the tokens of the prompt before it")
+            ids = ids[len(before):]
+        else:
+            ids = self.answer(t.direct_answer)
+        if len(ids) < 2 or ids[-1] != pose_id:
+            raise ValueError(f"the direct answer {t.direct_answer!r} must end with the pose token")
+        before_pose = self.tokenizer.convert_ids_to_tokens(ids[-2])
+        if not before_pose.strip("▁Ġ \t\n") or not self.tokenizer.decode([ids[-2]]).strip():
+            raise ValueError(f"the direct answer {t.direct_answer!r} puts a bare space piece ({before_pose!r}) "
+                             f"before {POSE_TOKEN}: the pose would be read from a state the model never saw "
+                             "before a pose; write the pose token straight after the word")
+        if t.pose_follows and before_pose != t.pose_follows:
+            raise ValueError(f"the direct answer puts {before_pose!r} before {POSE_TOKEN}, but the template says "
+                             f"the model emits {t.pose_follows!r} there")
+        return ids
+
 
 def encode_conversation(tokenizer, template: Template, messages: list[dict],
                         image_ids=None) -> tuple[list[int], list[int]]:
@@ -141,6 +222,9 @@ def encode_conversation(tokenizer, template: Template, messages: list[dict],
     A user turn already ends with the generation prompt. Returns ``(input_ids, labels)`` with labels = -100 everywhere except assistant answers and their end
     token (what the model must learn to write).
     """
+    if template.encoding != "pieces":
+        raise ValueError(f"training encodes conversations piece by piece; template {template.name!r} uses the "
+                         f"{template.encoding!r} encoding of a published checkpoint")
     enc = TurnEncoder(tokenizer, template)
     ids = enc.start()
     labels = [-100] * len(ids)

@@ -1,8 +1,10 @@
-"""Tiny random-weight PoseGPT checkpoints, built offline in about a second, for tests and benchmarks.
+"""Tiny random-weight PoseGPT models and checkpoints, built offline in about a second, for tests, benchmarks
+and the demo's from-scratch model (``training/demo_base.py`` builds its model with these same functions).
 
 Everything a real checkpoint has is here, only small: a byte-level BPE tokenizer trained on the short
-corpus below, `<POSE>` added as a special token (embeddings resized), an image processor, the family's
-conversation template, the pose head, all written in the project checkpoint format.
+corpus below (or on the texts a caller gives), `<POSE>` added as a special token (embeddings resized), an
+image processor, the family's conversation template, the pose head, all written in the project checkpoint
+format.
 """
 from __future__ import annotations
 
@@ -38,8 +40,9 @@ SPECIALS = {
 SPECIALS["qwen2_5_vl"] = SPECIALS["qwen2_vl"]
 
 
-def train_tiny_tokenizer(family: str = "llava", vocab_size: int = 400):
-    """A byte-level BPE tokenizer trained on ``_CORPUS`` (any text encodes; no unknown bytes)."""
+def train_bpe_tokenizer(texts, family: str = "llava", vocab_size: int = 400):
+    """A byte-level BPE tokenizer trained on ``texts`` (any text encodes; no unknown bytes) with the family's
+    special tokens (``SPECIALS``) first; ``<POSE>`` is added later by ``add_pose_token``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -49,12 +52,17 @@ def train_tiny_tokenizer(family: str = "llava", vocab_size: int = 400):
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(_CORPUS.splitlines(), trainer)
+    core.train_from_iterator(list(texts), trainer)
     if family in ("qwen2_vl", "qwen2_5_vl"):
         return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<|im_end|>",
                                        pad_token="<|endoftext|>")
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>",
                                    eos_token="</s>", pad_token="<pad>")
+
+
+def train_tiny_tokenizer(family: str = "llava", vocab_size: int = 400):
+    """``train_bpe_tokenizer`` on the short built-in corpus (``_CORPUS``)."""
+    return train_bpe_tokenizer(_CORPUS.splitlines(), family, vocab_size)
 
 
 def _text_kwargs(vocab: int, hidden: int, layers: int, tokenizer) -> dict:
@@ -65,22 +73,49 @@ def _text_kwargs(vocab: int, hidden: int, layers: int, tokenizer) -> dict:
                 pad_token_id=tokenizer.pad_token_id)
 
 
+def build_llava_backbone(text_config, tokenizer, *, vision_hidden: int, vision_layers: int, vision_heads: int,
+                         image_size: int, patch_size: int, vision_feature_layer: int = -2):
+    """(LlavaForConditionalGeneration with random weights, CLIP image processor): a CLIP vision tower of the
+    given sizes (MLP 2 × wide), the two-layer GELU projector, ``text_config``'s Llama decoder; one image
+    token per patch."""
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} must divide by patch_size {patch_size}")
+    vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                              num_hidden_layers=vision_layers, num_attention_heads=vision_heads,
+                              image_size=image_size, patch_size=patch_size, projection_dim=vision_hidden)
+    config = LlavaConfig(vision_config=vision, text_config=text_config,
+                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=vision_feature_layer, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu", image_seq_length=(image_size // patch_size) ** 2)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                      crop_size={"height": image_size, "width": image_size})
+    return LlavaForConditionalGeneration(config), processor
+
+
+def pose_model(backbone, tokenizer, template, head_out_scale: float = 0.1) -> PoseGPT:
+    """Add `<POSE>` (embeddings resized), set the tokenizer's chat template, attach a fresh pose head whose
+    output weights are scaled by ``head_out_scale``: a random head gives poses of a few radians; scaled
+    down they stay near the bias pose, as a trained head's would."""
+    pose_id = add_pose_token(backbone, tokenizer, POSE_TOKEN)
+    tokenizer.chat_template = template.jinja()
+    model = PoseGPT(backbone, pose_id)
+    with torch.no_grad():
+        model.pose_head[2].weight.mul_(head_out_scale)
+    return model
+
+
 def build_tiny_backbone(family: str, tokenizer, hidden: int = 64, layers: int = 2, image_size: int = 32):
     """(backbone, image_processor, template) for a family, random weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     vocab = len(tokenizer)
     if family == "llava":
-        from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
-        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                  image_size=image_size, patch_size=8, projection_dim=32)
-        config = LlavaConfig(vision_config=vision, text_config=LlamaConfig(**_text_kwargs(vocab, hidden, layers, tokenizer)),
-                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-                             vision_feature_select_strategy="default", projector_hidden_act="gelu",
-                             image_seq_length=(image_size // 8) ** 2)
-        processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                          crop_size={"height": image_size, "width": image_size})
-        return LlavaForConditionalGeneration(config), processor, VICUNA_V1
+        backbone, processor = build_llava_backbone(LlamaConfig(**_text_kwargs(vocab, hidden, layers, tokenizer)),
+                                                   tokenizer, vision_hidden=32, vision_layers=2, vision_heads=2,
+                                                   image_size=image_size, patch_size=8, vision_feature_layer=-2)
+        return backbone, processor, VICUNA_V1
     if family in ("qwen2_vl", "qwen2_5_vl"):
         import transformers
         text = _text_kwargs(vocab, hidden, layers, tokenizer)
@@ -114,13 +149,8 @@ def build_tiny_model(family: str = "llava", seed: int = 0, hidden: int = 64, lay
     torch.manual_seed(seed)
     tokenizer = train_tiny_tokenizer(family)
     backbone, processor, template = build_tiny_backbone(family, tokenizer, hidden, layers, image_size)
-    pose_id = add_pose_token(backbone, tokenizer, POSE_TOKEN)
-    tokenizer.chat_template = template.jinja()
     backbone.eval()
-    model = PoseGPT(backbone, pose_id)
-    # A random head gives poses of a few radians; scaled down they stay near the rest pose, as a trained head would.
-    with torch.no_grad():
-        model.pose_head[2].weight.mul_(0.1)
+    model = pose_model(backbone, tokenizer, template)
     manifest = {"family": family, "template": template.to_dict(), "description": f"tiny random {family} model",
                 "accepts_images": family != "text"}
     return model, tokenizer, processor, manifest

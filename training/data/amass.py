@@ -5,8 +5,12 @@ body joints in SMPL order and 22..51 are fingers. SMPL's joints 22/23 (left/righ
 counterpart, so they get the IDENTITY rotation: the published PoseScript loader read SMPL-H's first two
 finger joints there, which bends the hands by whatever the index finger does.
 
-The global orientation is brought from AMASS's Z-up frame to the SMPL frame, its yaw removed, and then
-expressed in the camera frame (conventions page), so "upright, facing the viewer" is diag(1, −1, −1).
+The global orientation is normalised the way PoseScript normalises its poses (``posescript_normalize``:
+in AMASS's Z-up frame, decomposed as Rz(θz)·Ry(θy)·Rx(θx) and θz set to 0), then brought to the SMPL frame
+and expressed in the camera frame (conventions page), so "upright, facing the viewer" is diag(1, −1, −1).
+For upright poses this is the conventions page's yaw removal; for leaning ones the two differ (the Euler
+split puts part of a tilted body's heading into θx, θy), and the targets must be PoseScript's: its captions
+were written for its normalised poses.
 """
 from __future__ import annotations
 
@@ -29,12 +33,26 @@ def smplh_to_smpl_rotmat(poses) -> np.ndarray:
     return amass.poses_to_rotmat(poses)
 
 
+def posescript_normalize(orient_amass) -> np.ndarray:
+    """(..., 3, 3) Z-up AMASS global orientations → PoseScript's normalisation (its ``pose_normalization``):
+    the ZYX Euler angles θx = atan2(R21, R22), θy = atan2(−R20, √(R21² + R22²)) kept, θz dropped:
+    Ry(θy)·Rx(θx)."""
+    r = np.asarray(orient_amass, dtype=np.float64)
+    tx = np.arctan2(r[..., 2, 1], r[..., 2, 2])
+    ty = np.arctan2(-r[..., 2, 0], np.hypot(r[..., 2, 1], r[..., 2, 2]))
+    cx, sx, cy, sy = np.cos(tx), np.sin(tx), np.cos(ty), np.sin(ty)
+    zero, one = np.zeros_like(tx), np.ones_like(tx)
+    rx = np.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx], -1).reshape(*tx.shape, 3, 3)
+    ry = np.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy], -1).reshape(*tx.shape, 3, 3)
+    return ry @ rx
+
+
 def canonical_text_target(rotmats_amass_frame) -> np.ndarray:
     """(..., 24, 3, 3) poses whose global orientation is in AMASS's Z-up frame → the canonical text→pose
-    target: global orientation in the SMPL frame, yaw removed, then in the camera frame."""
+    target: PoseScript's normalisation, then the SMPL frame, then the camera frame."""
     out = np.array(rotmats_amass_frame, dtype=np.float64, copy=True)
-    smpl_orient = frames.amass_to_smpl_orient(out[..., 0, :, :])
-    out[..., 0, :, :] = frames.canonical_camera_orient(smpl_orient)
+    smpl_orient = frames.amass_to_smpl_orient(posescript_normalize(out[..., 0, :, :]))
+    out[..., 0, :, :] = frames.SMPL_TO_CAMERA @ smpl_orient
     return out
 
 

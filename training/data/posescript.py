@@ -7,8 +7,15 @@ The release folder holds JSON files (v2 names first, v1 names accepted too):
 - ``posescript_auto_100k.json``: {pose id: [automatic captions]} (v1: ``automatic_A.json`` … one per kind).
 - ``train_ids_100k.json`` / ``val_ids_100k.json`` / ``test_ids_100k.json``: lists of pose ids.
 
+Two releases exist: the paper trained on the first (v1, ~20k poses: 6.3k human captions, automatic
+captions for all, ~14k training pairs with one caption each; ``ids_2_dataset_sequence_and_frame_index.json``,
+``{split}_ids.json``), the current download is v2 (100k poses, the ``*_100k.json`` names). Point
+``data.posescript_dir`` at either folder: the names say which it is (v2 names win when both are there).
+
 Human captions are preferred when a pose has one (the automatic ones are noisy, paper §4); otherwise one
-automatic caption is drawn at random. Poses without any caption are skipped.
+automatic caption is drawn at random each time the sample is drawn (``caption_choices`` in the record's
+meta; training picks with the sample's own seeded generator, so a resumed run draws the same). Poses without
+any caption are skipped.
 """
 from __future__ import annotations
 
@@ -100,8 +107,10 @@ class PoseScript:
         dataset, seq_path, frame = info
         if dataset != "AMASS":
             raise ValueError(f"PoseScript id {pose_id}: dataset {dataset!r} is not supported (AMASS only)")
-        # Seeded by (seed, index) so the caption drawn for a sample is reproducible across resumes.
+        # A fixed caption (seeded by (seed, index)) for evaluation; training redraws among caption_choices.
         text, source = self.caption(pose_id, random.Random(f"{self.seed}:{index}"))
         pose = self.amass.smpl_target(seq_path, int(frame))
-        return PoseRecord(kind="text", pose_rotmat=pose, caption=text,
-                          meta={"source": "posescript", "id": pose_id, "caption_kind": source})
+        meta = {"source": "posescript", "id": pose_id, "caption_kind": source}
+        if source == "auto" and len(self.auto[pose_id]) > 1:
+            meta["caption_choices"] = list(self.auto[pose_id])
+        return PoseRecord(kind="text", pose_rotmat=pose, caption=text, meta=meta)

@@ -1,4 +1,4 @@
-"""The plain records every data adapter yields; templates (training/templates.py) turn them into chats."""
+"""The plain records every data adapter yields; templates (training/chat_turns.py) turn them into chats."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
