@@ -161,7 +161,6 @@ class Broker:
         # are noticed (every held request is sent a heartbeat at least every BEAT_EVERY_S)
         frontend.router_mandatory = True
         self.curve = bool(frontend.curve_server)     # then quotas are per CURVE key, not per connection
-        image_decoding.configure(limits)
 
     # --- main loop -----------------------------------------------------------------------------------
 

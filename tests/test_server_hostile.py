@@ -74,8 +74,8 @@ def timed_server():
         handle.stop()
 
 
-def _big_png(width=6000, height=5000) -> bytes:
-    """A PNG that is cheap to send (a few MB) and slow to decode (30 Mpx)."""
+def _big_png(width=4000, height=4000) -> bytes:
+    """A PNG that is cheap to send (a few MB) and slow to decode (16 Mpx)."""
     y, x = np.mgrid[0:height, 0:width]
     pixels = np.stack([(x // 7) % 256, (y // 5) % 256, ((x + y) // 11) % 256], -1).astype(np.uint8)
     buf = io.BytesIO()
@@ -105,9 +105,9 @@ def test_a_gone_clients_queued_work_is_dropped_within_two_seconds(timed_server):
 
 
 def test_heartbeats_never_leave_half_a_second_of_silence(timed_server):
-    server = timed_server(turn_s=0.4)
+    server = timed_server(turn_s=0.15)
     with PoseClient(server.address, timeout_s=10) as client:
-        ids = [client.chat(f"h{i}", "talk", mode="chat") for i in range(3)]     # 4 s running, the rest queued
+        ids = [client.chat(f"h{i}", "talk", mode="chat") for i in range(3)]     # 1.5 s each; the rest queued
         heard = {rid: [time.monotonic()] for rid in ids}
         deadline = time.monotonic() + 30
         while client.pending and time.monotonic() < deadline:
@@ -115,7 +115,7 @@ def test_heartbeats_never_leave_half_a_second_of_silence(timed_server):
                 heard[message.request_id].append(time.monotonic())
             time.sleep(0.005)
     gaps = [b - a for times in heard.values() for a, b in zip(times, times[1:])]
-    assert len(gaps) > 20 and max(gaps) <= 0.5, max(gaps)
+    assert len(gaps) > 10 and max(gaps) <= 0.5, max(gaps)
 
 
 def test_cancel_answers_at_once_while_the_images_are_still_decoding(timed_server):
