@@ -92,6 +92,7 @@ class ModelWorker:
         self._socket: zmq.Socket | None = None
         self._owner: int | None = None                      # the thread that may touch the socket
         self.orphaned = False                               # stopped because the server process died
+        self._runtime = None
 
     def stop(self) -> None:
         """Stop after the current step (any thread; the runtime's should_stop sees it)."""
@@ -106,7 +107,7 @@ class ModelWorker:
         self._socket.linger = 0
         self._socket.connect(self.connect)
         try:
-            runtime = self._load()
+            runtime = self._runtime = self._load()
             while runtime is not None and not self._stopping.is_set():
                 if not self._jobs:
                     if self._socket.poll(POLL_MS):
@@ -258,6 +259,10 @@ class ModelWorker:
         timings = {k: float(v) for k, v in dict(result.timings).items()
                    if isinstance(v, (int, float, np.generic)) and math.isfinite(float(v))}
         timings.update(extra_timings, image_decode_ms=job.job.image_decode_ms)
+        store = getattr(self._runtime, "store", None)
+        if store is not None:              # what the KV budget holds now (docs/protocol.md, memory bounds)
+            timings.update(kv_cached_tokens=float(store.cached_tokens()),
+                           kv_cached_sessions=float(len(store.cached_ids())))
         received, dispatched = job.job.received_at, job.job.dispatched_at
         if received and dispatched:
             # queue_ms: waiting for a worker; the broker's decoding of the images (image_decode_ms) happens

@@ -14,7 +14,10 @@ checkpoint, the default quotas), then:
 - the soak: ``SOAK_ROUNDS`` rounds of a burst of large queued images from three clients (each filling
   its image quota), RSS of the server process after each round once the queue drained;
   ``rss_growth_ratio`` = RSS after the last round / after the first (target within 1.15). Bounded by
-  ``SOAK_LIMIT_S``.
+  ``SOAK_LIMIT_S``;
+- the KV budget: a server started with ``--kv-budget-tokens KV_BUDGET_TOKENS --max-sessions 20`` serves
+  100 sessions two turns each; every reply reports the tokens and sessions cached
+  (``kv_cached_tokens_max`` must stay within ``kv_budget_tokens``).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ ABUSER_IMAGES = 4              # photos per abusive chat (the wire's limit)
 SOAK_ROUNDS = 10
 SOAK_CLIENTS = 3
 SOAK_LIMIT_S = 120.0
+KV_BUDGET_TOKENS = 2000        # the KV part: 100 sessions against this budget (about 20 sessions' worth)
 START_TIMEOUT_S = 180
 
 
@@ -179,6 +183,23 @@ def soak(address: str, pid: int, photos: list[bytes]) -> dict[str, float]:
             "soak_s": time.monotonic() - start}
 
 
+def kv_budget(address: str, sessions: int = 100) -> dict[str, float]:
+    """``sessions`` sessions of two turns each against a server started with a small KV budget: the most
+    cached tokens and sessions any reply reported, and whether the oldest session still answers."""
+    most_tokens = most_sessions = 0.0
+    with PoseClient(address, timeout_s=60) as client:
+        for turn in range(2):
+            for i in range(sessions):
+                reply = client.request("chat", session_id=f"kv-{i}", prompt=f"turn {turn}: pose {i}, arms up")
+                if reply.kind != "result":
+                    raise RuntimeError(f"{reply.code}: {reply.message}")
+                most_tokens = max(most_tokens, reply.timings["kv_cached_tokens"])
+                most_sessions = max(most_sessions, reply.timings["kv_cached_sessions"])
+        budget = client.request("hello").model_card
+    return {"kv_budget_tokens": float(budget["kv_budget_tokens"]), "kv_cached_tokens_max": most_tokens,
+            "kv_max_sessions": float(budget["max_cached_sessions"]), "kv_cached_sessions_max": most_sessions}
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         workdir = Path(tmp)
@@ -188,6 +209,13 @@ def main() -> None:
             figures = fair_share(address)
             figures["gone_client_drop_s"] = gone_client_drop(address)
             figures.update(soak(address, process.pid, [photo_jpeg(seed=10 + k) for k in range(ABUSER_IMAGES)]))
+        finally:
+            process.terminate()
+            process.wait(30)
+        process, address = start_server(checkpoint, workdir, "--kv-budget-tokens", str(KV_BUDGET_TOKENS),
+                                        "--max-sessions", "20")
+        try:
+            figures.update(kv_budget(address))
         finally:
             process.terminate()
             process.wait(30)
