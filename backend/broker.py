@@ -53,6 +53,7 @@ MAX_BATCH_RECV = 256       # messages taken from one socket per tick, so neither
 MAX_JOB_BATCH = 8          # direct-mode turns of distinct sessions handed to a worker together
 MAX_RESTARTS = 3           # a worker process that dies is started again at most this often
 MAX_PINNED_SESSIONS = 100_000   # least recently used pins beyond this are forgotten (bounded memory)
+DECODE_TIMEOUT_S = 30.0    # a decoder still on one request after this is killed (and started again)
 SERVER_NAME = "posegpt-serve/0.1.0"
 
 
@@ -154,6 +155,7 @@ class Broker:
         self._decoder_procs: dict[bytes, multiprocessing.Process] = {}
         self._idle_decoders: deque = deque()                  # identities of decoders waiting for work
         self._in_decoder: dict[bytes, _Request] = {}          # decoder identity → the request it decodes
+        self._decode_started: dict[bytes, float] = {}
         for index in range(quotas.decode_processes):
             self._spawn_decoder(f"decoder-{index}".encode())
         self._trim_due = False
@@ -399,6 +401,8 @@ class Broker:
         request = self.requests.pop(key)
         if key in request.worker.queue:
             request.worker.queue.remove(key)
+        if key in self._decode_wait:
+            self._decode_wait.remove(key)
         holder = self.clients[request.client]
         holder.waiting -= 1
         if not request.decoding:              # else the decoder still holds them: released when it ends
@@ -505,11 +509,19 @@ class Broker:
     def _check_decoders(self) -> None:
         """A decoder that died (a bomb that got past every check, the OOM killer) fails its request and
         is started again."""
+        now = time.monotonic()
         for identity, process in list(self._decoder_procs.items()):
+            started = self._decode_started.get(identity)
+            if process.is_alive() and identity in self._in_decoder and now - started > DECODE_TIMEOUT_S:
+                log.error("image decoder %s took over %g s on one request; stopping it", identity.decode(),
+                          DECODE_TIMEOUT_S)
+                process.kill()
+                process.join(5)
             if process.is_alive():
                 continue
             log.error("image decoder %s stopped (exit code %s); starting it again", identity.decode(),
                       process.exitcode)
+            self._decode_started.pop(identity, None)
             request = self._in_decoder.pop(identity, None)
             if identity in self._idle_decoders:
                 self._idle_decoders.remove(identity)
@@ -532,6 +544,7 @@ class Broker:
             request.decoding = True
             self.clients[request.client].decoding += 1
             self._in_decoder[decoder] = request
+            self._decode_started[decoder] = time.monotonic()
             send_frames(self.decoders, [decoder, decoder, options.encode(), *request.images], copy=False)
 
     def _on_decoder(self, frames: list) -> None:

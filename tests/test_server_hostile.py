@@ -219,3 +219,19 @@ def test_a_sigkilled_multi_worker_server_leaves_no_temp_folder(tmp_path):
         assert not any(d.exists() for d in ours)
     finally:
         server.stop()
+
+
+def test_a_decoder_that_dies_fails_its_request_and_is_replaced(timed_server):
+    server = timed_server()
+    png = _big_png()
+    with PoseClient(server.address, timeout_s=30) as client:
+        rid = client.chat("dies", "what is the pose?", images=[png, png, png])
+        time.sleep(0.2)
+        for process in server.server.broker._decoder_procs.values():     # the OOM killer, say
+            process.kill()
+        reply = client.wait(rid, timeout_s=10)
+        assert (reply.kind, reply.code) == ("error", "bad_image")
+        small = io.BytesIO()
+        Image.new("RGB", (64, 48)).save(small, "PNG")
+        again = client.request("chat", session_id="dies", prompt="p", images=[small.getvalue()])
+        assert again.kind == "result", again
