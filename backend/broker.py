@@ -9,8 +9,9 @@ queued most; the image bytes held for waiting requests have a hard ceiling; and 
 (its connection closed, e.g. after its requests timed out) has its queued work dropped at the next
 heartbeat, never run for nobody.
 
-Images are decoded here, off the model's thread, by a small pool (``backend/images.py``: the decoder
-checks the size it decodes, and decodes only as large as the model reads). A job reaches its worker with
+Images are decoded off the model's thread and GIL, by a small pool of low-priority processes
+(``backend/images.py``: the decoder checks the size it decodes, and decodes only as large as the model
+reads). A job reaches its worker with
 the pixels, so a model never waits for a peer's 16 MB PNG, a cancel during a decode answers at once, and
 a queued request holds a few hundred kilobytes instead of the file.
 
@@ -23,10 +24,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import json
+import multiprocessing
 import os
+import shutil
+import tempfile
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -48,6 +53,7 @@ MAX_BATCH_RECV = 256       # messages taken from one socket per tick, so neither
 MAX_JOB_BATCH = 8          # direct-mode turns of distinct sessions handed to a worker together
 MAX_RESTARTS = 3           # a worker process that dies is started again at most this often
 MAX_PINNED_SESSIONS = 100_000   # least recently used pins beyond this are forgotten (bounded memory)
+DECODE_TIMEOUT_S = 30.0    # a decoder still on one request after this is killed (and started again)
 SERVER_NAME = "posegpt-serve/0.1.0"
 
 
@@ -56,13 +62,14 @@ class Quotas:
     """What one client may hold, and what all of them together may hold in images."""
 
     client_queued: int = 8                    # requests one client may have waiting (decoding or queued)
-    client_running: int = 2                   # of one client's requests, at most this many run at once
+    client_running: int = 1                   # of one client's requests, at most this many run at once
+                                              # while another client has work waiting
     queued_image_bytes: int = 256 * 1024 * 1024   # image bytes held for waiting requests, all clients
     client_image_share: float = 0.5           # the part of that one client may hold
-    decode_threads: int = 2                   # images decoded at once (off the model's thread)
+    decode_processes: int = 1                   # decoder processes (off the model's thread and GIL, low priority)
 
     def __post_init__(self):
-        if min(self.client_queued, self.client_running, self.queued_image_bytes, self.decode_threads) < 1:
+        if min(self.client_queued, self.client_running, self.queued_image_bytes, self.decode_processes) < 1:
             raise ValueError(f"every quota must be at least 1: {self}")
         if not 0.0 < self.client_image_share <= 1.0:
             raise ValueError(f"client_image_share must be in (0, 1], got {self.client_image_share}")
@@ -134,16 +141,28 @@ class Broker:
         self.dropped_for_gone_clients = 0
         self._service_s = 0.05                   # running mean of a job's time on a worker (retry hints)
         self._decode_wait: deque = deque()       # request keys whose images wait for a decoder
-        self._decoders = ThreadPoolExecutor(quotas.decode_threads, thread_name_prefix="posegpt-decode")
-        self._decoded: deque = deque()           # (key, images, bytes, ms, error) from the decoder threads
-        self._wake_r, self._wake_w = os.pipe()   # a decoder thread writes a byte: the loop wakes up
-        os.set_blocking(self._wake_r, False)
+        # Decoders are processes, not threads: a decoder's Python between Pillow calls would take the GIL
+        # from the model's thread every switch interval. They get the client's frames over ZeroMQ (no copy
+        # made under this process's GIL, nothing pickled) from a ROUTER in a private folder.
+        self._decoder_dir = tempfile.mkdtemp(prefix="posegpt-")
+        Path(self._decoder_dir, "server.pid").write_text(str(os.getpid()))   # swept if we are SIGKILLed
+        self.decoders = frontend.context.socket(zmq.ROUTER)
+        self.decoders.linger = 0
+        if frontend.context.get(zmq.IO_THREADS) > 2:
+            self.decoders.affinity = 1 << 2        # its own I/O thread: photos to decode never block clients
+        self._decoder_endpoint = f"ipc://{self._decoder_dir}/decoders.ipc"
+        self.decoders.bind(self._decoder_endpoint)
+        self._decoder_procs: dict[bytes, multiprocessing.Process] = {}
+        self._idle_decoders: deque = deque()                  # identities of decoders waiting for work
+        self._in_decoder: dict[bytes, _Request] = {}          # decoder identity → the request it decodes
+        self._decode_started: dict[bytes, float] = {}
+        for index in range(quotas.decode_processes):
+            self._spawn_decoder(f"decoder-{index}".encode())
         self._trim_due = False
         # a send to a client that has gone raises EHOSTUNREACH instead of vanishing: how gone clients
         # are noticed (every held request is sent a heartbeat at least every BEAT_EVERY_S)
         frontend.router_mandatory = True
         self.curve = bool(frontend.curve_server)     # then quotas are per CURVE key, not per connection
-        image_decoding.configure(limits)
 
     # --- main loop -----------------------------------------------------------------------------------
 
@@ -151,20 +170,21 @@ class Broker:
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self.decoders, zmq.POLLIN)
         next_tick = time.monotonic() + TICK_S
         while not should_stop():
             ready = dict(poller.poll(max(1, int((next_tick - time.monotonic()) * 1000) + 1)))
             if self.backend in ready:
                 self._drain(self.backend, self._on_worker)
-            if self._wake_r in ready:
-                self._on_decoded()
+            if self.decoders in ready:
+                self._drain(self.decoders, self._on_decoder, copy=False)
             if self.frontend in ready:
                 self._drain(self.frontend, self._on_client, copy=False)
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_S
                 self._check_workers()
+                self._check_decoders()
                 self._heartbeat(now)
                 if self._trim_due and not self.requests:
                     self._trim_due = False
@@ -192,9 +212,12 @@ class Broker:
         for worker in self.workers.values():
             if not worker.dead:
                 send_frames(self.backend, [worker.identity, jobs.STOP])
-        self._decoders.shutdown(wait=False, cancel_futures=True)
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
+        self.decoders.close(0)
+        for process in self._decoder_procs.values():
+            process.terminate()
+        for process in self._decoder_procs.values():
+            process.join(5)
+        shutil.rmtree(self._decoder_dir, ignore_errors=True)
         log.info("shutdown: %d requests served, %d malformed messages rejected, %d requests of gone clients "
                  "dropped", self.served, self.rejected, self.dropped_for_gone_clients)
 
@@ -208,12 +231,16 @@ class Broker:
     # --- clients -------------------------------------------------------------------------------------
 
     def _send(self, identity: bytes, frames: list) -> bool:
-        """Send to a client without ever blocking; a client that is gone loses everything it held."""
+        """Send to a client without ever blocking; a client that is gone (or has stopped reading: its
+        send queue full) loses everything it held."""
         try:
             send_frames(self.frontend, [identity, *frames], NOBLOCK)
             return True
         except zmq.Again:
-            log.debug("client %s reads nothing; a message to it was dropped", identity.hex())
+            # a thousand messages wait unread: the client no longer reads (hung, or hostile); its work
+            # would only ever be run for nobody
+            log.warning("client %s reads nothing; dropping its work", identity.hex())
+            self._drop_client(identity)
         except zmq.ZMQError as exc:
             if exc.errno != errno.EHOSTUNREACH:
                 raise
@@ -322,7 +349,7 @@ class Broker:
             return
         if request.started is None:
             self._release(key)
-            self._reply(identity, wire.Error(message.request_id, "cancelled", "the request was cancelled"))
+            self._reply(identity, wire.Error(message.request_id, "cancelled", wire.CANCELLED_MESSAGE))
             self._log(request, "cancelled")
         else:
             send_frames(self.backend, [request.worker.identity, *jobs.cancel_frames(identity, message.request_id)])
@@ -374,6 +401,8 @@ class Broker:
         request = self.requests.pop(key)
         if key in request.worker.queue:
             request.worker.queue.remove(key)
+        if key in self._decode_wait:
+            self._decode_wait.remove(key)
         holder = self.clients[request.client]
         holder.waiting -= 1
         if not request.decoding:              # else the decoder still holds them: released when it ends
@@ -422,6 +451,9 @@ class Broker:
         sessions: set = set()
         blocked_sessions: set = set()
         taken: dict[bytes, int] = {}
+        # work-conserving: the running quota only holds while another client has work ready here
+        contenders = sum(1 for keys in heads.values() if keys and self.requests[keys[0]].ready)
+        running_quota = self.quotas.client_running if contenders > 1 else MAX_JOB_BATCH
         progress = True
         while progress and len(batch) < MAX_JOB_BATCH:
             progress = False
@@ -430,9 +462,9 @@ class Broker:
                     continue
                 request = self.requests[keys[0]]
                 running = self.clients[client].running + taken.get(client, 0)
-                if (not request.ready or running >= self.quotas.client_running
+                if (not request.ready or running >= running_quota
                         or request.job.session_id in blocked_sessions | sessions
-                        or (batch and not (request.job.batchable and self.requests[batch[0]].job.batchable))):
+                        or (batch and not _batch_with(self.requests[batch[0]], request))):
                     # this client's turn is over for this job: its next request may not overtake this one
                     blocked_sessions.add(request.job.session_id)
                     keys.clear()
@@ -465,75 +497,94 @@ class Broker:
                         copy=False)
             self._free_images(request)        # the pixels are the worker's now
 
-    # --- image decoding (a thread pool; the loop never waits for it) ---------------------------------
+    # --- image decoding (decoder processes; the loop never waits for them) ---------------------------
+
+    def _spawn_decoder(self, identity: bytes) -> None:
+        process = multiprocessing.get_context("spawn").Process(
+            target=image_decoding.serve_decoder, name=identity.decode(), daemon=True,
+            args=(self._decoder_endpoint, identity, asdict(self.limits), os.getpid()))
+        process.start()
+        self._decoder_procs[identity] = process
+
+    def _check_decoders(self) -> None:
+        """A decoder that died (a bomb that got past every check, the OOM killer) fails its request and
+        is started again."""
+        now = time.monotonic()
+        for identity, process in list(self._decoder_procs.items()):
+            started = self._decode_started.get(identity)
+            if process.is_alive() and identity in self._in_decoder and now - started > DECODE_TIMEOUT_S:
+                log.error("image decoder %s took over %g s on one request; stopping it", identity.decode(),
+                          DECODE_TIMEOUT_S)
+                process.kill()
+                process.join(5)
+            if process.is_alive():
+                continue
+            log.error("image decoder %s stopped (exit code %s); starting it again", identity.decode(),
+                      process.exitcode)
+            self._decode_started.pop(identity, None)
+            request = self._in_decoder.pop(identity, None)
+            if identity in self._idle_decoders:
+                self._idle_decoders.remove(identity)
+            if request is not None:
+                self._decoded(request, wire.WireError("bad_image", "the image decoder stopped on this image"), 0.0)
+            self._spawn_decoder(identity)
 
     def _start_decodes(self) -> None:
-        """Start decodes while a decoder is free, taking first the client with the fewest running."""
-        busy = sum(h.decoding for h in self.clients.values())
-        while busy < self.quotas.decode_threads and self._decode_wait:
+        """Hand waiting images to idle decoders, taking first the client with the fewest decoding."""
+        while self._idle_decoders and self._decode_wait:
             key = min(self._decode_wait, key=lambda k: self.clients[self.requests[k].client].decoding
                       if k in self.requests else -1)
             self._decode_wait.remove(key)
             request = self.requests.get(key)
             if request is None:
                 continue
-            card = request.worker.model_card or {}
-            size = card.get("image_size")
+            size = (request.worker.model_card or {}).get("image_size")
+            options = json.dumps({"draft_size": size if isinstance(size, int) and size > 0 else None})
+            decoder = self._idle_decoders.popleft()
             request.decoding = True
             self.clients[request.client].decoding += 1
-            busy += 1
-            self._decoders.submit(self._decode, request, request.images,
-                                  size if isinstance(size, int) and size > 0 else None)
+            self._in_decoder[decoder] = request
+            self._decode_started[decoder] = time.monotonic()
+            send_frames(self.decoders, [decoder, decoder, options.encode(), *request.images], copy=False)
 
-    def _decode(self, request: _Request, files: list, draft_size: int | None) -> None:
-        """In a decoder thread: the files → RGB pixels (or the error), handed back to the loop."""
-        start = time.perf_counter()
-        try:
-            pictures = [image_decoding.decode_image(f.buffer if hasattr(f, "buffer") else f, self.limits,
-                                                    draft_size) for f in files]
-            outcome = [((p.width, p.height), p.tobytes()) for p in pictures]
-        except wire.WireError as err:
-            outcome = err
-        except Exception as exc:                       # never lose a request to a decoder bug
-            log.exception("decoding the images of %s failed", request.request_id)
-            outcome = wire.WireError("bad_image", f"the image could not be decoded ({type(exc).__name__})")
-        self._decoded.append((request, outcome, (time.perf_counter() - start) * 1e3))
-        try:
-            os.write(self._wake_w, b"d")
-        except OSError:
-            pass                                       # shut down meanwhile
-
-    def _on_decoded(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        touched = set()
-        while self._decoded:
-            request, outcome, decode_ms = self._decoded.popleft()
-            key = (request.identity, request.request_id)
-            request.decoding = False
-            self.clients[request.client].decoding -= 1
-            if self.requests.get(key) is not request:
-                # cancelled, or its client gone, while decoding: the files are free only now
-                self._free_images(request)
-                self._forget_idle(request.client)
-                continue
-            if isinstance(outcome, wire.WireError):
-                self._release(key)
-                self._reply(request.identity, wire.Error(request.request_id, outcome.code, outcome.message))
-                self._log(request, outcome.code)
-                continue
-            pixels = [data for _size, data in outcome]
-            self._resize_images(request, pixels, sum(len(p) for p in pixels))
-            request.job.images = [list(size) for size, _data in outcome]
-            request.job.image_decode_ms = decode_ms
-            request.ready = True
-            touched.add(request.worker.identity)
+    def _on_decoder(self, frames: list) -> None:
+        identity, *rest = (frame.bytes if index < 4 else frame for index, frame in enumerate(frames))
+        if identity not in self._decoder_procs:
+            return
+        if rest == [b"READY"]:
+            self._idle_decoders.append(identity)
+        else:
+            _tag, status, head, *pixels = rest
+            info = json.loads(head)
+            request = self._in_decoder.pop(identity, None)
+            self._idle_decoders.append(identity)
+            if request is not None:
+                outcome = (list(zip(info["sizes"], pixels)) if status == b"ok"
+                           else wire.WireError(info["code"], info["message"]))
+                self._decoded(request, outcome, float(info.get("ms", 0.0)))
         self._start_decodes()
-        for identity in touched:
-            self._dispatch(self.workers[identity])
+
+    def _decoded(self, request: _Request, outcome, decode_ms: float) -> None:
+        """A decode ended: the request is ready (or answered with the decoder's error)."""
+        key = (request.identity, request.request_id)
+        request.decoding = False
+        self.clients[request.client].decoding -= 1
+        if self.requests.get(key) is not request:
+            # cancelled, or its client gone, while decoding: the files are free only now
+            self._free_images(request)
+            self._forget_idle(request.client)
+            return
+        if isinstance(outcome, wire.WireError):
+            self._release(key)
+            self._reply(request.identity, wire.Error(request.request_id, outcome.code, outcome.message))
+            self._log(request, outcome.code)
+            return
+        pixels = [data for _size, data in outcome]
+        self._resize_images(request, pixels, sum(len(p) for p in pixels))
+        request.job.images = [list(size) for size, _data in outcome]
+        request.job.image_decode_ms = decode_ms
+        request.ready = True
+        self._dispatch(request.worker)
 
     def _resize_images(self, request: _Request, images: list, image_bytes: int) -> None:
         holder = self.clients[request.client]
@@ -665,3 +716,10 @@ def _user_id(frame: zmq.Frame) -> str | None:
         return frame.get("User-Id") or None
     except zmq.ZMQError:
         return None
+
+
+def _batch_with(head: _Request, other: _Request) -> bool:
+    """Whether ``other`` may join the batch ``head`` starts: both direct-mode turns with as many images.
+    (A padded batch costs every row the longest row's length: a text turn batched with a four-photo turn
+    would wait for the photos' tokens.)"""
+    return head.job.batchable and other.job.batchable and len(head.job.images) == len(other.job.images)

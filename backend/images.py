@@ -15,11 +15,15 @@ was sent.
 from __future__ import annotations
 
 import io
+import os
+import time
 import warnings
 
 from posegpt_net import wire
 
-__all__ = ["configure", "decode_image", "from_pixels"]
+__all__ = ["configure", "decode_image", "from_pixels", "serve_decoder", "DECODER_NICE"]
+
+DECODER_NICE = 19        # a decoder process yields the CPU to the model and the broker on a busy machine
 
 
 def configure(limits: wire.Limits) -> None:
@@ -76,3 +80,60 @@ def from_pixels(width: int, height: int, buffer):
     if width < 1 or height < 1 or len(buffer) != width * height * 3:
         raise wire.WireError("bad_image", f"{len(buffer)} pixel bytes do not make a {width}×{height} RGB image")
     return Image.frombuffer("RGB", (width, height), buffer, "raw", "RGB", 0, 1)
+
+
+# --- the decoder process (backend/broker.py runs a small pool of them) ----------------------------------
+#
+# Broker ↔ decoder messages over a private ipc:// endpoint (the broker's ROUTER puts the decoder's
+# identity in front):
+#     decoder → broker   [READY]  once, then per job:
+#                        [tag, b"ok", json{sizes, ms}, *rgb_frames] | [tag, b"error", json{code, message, ms}]
+#     broker → decoder   [tag, json{draft_size}, *file_frames]       (the client's frames, not copied)
+# Files and pixels cross as ZeroMQ frames: no pickling, and no copy made while holding the server's GIL.
+
+DECODER_POLL_MS = 200
+
+
+def serve_decoder(endpoint: str, identity: bytes, limits: dict, parent_pid: int) -> None:
+    """A decoder process: decode what the broker at ``endpoint`` sends until the broker is gone."""
+    import json
+
+    import zmq
+
+    limits = wire.Limits(**limits)
+    configure(limits)
+    try:
+        os.nice(DECODER_NICE)
+    except OSError:
+        pass
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.identity = identity
+    sock.connect(endpoint)
+    sock.send(b"READY")
+    try:
+        while os.getppid() == parent_pid:
+            if not sock.poll(DECODER_POLL_MS):
+                continue
+            tag, options, *files = sock.recv_multipart(copy=False)
+            start = time.perf_counter()
+            draft = json.loads(options.bytes).get("draft_size")
+            try:
+                pictures = [decode_image(frame.buffer, limits, draft) for frame in files]
+                head = json.dumps({"sizes": [p.size for p in pictures], "ms": (time.perf_counter() - start) * 1e3})
+                sock.send_multipart([tag, b"ok", head.encode(), *(p.tobytes() for p in pictures)])
+            except wire.WireError as err:
+                head = {"code": err.code, "message": err.message, "ms": (time.perf_counter() - start) * 1e3}
+                sock.send_multipart([tag, b"error", json.dumps(head).encode()])
+            except Exception as exc:                 # never lose a request to a decoder bug
+                head = {"code": "bad_image", "message": f"the image could not be decoded ({type(exc).__name__})",
+                        "ms": (time.perf_counter() - start) * 1e3}
+                sock.send_multipart([tag, b"error", json.dumps(head).encode()])
+    finally:
+        sock.close(0)
+        context.term()
+    if os.getppid() != parent_pid and endpoint.startswith("ipc://"):
+        # the server was killed without its cleanup (SIGKILL): remove its private folder
+        import shutil
+        shutil.rmtree(os.path.dirname(endpoint[len("ipc://"):]), ignore_errors=True)

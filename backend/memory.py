@@ -14,7 +14,7 @@ import logging
 
 log = logging.getLogger("posegpt.server")
 
-__all__ = ["pin_mmap_threshold", "trim", "rss_bytes"]
+__all__ = ["pin_mmap_threshold", "trim"]
 
 MMAP_THRESHOLD = 256 * 1024          # blocks at least this large are mapped on their own
 _M_MMAP_THRESHOLD = -3               # mallopt parameter numbers from glibc's malloc.h
@@ -48,13 +48,3 @@ def trim() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
-
-
-def rss_bytes() -> int:
-    """This process's resident set size (Linux ``/proc``; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            import os
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0

@@ -50,6 +50,8 @@ SEND_LINGER_MS = 1000         # time given to the last error replies to leave at
 SWITCH_INTERVAL_S = 0.0005    # broker and worker threads hand frames over often: don't wait 5 ms for the GIL
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 IPC_PREFIX = "posegpt-"                # the private folder of the workers' ipc:// endpoint
+IO_THREADS = 3                         # libzmq I/O threads (see Server.__init__)
+CLIENT_IO_THREADS = 0b011              # ZMQ_AFFINITY of the clients' socket; the decoders' gets 0b100
 
 
 class ServerError(RuntimeError):
@@ -106,7 +108,9 @@ class Server:
         self.options = options
         self.runtime_factory = runtime_factory or runtime_loader(options.checkpoint, options.device, options.dtype,
                                                                  options.kv)
-        self.context = zmq.Context()
+        # Three I/O threads: the clients' connections share two, the image decoders' endpoint has its own,
+        # so a client's small message never waits behind another's 16 MB photo being read or passed on.
+        self.context = zmq.Context(io_threads=IO_THREADS)
         self.address: str | None = None
         self._threads: list[threading.Thread] = []
         self._workers: list[ModelWorker] = []
@@ -123,6 +127,7 @@ class Server:
         memory.pin_mmap_threshold()          # large frames and tensors go back to the OS when freed
         self.frontend = self.context.socket(zmq.ROUTER)
         self.frontend.linger = SEND_LINGER_MS
+        self.frontend.affinity = CLIENT_IO_THREADS
         # frames beyond the image limit are refused by libzmq itself, before Python sees them
         self.frontend.maxmsgsize = max(opts.limits.max_image_bytes, opts.limits.max_header_bytes) + 4096
         if opts.curve:
@@ -353,10 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     fair.add_argument("--client-queue", type=int, default=q.client_queued,
                       help="requests one client may have waiting; more are answered busy with a retry hint")
     fair.add_argument("--client-running", type=int, default=q.client_running,
-                      help="requests of one client that run at once")
+                      help="requests of one client that run at once while another client waits")
     fair.add_argument("--max-queued-image-bytes", type=int, default=q.queued_image_bytes,
                       help="image bytes held for waiting requests, all clients (one client: half of it)")
-    fair.add_argument("--decode-threads", type=int, default=q.decode_threads, help="images decoded at once")
+    fair.add_argument("--decode-processes", type=int, default=q.decode_processes, help="processes decoding images (at low priority)")
     kv = parser.add_argument_group("KV cache (per worker; least recently used caches are evicted and rebuilt)")
     kv.add_argument("--kv-budget-tokens", type=int, default=None,
                     help="tokens of context all sessions' caches may hold (default: from --kv-budget-gb)")
@@ -379,7 +384,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
                          max_queue=args.max_queue, device=args.device, dtype=args.dtype, devices=devices,
                          log_level=args.log_level,
                          quotas=Quotas(args.client_queue, args.client_running, args.max_queued_image_bytes,
-                                       decode_threads=args.decode_threads),
+                                       decode_processes=args.decode_processes),
                          kv=KVBudget(args.kv_budget_tokens, args.kv_budget_gb, args.max_sessions))
 
 

@@ -92,6 +92,7 @@ class ModelWorker:
         self._socket: zmq.Socket | None = None
         self._owner: int | None = None                      # the thread that may touch the socket
         self.orphaned = False                               # stopped because the server process died
+        self._runtime = None
 
     def stop(self) -> None:
         """Stop after the current step (any thread; the runtime's should_stop sees it)."""
@@ -106,7 +107,7 @@ class ModelWorker:
         self._socket.linger = 0
         self._socket.connect(self.connect)
         try:
-            runtime = self._load()
+            runtime = self._runtime = self._load()
             while runtime is not None and not self._stopping.is_set():
                 if not self._jobs:
                     if self._socket.poll(POLL_MS):
@@ -191,7 +192,7 @@ class ModelWorker:
         for index, outcome in zip(slots, outcomes):
             job = batch[index]
             if job.cancel.is_set():
-                replies[index] = wire.Error(job.request_id, "cancelled", "the request was cancelled")
+                replies[index] = wire.Error(job.request_id, "cancelled", wire.CANCELLED_MESSAGE)
             elif isinstance(outcome, Exception):
                 replies[index] = self._error_reply(job, outcome)
             else:
@@ -204,7 +205,7 @@ class ModelWorker:
     def _answer(self, runtime, job: _Held) -> wire.Message:
         try:
             if job.cancel.is_set():
-                raise wire.WireError("cancelled", "the request was cancelled before it started")
+                raise wire.WireError("cancelled", wire.CANCELLED_MESSAGE)
             return self._run(runtime, job)
         except Exception as exc:
             return self._error_reply(job, exc)
@@ -214,6 +215,8 @@ class ModelWorker:
         if code not in wire.ERROR_CODES:
             log.error("%s: request %s failed", self.identity.decode(), job.request_id, exc_info=exc)
             code = "internal"
+        if code == "cancelled":                      # however far it got, the documented words
+            return wire.Error(job.request_id, code, wire.CANCELLED_MESSAGE)
         return wire.Error(job.request_id, code, getattr(exc, "message", str(exc))[:500])
 
     def _run(self, runtime, job: _Held) -> wire.Message:
@@ -247,7 +250,7 @@ class ModelWorker:
                               on_progress=on_progress)
         finished = time.perf_counter()
         if job.cancel.is_set():
-            return wire.Error(job.request_id, "cancelled", "the request was cancelled")
+            return wire.Error(job.request_id, "cancelled", wire.CANCELLED_MESSAGE)
         return self._result(job, result, {"model_ms": (finished - start) * 1e3})
 
     def _result(self, job: _Held, result, extra_timings: dict) -> wire.Result:
@@ -256,6 +259,10 @@ class ModelWorker:
         timings = {k: float(v) for k, v in dict(result.timings).items()
                    if isinstance(v, (int, float, np.generic)) and math.isfinite(float(v))}
         timings.update(extra_timings, image_decode_ms=job.job.image_decode_ms)
+        store = getattr(self._runtime, "store", None)
+        if store is not None:              # what the KV budget holds now (docs/protocol.md, memory bounds)
+            timings.update(kv_cached_tokens=float(store.cached_tokens()),
+                           kv_cached_sessions=float(len(store.cached_ids())))
         received, dispatched = job.job.received_at, job.job.dispatched_at
         if received and dispatched:
             # queue_ms: waiting for a worker; the broker's decoding of the images (image_decode_ms) happens

@@ -1,13 +1,21 @@
-"""Model-runtime benchmark: a tiny random LLaVA-layout model on CPU, every comparison side by side in one run.
+"""Model-runtime benchmark: a tiny LLaVA-layout model on CPU, every comparison side by side in one run.
 
     .venv/bin/python bench/bench_model.py
 
-Prints:
-  direct_vs_reference_speedup: time of a 2-turn image+text conversation done the published way (transformers
-      `generate` of 512 new tokens every turn, EOS ignored via min_new_tokens, then a second full forward over
-      prompt + reply to find the pose token's hidden state, the whole chat re-encoded every turn with the long
-      replies in it, no cache reuse) / the same turns in our direct mode with prefix-cache reuse.
-  turn10_over_turn1: latency of the 10th direct turn of a session / the 1st (median over sessions).
+The model is random but taught (``tiny.teach``) to answer the demo prompts with "Sure, it is <POSE>." and
+an end token, as the published model answers "Sure, it is [SEG]." — so a loop that stops at the end token
+stops where the published one does. Prints:
+  reference_2turn_s / reference_nocache_2turn_s: a 2-turn image+text conversation done the published way:
+      transformers ``generate`` until the end token (at most 512 new tokens), then a second full forward
+      over prompt + reply to find the pose token's hidden state, the whole chat re-encoded every turn with
+      the (short) reply kept in it; with generate's KV cache, and without (``use_cache=False``, the loop as
+      published). ``reference_reply_tokens``: the tokens its replies had.
+  direct_vs_reference_speedup / direct_vs_reference_nocache_speedup: those times / the same turns in our
+      direct mode with prefix-cache reuse. Both sides: the median of ``RUNS`` conversations.
+  turn30_over_turn2: latency of the 30th direct turn of a session / its 2nd (both cached follow-ups;
+      median over sessions), what a long chat costs per turn as it grows.
+  reencode_turn30_over_ours: the 30th turn with the session's history re-encoded from its ids (its cache
+      evicted: what a server without a prefix cache does every turn) / the same turn with the cache.
   batch8_speedup: throughput of 8 concurrent direct requests run as one padded batch / the same 8 one by one
       (follow-up turns of sessions that already have a history, the common case of an artist iterating).
   batch8_speedup_fresh: the same for 8 brand-new sessions (long system prompt + image each).
@@ -34,11 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.posegpt.families import make_family  # noqa: E402
 from backend.posegpt.runtime import PoseRuntime  # noqa: E402
 from backend.posegpt.templates import Template, TurnEncoder, encode_conversation  # noqa: E402
-from backend.posegpt.tiny import build_tiny_model  # noqa: E402
+from backend.posegpt.tiny import build_tiny_model, teach  # noqa: E402
 
 HIDDEN, LAYERS = 256, 4
-REFERENCE_NEW_TOKENS = 512
+REFERENCE_MAX_NEW_TOKENS = 512         # the published loop's cap; it stops at the end token before
+RUNS = 5                               # conversations timed on each side; the median is reported
+LONG_TURNS = 30
 PROMPTS = ["she is proposing marriage", "now make her arms wider"]
+ANSWER = "Sure, it is <POSE>."
 
 
 def _image(seed: int) -> PIL.Image.Image:
@@ -46,28 +57,41 @@ def _image(seed: int) -> PIL.Image.Image:
 
 
 @torch.inference_mode()
-def reference_conversation(model, tokenizer, processor, manifest, prompts, image, device=torch.device("cpu")) -> float:
-    """The published inference loop, re-created: seconds for all turns."""
+def reference_conversation(model, tokenizer, processor, manifest, prompts, image, device=torch.device("cpu"),
+                           use_cache: bool = True) -> tuple[float, int]:
+    """The published inference loop, re-created: (seconds for all turns, reply tokens generated)."""
     template = Template.from_dict(manifest["template"])
     family = make_family(manifest["family"], model.backbone.config, processor, model.decoder)
     encoded = family.encode_image(image)
     pixels = family.image_kwargs([encoded], device, torch.float32)
     turns = TurnEncoder(tokenizer, template)
     messages: list[dict] = []
+    generated = 0
     start = time.perf_counter()
     for k, prompt in enumerate(prompts):
         messages.append({"role": "user", "content": turns.user_content(prompt, 1 if k == 0 else 0)})
         ids, _ = encode_conversation(tokenizer, template, messages, lambda i: family.placeholder_ids(encoded))
         input_ids = torch.tensor([ids], device=device)
         out = model.backbone.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **pixels,
-                                      max_new_tokens=REFERENCE_NEW_TOKENS, min_new_tokens=REFERENCE_NEW_TOKENS,
-                                      do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                                      max_new_tokens=REFERENCE_MAX_NEW_TOKENS, do_sample=False,
+                                      use_cache=use_cache, pad_token_id=tokenizer.pad_token_id,
+                                      eos_token_id=_stop_ids(tokenizer, template))
         full = out if torch.is_tensor(out) else out.sequences
+        generated += full.shape[1] - len(ids)
         hidden = model.decoder(input_ids=full, **pixels).last_hidden_state  # second pass: find the pose state
         model.pose_from_hidden(hidden[0, len(ids) - 1:len(ids)])
         reply = tokenizer.decode(full[0, len(ids):], skip_special_tokens=True)
         messages.append({"role": "assistant", "content": reply})  # re-encoded as text next turn
-    return time.perf_counter() - start
+    return time.perf_counter() - start, generated
+
+
+def _stop_ids(tokenizer, template) -> list[int]:
+    """The end-of-answer token(s) the published loop stops at (the runtime's stop rule)."""
+    turns = TurnEncoder(tokenizer, template)
+    ids = {turns.end_of_answer()[0]} if turns.end_of_answer() else set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
 
 
 def ours_conversation(rt: PoseRuntime, session: str, prompts, image) -> float:
@@ -77,9 +101,14 @@ def ours_conversation(rt: PoseRuntime, session: str, prompts, image) -> float:
     return time.perf_counter() - start
 
 
-def turn_latencies(rt: PoseRuntime, session: str, turns: int = 10) -> list[float]:
+def turn_latencies(rt: PoseRuntime, session: str, turns: int = LONG_TURNS,
+                   evict_before_last: bool = False) -> list[float]:
+    """Seconds of each direct turn of one session; ``evict_before_last``: the last turn re-encodes the
+    whole history from its ids (its KV cache dropped first)."""
     out = []
     for k in range(turns):
+        if evict_before_last and k == turns - 1:
+            rt.store.evict_cache(session)
         start = time.perf_counter()
         rt.chat(session, f"variation {k}: raise the left arm a little more", [_image(k)] if k == 0 else [])
         out.append(time.perf_counter() - start)
@@ -120,20 +149,37 @@ def main(argv=None) -> None:
     model, tokenizer, processor, manifest = build_tiny_model("llava", seed=0, hidden=HIDDEN, layers=LAYERS)
     model.to(device)
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
-    rt = PoseRuntime(model, tokenizer, processor, manifest, device=device, dtype=torch.float32)
     image = _image(0)
+    model.to("cpu")
+    loss = teach(model, tokenizer, processor, manifest, [(PROMPTS[0], [image], ANSWER), (PROMPTS[1], [], ANSWER)],
+                 steps=150)
+    model.to(device)
+    print(f"taught_loss: {loss:.4f}")
+    rt = PoseRuntime(model, tokenizer, processor, manifest, device=device, dtype=torch.float32)
     ours_conversation(rt, "warm", PROMPTS, image)
-    ours = min(ours_conversation(rt, f"ours-{k}", PROMPTS, image) for k in range(3))
-    reference = reference_conversation(model, tokenizer, processor, manifest, PROMPTS, image, device)
-    print(f"reference_2turn_s: {reference:.3f}")
+    reference_conversation(model, tokenizer, processor, manifest, PROMPTS, image, device)       # warm-up
+    ours = statistics.median(ours_conversation(rt, f"ours-{k}", PROMPTS, image) for k in range(RUNS))
+    cached = [reference_conversation(model, tokenizer, processor, manifest, PROMPTS, image, device)
+              for _ in range(RUNS)]
+    uncached = [reference_conversation(model, tokenizer, processor, manifest, PROMPTS, image, device,
+                                       use_cache=False) for _ in range(RUNS)]
+    reference = statistics.median(t for t, _ in cached)
+    reference_nocache = statistics.median(t for t, _ in uncached)
+    print(f"reference_reply_tokens: {cached[0][1]}")
+    print(f"reference_2turn_s: {reference:.4f}")
+    print(f"reference_nocache_2turn_s: {reference_nocache:.4f}")
     print(f"direct_2turn_s: {ours:.4f}")
     print(f"direct_vs_reference_speedup: {reference / ours:.1f}")
+    print(f"direct_vs_reference_nocache_speedup: {reference_nocache / ours:.1f}")
 
     latencies = [turn_latencies(rt, f"turns-{k}") for k in range(3)]
-    ratio = statistics.median(lat[9] / lat[0] for lat in latencies)
-    print(f"turn1_ms: {1000 * statistics.median(lat[0] for lat in latencies):.2f}")
-    print(f"turn10_ms: {1000 * statistics.median(lat[9] for lat in latencies):.2f}")
-    print(f"turn10_over_turn1: {ratio:.2f}")
+    reencoded = [turn_latencies(rt, f"reencode-{k}", evict_before_last=True)[-1] for k in range(3)]
+    last = LONG_TURNS - 1
+    print(f"turn2_ms: {1000 * statistics.median(lat[1] for lat in latencies):.2f}")
+    print(f"turn30_ms: {1000 * statistics.median(lat[last] for lat in latencies):.2f}")
+    print(f"turn30_over_turn2: {statistics.median(lat[last] / lat[1] for lat in latencies):.2f}")
+    print(f"turn30_reencoded_ms: {1000 * statistics.median(reencoded):.2f}")
+    print(f"reencode_turn30_over_ours: {statistics.median(reencoded) / statistics.median(lat[last] for lat in latencies):.2f}")
 
     print(f"batch8_speedup: {batch_speedup(rt, 'follow', with_history=True):.2f}")
     print(f"batch8_speedup_fresh: {batch_speedup(rt, 'fresh', with_history=False):.2f}")

@@ -26,7 +26,8 @@ from typing import Any, Callable, Union
 import numpy as np
 
 __all__ = [
-    "PROTOCOL_NAME", "PROTOCOL_VERSION", "PROTOCOL", "MESSAGE_TYPES", "ERROR_CODES", "POSE_ARRAYS",
+    "PROTOCOL_NAME", "PROTOCOL_VERSION", "PROTOCOL", "MESSAGE_TYPES", "ERROR_CODES", "CANCELLED_MESSAGE",
+    "POSE_ARRAYS",
     "Limits", "DEFAULT_LIMITS", "CLIENT_LIMITS", "WireError",
     "Hello", "Ping", "Pong", "Chat", "Progress", "Result", "Cancel", "Reset", "Close", "Closed", "Error",
     "Message", "MessageType", "REQUEST_TYPES", "REPLY_TYPES", "FINAL_TYPES", "encode", "decode", "route", "peek_request_id",
@@ -73,6 +74,8 @@ ERROR_CODES = {
     "connection_lost": "the connection was lost while the request was in flight; it was not re-run",
     "auth_failed": "the server refused the connection (CURVE keys or plaintext)",
 }
+
+CANCELLED_MESSAGE = "the request was cancelled"      # the message of every "cancelled" error
 
 # The arrays of one pose in a result, the frame each is expressed in, and its shape.
 POSE_ARRAYS = {
@@ -520,6 +523,15 @@ def _as_tuple(kinds) -> tuple:
     return kinds if isinstance(kinds, tuple) else (kinds,)
 
 
+def _is_unicode(text: str) -> bool:
+    """False for text JSON let through that UTF-8 cannot hold (a lone surrogate from a \\udXXX escape)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _session_id(header: dict, limits: Limits, rid: str) -> str:
     session = _get(header, "session_id", str, rid=rid)
     if not session or len(session) > limits.max_session_id_chars or not session.isprintable():
@@ -600,10 +612,13 @@ def _decode_chat(rid, header, blobs, limits, infos):
     session = _session_id(header, limits, rid)
     prompt = _get(header, "prompt", str, rid=rid)
     if len(prompt) > limits.max_prompt_chars:
-        raise WireError("prompt_too_long", f"prompt has {len(prompt)} characters, limit "
+        raise WireError("prompt_too_long", f"the prompt has {len(prompt)} characters, limit "
                                            f"{limits.max_prompt_chars}", rid)
     if not prompt.strip():
         raise WireError("empty_prompt", "the prompt is empty", rid)
+    if not _is_unicode(prompt):
+        raise WireError("bad_request", "the prompt holds a lone UTF-16 surrogate (\\ud800-\\udfff escape); "
+                                       "send valid Unicode", rid)
     mode = _get(header, "mode", str, "direct", rid)
     if mode not in _MODES:
         raise WireError("bad_header", f"mode must be one of {_MODES}, got {mode[:32]!r}", rid)

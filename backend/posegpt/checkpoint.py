@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -136,8 +137,10 @@ def load_checkpoint(path, *, device: str | torch.device = "cpu", dtype: torch.dt
             raise PoseGPTError("bad_checkpoint", f"unknown weights kind {manifest['weights']!r}")
     except PoseGPTError:
         raise
-    except (OSError, ValueError, AttributeError, KeyError) as exc:
-        raise PoseGPTError("bad_checkpoint", f"cannot load the backbone from {str(path)!r}: {exc}") from exc
+    except (OSError, ValueError, AttributeError, KeyError, pickle.UnpicklingError, RuntimeError) as exc:
+        # UnpicklingError: a pickled pytorch_model.bin that torch.load(weights_only=True) refuses to run
+        raise PoseGPTError("bad_checkpoint", f"cannot load the backbone from {str(path)!r}: "
+                                             f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from exc
 
     pose_id = tokenizer.convert_tokens_to_ids(manifest["pose_token"])
     if pose_id != manifest["pose_token_id"]:
