@@ -338,6 +338,12 @@ class Broker:
             log.info("request %s %s session=%s status=ok existed=False", message.request_id, message.kind,
                      message.session_id)
             return
+        holder = self.clients.get(client) or _Client()
+        if holder.waiting >= self.quotas.client_queued or self._queued() >= self.max_queue:
+            reason = "client_quota" if holder.waiting >= self.quotas.client_queued else "queue_full"
+            self._reply(identity, wire.Error(message.request_id, "busy", "too many requests are waiting",
+                                             {"retry_after_s": self._retry_after(holder.waiting), "reason": reason}))
+            return
         # queued behind the session's chats, so a reset never races a turn of the same session
         self._enqueue(identity, client, message.request_id, Job(message.kind, message.session_id), [], 0)
 

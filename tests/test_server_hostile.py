@@ -235,3 +235,14 @@ def test_a_decoder_that_dies_fails_its_request_and_is_replaced(timed_server):
         Image.new("RGB", (64, 48)).save(small, "PNG")
         again = client.request("chat", session_id="dies", prompt="p", images=[small.getvalue()])
         assert again.kind == "result", again
+
+
+def test_resets_count_against_the_quota_too(timed_server):
+    server = timed_server(turn_s=0.5)
+    with PoseClient(server.address, timeout_s=10) as client:
+        client.request("chat", session_id="r", prompt="p")             # the session exists
+        ids = [client.submit("reset", session_id="r") for _ in range(12)]
+        replies = [client.wait(rid) for rid in ids]
+        busy = [r for r in replies if r.kind == "error"]
+        assert busy and all(r.code == "busy" and r.details["reason"] == "client_quota" for r in busy)
+        assert all(r.kind == "closed" for r in replies if r.kind != "error")
