@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test,smpl]"
+	# DeepSpeed (the [deepspeed] extra) builds against the torch just installed, so not in an isolated build;
+	# the tests run its launcher and ZeRO-2 checkpoints on CPU.
+	$(PY) -m pip install --quiet --no-build-isolation "deepspeed==0.19.8"
 	touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv and install every pinned dependency (reused when up to date)
