@@ -106,7 +106,7 @@ class PoseClient:
         self.last_heard = 0.0            # monotonic time of the last message from the server (0: never)
         self.link = "down"               # "down", "tcp" (no ZeroMQ handshake yet) or "up"
         self.link_since = time.monotonic()
-        self.disconnects = 0             # times an established ("up") connection went down
+        self.disconnects = 0             # times an established ("up") connection was dropped by the peer
         self.ever_up = False             # a ZeroMQ handshake with this address has succeeded at least once
         self._open()
 
@@ -163,6 +163,10 @@ class PoseClient:
             send_frames(self._socket, wire.encode(wire.Cancel(request_id)), NOBLOCK)
         except zmq.Again:
             pass        # nothing reaches the server now; the request's own timeout ends it
+
+    def forget(self, request_id: str) -> None:
+        """Stop waiting for ``request_id`` without telling the server: no message about it will come."""
+        self._pending.pop(request_id, None)
 
     @property
     def socket(self) -> zmq.Socket:
@@ -240,7 +244,7 @@ class PoseClient:
         self._monitor = sock.get_monitor_socket(_LINK_EVENTS)
         sock.connect(self.address)
         self._socket = sock
-        self._set_link("down")
+        self.link, self.link_since = "down", time.monotonic()      # our own reconnect: not a disconnect
 
     def _close_socket(self) -> None:
         if self._socket is not None:
