@@ -101,6 +101,8 @@ class Pending:
     prompt: str = ""
     started: float = 0.0
     stage: str = "sent"
+    image: str = ""                  # name of the Blender image sent with the prompt, if any
+    image_path: str = ""
 
 
 @dataclass
@@ -200,8 +202,9 @@ class Connection:
         self.pending[hello_id] = Pending(hello_id, "hello", started=self._clock())
 
     def send_chat(self, target: str, session_id: str, prompt: str, images: list[bytes] = (),
-                  mode: str = "chat") -> str:
-        """Send one turn for armature ``target``; returns the request id (the reply comes via poll())."""
+                  mode: str = "chat", *, image: str = "", image_path: str = "") -> str:
+        """Send one turn for armature ``target``; returns the request id (the reply comes via poll()).
+        ``image``, ``image_path``: the Blender image sent and where it came from, kept for the chat."""
         if not self.alive:
             raise AddonError("not_connected", f"not connected to {self.address}", address=self.address)
         if not prompt.strip():
@@ -211,10 +214,11 @@ class Connection:
             request_id = f"queued-{uuid.uuid4().hex[:12]}"
             self._queued[request_id] = (session_id, prompt, list(images), mode)
             self.pending[request_id] = Pending(request_id, "chat", target=target, prompt=prompt, started=now,
-                                               stage="waiting for the server")
+                                               stage="waiting for the server", image=image, image_path=image_path)
             return request_id
         request_id = self._client.chat(session_id, prompt, images=list(images), mode=mode)
-        self.pending[request_id] = Pending(request_id, "chat", target=target, prompt=prompt, started=now)
+        self.pending[request_id] = Pending(request_id, "chat", target=target, prompt=prompt, started=now,
+                                           image=image, image_path=image_path)
         return request_id
 
     def _flush_queued(self) -> None:

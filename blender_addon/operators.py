@@ -115,17 +115,24 @@ class POSEGPT_OT_create_body(bpy.types.Operator):
 
 
 class POSEGPT_OT_send_prompt(bpy.types.Operator):
-    """Send the prompt (and the chosen image) to PoseGPT; the reply poses the active SMPL armature"""
+    """Send the prompt (and the chosen image) to PoseGPT; the reply poses the selected armature"""
     bl_idname = "posegpt.send_prompt"
     bl_label = "Send"
-    bl_options = {"REGISTER", "UNDO"}
+    # Not registered (no REGISTER, no UNDO): a registered operator run from a button updates the 3D View's
+    # "Adjust Last Operation" panel, and that redraws the whole 3D View right when the reply is due.
+    bl_options = set()
 
     armature: StringProperty(name="Armature", description="Armature to pose (empty: the active one)",
                              default="", options={"SKIP_SAVE"})
 
     def execute(self, context):
+        # Nothing is written to the .blend here: a property write makes Blender redraw the whole window
+        # and re-evaluate the armature, which on a slow display costs more than the server's answer. The
+        # turn waits in the connection (the panel draws it from there); the prompt, its image and the
+        # reply go into the chat together when the reply lands (session._on_result).
         settings = context.scene.posegpt
         prompt = settings.prompt.strip()
+        obj = None
         try:
             obj = _armature_by_name(self, context)
             if not prompt:
@@ -133,28 +140,29 @@ class POSEGPT_OT_send_prompt(bpy.types.Operator):
             conn = session.ensure_connection(context)
             if settings.image_source != "NONE" and conn.model_card.get("accepts_images") is False:
                 raise AddonError("images_not_supported", "this model does not read images")
-            images, image, image_path = capture.gather_image(context.scene, conn.model_card.get("image_size"))
+            images, image, image_path = capture.gather_image(context, conn.model_card.get("image_size"))
             chat = obj.posegpt_chat
             if not chat.session_id:
                 chat.session_id = new_session_id()
-            conn.send_chat(obj.name, chat.session_id, prompt, images, mode=settings.mode)
+            conn.send_chat(obj.name, chat.session_id, prompt, images, mode=settings.mode,
+                           image=image.name if image is not None else "", image_path=image_path)
         except AddonError as exc:
             session.fail(exc.text)
+            if obj is not None and prompt:            # the failed prompt and why, as an entry in its chat
+                session.add_message(obj.posegpt_chat, "user", prompt)
+                session.add_message(obj.posegpt_chat, "error", exc.text, prompt=prompt)
             self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
-        message = chat.messages.add()
-        message.role, message.text = "user", prompt
-        if image is not None:
-            message.image, message.image_path = image, image_path
-        settings.prompt = ""
         session.start_timer()
+        session.redraw_sidebar()
         return {"FINISHED"}
 
 
 class POSEGPT_OT_cancel_request(bpy.types.Operator):
-    """Stop waiting for the replies to this armature's prompts"""
+    """Stop waiting for the reply to this armature's prompt (the chat notes it was cancelled)"""
     bl_idname = "posegpt.cancel_request"
     bl_label = "Cancel"
+    bl_options = set()              # not registered: see POSEGPT_OT_send_prompt
 
     armature: StringProperty(name="Armature", description="Armature whose requests to cancel (empty: all)",
                              default="", options={"SKIP_SAVE"})
@@ -166,6 +174,10 @@ class POSEGPT_OT_cancel_request(bpy.types.Operator):
         for pending in list(conn.pending.values()):
             if pending.kind == "chat" and (not self.armature or pending.target == self.armature):
                 conn.cancel(pending.request_id)
+                obj = bpy.data.objects.get(pending.target)
+                if obj is not None:
+                    session.write_turn(obj.posegpt_chat, pending, "note", "Cancelled")
+        session.redraw_sidebar()
         return {"FINISHED"}
 
 

@@ -89,7 +89,7 @@ def send_and_wait(obj, prompt, *, expect="assistant", timeout=REPLY_TIMEOUT_S):
     bpy.context.scene.posegpt.prompt = prompt
     count = len(obj.posegpt_chat.messages)
     assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
-    assert obj.posegpt_chat.messages[count].role == "user"
+    assert len(obj.posegpt_chat.messages) == count           # the turn goes into the chat with its reply
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         session.pump()
@@ -99,6 +99,8 @@ def send_and_wait(obj, prompt, *, expect="assistant", timeout=REPLY_TIMEOUT_S):
         time.sleep(0.02)
     message = obj.posegpt_chat.messages[-1]
     assert message.role == expect, (message.role, message.text)
+    assert obj.posegpt_chat.messages[count].role == "user" and obj.posegpt_chat.messages[count].text == prompt
+    assert bpy.context.scene.posegpt.prompt == ""
     return message, time.monotonic() - start
 
 
@@ -158,13 +160,13 @@ def test_send_prompt_poses_the_armature_with_the_returned_rotations(prefs):
     np.testing.assert_allclose(pose[1:], returned["rotmat"][1:], atol=1e-6)
     np.testing.assert_allclose(rig.read_pose(obj), pose, atol=1e-5)
     assert_armature_shows(obj, pose)
-    # Idle: the timer callback asks Blender to stop calling it; a new Send registers it again.
-    assert session.pump() is None
+    # Idle: the timer slows down (liveness pings only); a request in flight makes it fast again.
+    assert session.pump() == session.PUMP_IDLE_S
     bpy.context.scene.posegpt.prompt = "now she waves"
     bpy.ops.posegpt.send_prompt(armature=obj.name)
     assert bpy.app.timers.is_registered(session.pump)
-    # The pump keeps asking to be called while the request is out (a fast reply may already be in).
-    assert session.pump() in (session.PUMP_INTERVAL_S, None)
+    # The pump keeps asking to be called often while the request is out (a fast reply may already be in).
+    assert session.pump() in (session.PUMP_BUSY_S, session.PUMP_IDLE_S)
 
 
 def test_upright_option_replaces_the_global_orientation(prefs):
