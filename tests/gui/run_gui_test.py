@@ -36,7 +36,7 @@ PROMPTS = ("she is proposing marriage", "now make her look tired", "she raises b
 # Turn → image source: the viewport capture (the default picture) and the full camera render.
 IMAGES = {1: "VIEWPORT", 2: "CAMERA"}
 ERROR_PROMPT = "stand " * 1400           # longer than the server takes (8000 characters): an error entry
-RIGIFY_PROMPT = "he raises both arms"
+RIGIFY_PROMPT = "He is kneeling on his right knee with both arms raised."   # the docs' prompt
 SIDEBAR_MAX_PX = 300                     # the chat must work in a sidebar this narrow (Blender's default is narrower)
 WINDOW = (1600, 1000)
 # Where the driver clicks down the sidebar's vertical tab strip (pixels): x inset from the region's right
@@ -162,7 +162,7 @@ class Driver:
         self.bpy, self.out_dir, self.address = bpy, out_dir, address
         self.state, self.started, self.state_since = "setup", time.monotonic(), time.monotonic()
         self.tab_tries, self.sent, self.notes, self.undo_check = 0, 0, [], {}
-        self.expected_errors, self.shots, self.error_entry, self.rigify, self.fk = 0, {}, "", {}, None
+        self.expected_errors, self.shots, self.error_entry, self.own_rigs, self.fk = 0, {}, "", {}, None
         self.probe = DrawProbe(sys.modules["posegpt_for_blender.panels"])
         self.session = sys.modules["posegpt_for_blender.session"]
         self.latency = LatencyProbe(bpy, self.session)
@@ -355,50 +355,80 @@ class Driver:
 
     def step_rigify(self):
         """Issue 14: a generated Rigify rig (Rigify ships with Blender) posed from a prompt in the window."""
-        bpy = self.bpy
-        sys.path.insert(0, os.path.join(REPO_DIR, "tests"))
+        rig_fixtures = self.rig_fixtures()
+
+        def build():
+            try:
+                rig = rig_fixtures.rigify_generated()
+                self.notes.append(f"Rigify generated {rig.name!r} in Blender {self.bpy.app.version_string}")
+            except Exception as exc:                   # Rigify cannot generate here: pose its metarig instead
+                self.notes.append(f"rigify_generate failed ({exc!r}); posing the metarig")
+                rig = rig_fixtures.rigify_metarig()
+            return rig
+        return self.send_to_own_rig("rigify", build, "mixamo")
+
+    def step_mixamo(self):
+        """A Mixamo-style rig (Y-up, centimetres, the FBX import's object transform) from the same prompt."""
+        rig_fixtures = self.rig_fixtures()
+        return self.send_to_own_rig("mixamo", rig_fixtures.mixamo_rig, None)
+
+    def rig_fixtures(self):
+        """tests/rig_fixtures.py: the rigs test_addon_own_rig.py poses, each with a box mesh skinned to it."""
+        if os.path.join(REPO_DIR, "tests") not in sys.path:
+            sys.path.insert(0, os.path.join(REPO_DIR, "tests"))
         import rig_fixtures
+        return rig_fixtures
+
+    def send_to_own_rig(self, kind, build, then):
+        bpy = self.bpy
         window, area, region, sidebar = self.view3d()
         with bpy.context.temp_override(window=window, area=area, region=region):
             if bpy.context.mode != "OBJECT":
                 bpy.ops.object.mode_set(mode="OBJECT")
-            for obj in (self.armature(), *self.armature().children):
-                obj.hide_set(True)
-            try:
-                rig = rig_fixtures.rigify_generated()
-                self.notes.append(f"Rigify generated {rig.name!r} in Blender {bpy.app.version_string}")
-            except Exception as exc:                   # Rigify cannot generate here: pose its metarig instead
-                self.notes.append(f"rigify_generate failed ({exc!r}); posing the metarig")
-                rig = rig_fixtures.rigify_metarig()
-            rig_fixtures._select_only(rig)
-            self.rig_name = rig.name
-            self.rig_rest = [tuple(b.matrix_basis.to_quaternion()) for b in rig.pose.bones]
+            for obj in list(bpy.context.view_layer.objects):      # only the new rig and its mesh in view
+                if obj.type in ("ARMATURE", "MESH"):
+                    obj.hide_set(True)
+            rig = build()
+            self.rig_fixtures()._select_only(rig)
+            self.own = {"kind": kind, "rig": rig.name, "then": then,
+                        "rest": [tuple(b.matrix_basis.to_quaternion()) for b in rig.pose.bones]}
+            area.spaces.active.overlay.show_bones = False          # the skinned mesh, not the controls
             bpy.ops.view3d.view_axis(type="FRONT")
             bpy.ops.view3d.view_selected()
         scene = bpy.context.scene
+        scene.posegpt.image_source = "NONE"
         scene.posegpt.prompt = RIGIFY_PROMPT
         with bpy.context.temp_override(window=window, area=area, region=sidebar):
             assert bpy.ops.posegpt.send_prompt(armature=rig.name) == {"FINISHED"}, self.session.error_text()
-        self.go("rigify_wait")
+        self.go("own_rig_wait")
         return 0.2
 
-    def step_rigify_wait(self):
-        rig = self.bpy.data.objects.get(self.rig_name)
+    def step_own_rig_wait(self):
+        bpy = self.bpy
+        rig = bpy.data.objects.get(self.own["rig"])
         replies = [m for m in rig.posegpt_chat.messages if m.role == "assistant"]
         errors = [m.text for m in rig.posegpt_chat.messages if m.role == "error"]
         if errors:
-            return self.finish(f"the Rigify rig's chat reported: {errors[-1]}")
+            return self.finish(f"the {self.own['kind']} rig's chat reported: {errors[-1]}")
         if not replies or time.monotonic() - self.state_since < 1.5:
             return 0.2
-        moved = [b.name for b, rest in zip(rig.pose.bones, self.rig_rest)
+        moved = [b.name for b, rest in zip(rig.pose.bones, self.own["rest"])
                  if abs(abs(sum(a * b_ for a, b_ in zip(tuple(b.matrix_basis.to_quaternion()), rest))) - 1) > 1e-4]
-        self.rigify = {"rig": rig.name, "bones_moved": len(moved), "bones": len(rig.pose.bones),
-                       "fk_controls_moved": sorted(n for n in moved if n.endswith("_fk.L") or n.endswith("_fk.R"))[:8]}
+        self.own_rigs[self.own["kind"]] = {"rig": rig.name, "bones_moved": len(moved), "bones": len(rig.pose.bones),
+                                           "moved": sorted(moved)[:8]}
         window, area, region, sidebar = self.view3d()
-        sidebar.tag_redraw()
-        area.tag_redraw()
-        self.shots["rigify"] = self.screenshot("gui_rigify.png")
-        return self.finish(None)
+        with bpy.context.temp_override(window=window, area=area, region=region):
+            bpy.ops.view3d.view_selected()
+        self.go("own_rig_shot")
+        return 0.5
+
+    def step_own_rig_shot(self):
+        kind, then = self.own["kind"], self.own["then"]
+        self.shots[kind] = self.screenshot(f"gui_{kind}.png")
+        if then is None:
+            return self.finish(None)
+        self.go(then)
+        return 0.2
 
     # --- the end ---------------------------------------------------------------------------------------
     def fk_error(self) -> float | None:
@@ -448,7 +478,7 @@ class Driver:
             status["sidebar"] = [sidebar.x, sidebar.y, sidebar.width, sidebar.height]
             status["screenshots"] = self.shots
             status["error_entry"] = self.error_entry
-            status["rigify"] = self.rigify
+            status["own_rigs"] = self.own_rigs
         except Exception as exc:
             status.setdefault("failure", None)
             status["ok"], status["failure"] = False, status["failure"] or f"while finishing: {exc!r}"
@@ -488,7 +518,8 @@ def run_tests() -> int:
     repo = Path(__file__).resolve().parents[2]
     out_dir = repo / "test_output"
     out_dir.mkdir(exist_ok=True)
-    for stale in ("gui_panel.png", "gui_error.png", "gui_rigify.png", "gui_status.json", "gui_latency.json"):
+    for stale in ("gui_panel.png", "gui_error.png", "gui_rigify.png", "gui_mixamo.png", "gui_status.json",
+                  "gui_latency.json"):
         (out_dir / stale).unlink(missing_ok=True)
     for tool in ("blender", "xvfb-run", "xdotool"):
         if shutil.which(tool) is None:
@@ -626,10 +657,11 @@ def check_results(out_dir) -> int:
         failures.append(f"the body does not show the last reply (FK error / height = {fk})")
     if "prompt" not in status.get("error_entry", ""):
         failures.append(f"the over-long prompt did not end in an error entry: {status.get('error_entry')!r}")
-    rigify = status.get("rigify") or {}
-    if rigify.get("bones_moved", 0) < 10:
-        failures.append(f"the Rigify rig was not posed: {rigify}")
-    for name in ("gui_panel.png", "gui_error.png", "gui_rigify.png"):
+    for kind in ("rigify", "mixamo"):
+        rig = (status.get("own_rigs") or {}).get(kind, {})
+        if rig.get("bones_moved", 0) < 10:
+            failures.append(f"the {kind} rig was not posed from the prompt: {rig}")
+    for name in ("gui_panel.png", "gui_error.png", "gui_rigify.png", "gui_mixamo.png"):
         path = out_dir / name
         if not path.is_file():
             failures.append(f"no screenshot {name}")
@@ -648,7 +680,7 @@ def check_results(out_dir) -> int:
         failures.append("no Send → pose measurement")
     print(json.dumps({k: status.get(k) for k in ("blender", "elapsed_s", "notes", "draw_counts", "last_drawn",
                                                  "fk_error_over_height", "undo", "screenshots", "connection",
-                                                 "error_entry", "rigify", "sidebar")}, indent=1))
+                                                 "error_entry", "own_rigs", "sidebar")}, indent=1))
     for name, value in summary.items():
         print(f"{name}: {value}")
     (out_dir / "gui_latency.json").write_text(json.dumps({"summary": summary, "turns": status.get("latency")}, indent=1))
