@@ -413,3 +413,92 @@ def test_names_tooltips_and_property_metadata_follow_blender_conventions(addon):
     secret = bpy.context.preferences.addons[ADDON].preferences.bl_rna.properties["client_secret_key"]
     assert secret.subtype == "PASSWORD"
     assert bpy.context.preferences.addons[ADDON].preferences.bl_rna.properties["smpl_model_path"].subtype == "FILE_PATH"
+
+
+def _send_to(prefs, address, prompt="arms up", timeout_s=10.0):
+    """Point the add-on at ``address`` and send ``prompt`` for a new body; returns the body."""
+    prefs.address, prefs.timeout_s = address, timeout_s
+    obj = create_body()
+    bpy.context.scene.posegpt.prompt = prompt
+    assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
+    return obj
+
+
+def _pump_until(done, limit_s):
+    from blender_addon import session
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s and not done():
+        session.pump()
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+HANG_CASES = {
+    # issue 16, point 6: each used to leave the chat pending for ever
+    "handshake answered with a pong": ({"hello": lambda r: [wire_pong(r)]}, "not a PoseGPT server"),
+    "error with an empty request id": ({"hello": lambda r: [wire_hello(r)],
+                                        "chat": lambda r: [wire_error_without_id()]}, "unreadable"),
+    "a server that only sends heartbeats": ({"hello": lambda r: [wire_hello(r)], "chat": lambda r: ["beat"],
+                                             "ping": lambda r: [wire_pong(r)]}, "No answer"),
+}
+
+
+def wire_hello(request):
+    from test_addon_liveness import hello
+    return hello(request)[0]
+
+
+def wire_pong(request):
+    from test_addon_liveness import pong
+    return pong(request)[0]
+
+
+def wire_error_without_id():
+    from posegpt_net import wire
+    return wire.Error("", "bad_header", "unreadable header")
+
+
+@pytest.mark.parametrize("case", list(HANG_CASES))
+def test_every_hang_against_a_bad_server_ends_in_an_error_entry(prefs, case):
+    from test_addon_liveness import FakeServer
+    script, words = HANG_CASES[case]
+    fake = FakeServer(script)
+    try:
+        obj = _send_to(prefs, fake.address, timeout_s=1.0)
+        chat = lambda: bpy.data.objects[obj.name].posegpt_chat.messages      # noqa: E731
+        seconds = _pump_until(lambda: len(chat()) >= 2, 5.0)
+        assert [m.role for m in chat()] == ["user", "error"], [(m.role, m.text) for m in chat()]
+        assert words in chat()[1].text and seconds <= 1.0 + 0.5, (chat()[1].text, seconds)
+    finally:
+        fake.stop()
+
+
+def test_a_server_killed_mid_request_reads_lost_in_the_panel_within_2_s(prefs):
+    from blender_addon import session
+    from test_addon_liveness import FakeServer, hello, pong
+    fake = FakeServer({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})
+    try:
+        obj = _send_to(prefs, fake.address)
+        _pump_until(lambda: fake.beat, 5.0)
+        assert session.status_text() == "Connected"
+        fake.stop()                                   # as a killed process: its socket closes
+        chat = lambda: bpy.data.objects[obj.name].posegpt_chat.messages      # noqa: E731
+        seconds = _pump_until(lambda: session.status_text().startswith("Lost connection") and len(chat()) >= 2, 5.0)
+        assert session.status_text().startswith("Lost connection — retrying") and seconds < 2.0, seconds
+        assert [m.role for m in chat()] == ["user", "error"] and "lost" in chat()[1].text
+    finally:
+        fake.stop()
+
+
+def test_cancel_writes_a_note_in_the_chat(prefs):
+    from test_addon_liveness import FakeServer, hello, pong
+    fake = FakeServer({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})
+    try:
+        obj = _send_to(prefs, fake.address)
+        _pump_until(lambda: fake.beat, 5.0)
+        assert bpy.ops.posegpt.cancel_request(armature=obj.name) == {"FINISHED"}
+        messages = bpy.data.objects[obj.name].posegpt_chat.messages
+        assert [(m.role, m.text, m.prompt) for m in messages] == [("user", "arms up", ""),
+                                                                  ("note", "Cancelled", "arms up")]
+    finally:
+        fake.stop()
