@@ -418,6 +418,7 @@ def test_names_tooltips_and_property_metadata_follow_blender_conventions(addon):
 def _send_to(prefs, address, prompt="arms up", timeout_s=10.0):
     """Point the add-on at ``address`` and send ``prompt`` for a new body; returns the body."""
     prefs.address, prefs.timeout_s = address, timeout_s
+    prefs.server_public_key = prefs.client_public_key = prefs.client_secret_key = ""    # plaintext fake server
     obj = create_body()
     bpy.context.scene.posegpt.prompt = prompt
     assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}

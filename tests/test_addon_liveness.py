@@ -26,7 +26,9 @@ class FakeServer:
 
     def __init__(self, script, port=0):
         self.script, self.beat, self.stopped = script, set(), threading.Event()
-        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        # its own context: an authenticator another test left on the shared one must not judge this server
+        self.context = zmq.Context()
+        self.sock = self.context.socket(zmq.ROUTER)
         self.sock.linger = 0
         if port:
             self.sock.bind(f"tcp://127.0.0.1:{port}")
@@ -60,6 +62,8 @@ class FakeServer:
         """Like a killed process: the socket closes, the client's TCP connection drops."""
         self.stopped.set()
         self.thread.join(timeout=5)
+        if not self.thread.is_alive() and not self.context.closed:
+            self.context.term()
 
 
 def hello(request):
