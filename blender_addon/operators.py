@@ -89,7 +89,7 @@ class POSEGPT_OT_disconnect(bpy.types.Operator):
 class POSEGPT_OT_create_body(bpy.types.Operator):
     """Create an SMPL body: from your SMPL model file if one is set in the preferences, else the mannequin"""
     bl_idname = "posegpt.create_body"
-    bl_label = "Create body"
+    bl_label = "Create Body"
     bl_options = {"REGISTER", "UNDO"}
 
     name: StringProperty(name="Name", description="Name of the new armature", default="SMPL")
@@ -158,6 +158,28 @@ class POSEGPT_OT_send_prompt(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class POSEGPT_OT_prompt_popup(bpy.types.Operator):
+    """Type a prompt in a popup and send it (Ctrl+Return over the 3D View; change it in the keymap)"""
+    bl_idname = "posegpt.prompt_popup"
+    bl_label = "Pose from Prompt"
+    bl_options = set()              # not registered: see POSEGPT_OT_send_prompt
+
+    @classmethod
+    def poll(cls, context):
+        return target_armature(context) is not None
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self, width=400)
+
+    def draw(self, context):
+        settings = context.scene.posegpt
+        self.layout.prop(settings, "prompt", text="", icon="OUTLINER_DATA_GP_LAYER")
+        self.layout.prop(settings, "image_source", text="Image")
+
+    def execute(self, context):
+        return bpy.ops.posegpt.send_prompt("EXEC_DEFAULT")
+
+
 class POSEGPT_OT_cancel_request(bpy.types.Operator):
     """Stop waiting for the reply to this armature's prompt (the chat notes it was cancelled)"""
     bl_idname = "posegpt.cancel_request"
@@ -184,7 +206,7 @@ class POSEGPT_OT_cancel_request(bpy.types.Operator):
 class POSEGPT_OT_reset_chat(bpy.types.Operator):
     """Clear this armature's chat and start a new conversation (the pose stays as it is)"""
     bl_idname = "posegpt.reset_chat"
-    bl_label = "Reset chat"
+    bl_label = "Reset Chat"
     bl_options = {"REGISTER", "UNDO"}
 
     armature: StringProperty(name="Armature", description="Armature whose chat to clear (empty: the active one)",
@@ -234,7 +256,7 @@ class POSEGPT_OT_apply_pose(bpy.types.Operator):
 class POSEGPT_OT_key_pose(bpy.types.Operator):
     """Pose the armature with this reply and insert a key at the frame"""
     bl_idname = "posegpt.key_pose"
-    bl_label = "Key at frame"
+    bl_label = "Key at Frame"
     bl_options = {"REGISTER", "UNDO"}
 
     armature: StringProperty(name="Armature", description="Armature to pose (empty: the active one)",
@@ -261,7 +283,7 @@ class POSEGPT_OT_key_pose(bpy.types.Operator):
 class POSEGPT_OT_report_error(bpy.types.Operator):
     """Show a PoseGPT error that arrived between operators (from the network timer)"""
     bl_idname = "posegpt.report_error"
-    bl_label = "PoseGPT error"
+    bl_label = "PoseGPT Error"
     bl_options = {"INTERNAL"}
 
     message: StringProperty(name="Message", description="The error and what to do about it", default="")
@@ -278,7 +300,7 @@ POSE_FILE_FORMATS = (("NPZ", "SMPL .npz", "global_orient and body_pose arrays (a
 class POSEGPT_OT_export_pose(bpy.types.Operator, ExportHelper):
     """Save the armature's current pose as SMPL parameters (.npz or .json)"""
     bl_idname = "posegpt.export_pose"
-    bl_label = "Export pose"
+    bl_label = "Export Pose"
 
     filename_ext = ".npz"
     filter_glob: StringProperty(name="Filter", description="Pose files shown in the browser",
@@ -303,7 +325,7 @@ class POSEGPT_OT_export_pose(bpy.types.Operator, ExportHelper):
             obj = _armature_by_name(self, context)
             if not smpl_blender().is_smpl_armature(obj):
                 raise AddonError.plain("bad_pose", f"{obj.name} is your own rig: pose files are exported from "
-                                       "SMPL armatures (press Create body)")
+                                       "SMPL armatures (press Create Body)")
             _write_pose_file(self.filepath, smpl_blender().read_pose(obj))
         except AddonError as exc:
             self.report({"ERROR"}, exc.text)
@@ -315,7 +337,7 @@ class POSEGPT_OT_export_pose(bpy.types.Operator, ExportHelper):
 class POSEGPT_OT_import_pose(bpy.types.Operator, ImportHelper):
     """Pose the armature from an SMPL pose file (.npz or .json)"""
     bl_idname = "posegpt.import_pose"
-    bl_label = "Import pose"
+    bl_label = "Import Pose"
     bl_options = {"REGISTER", "UNDO"}
 
     filter_glob: StringProperty(name="Filter", description="Pose files shown in the browser",
@@ -334,5 +356,25 @@ class POSEGPT_OT_import_pose(bpy.types.Operator, ImportHelper):
 
 
 classes = (POSEGPT_OT_connect, POSEGPT_OT_disconnect, POSEGPT_OT_create_body, POSEGPT_OT_send_prompt,
-           POSEGPT_OT_cancel_request, POSEGPT_OT_reset_chat, POSEGPT_OT_apply_pose, POSEGPT_OT_key_pose,
-           POSEGPT_OT_report_error, POSEGPT_OT_export_pose, POSEGPT_OT_import_pose)
+           POSEGPT_OT_prompt_popup, POSEGPT_OT_cancel_request, POSEGPT_OT_reset_chat, POSEGPT_OT_apply_pose,
+           POSEGPT_OT_key_pose, POSEGPT_OT_report_error, POSEGPT_OT_export_pose, POSEGPT_OT_import_pose)
+
+
+_keymaps: list = []
+
+
+def register_keymap() -> None:
+    """Ctrl+Return over the 3D View opens the prompt popup (an add-on keymap entry: the artist can change
+    it in Preferences > Keymap). Background Blender has no keyconfig: nothing to do there."""
+    keyconfig = bpy.context.window_manager.keyconfigs.addon
+    if keyconfig is None:
+        return
+    keymap = keyconfig.keymaps.new(name="3D View", space_type="VIEW_3D")
+    item = keymap.keymap_items.new(POSEGPT_OT_prompt_popup.bl_idname, "RET", "PRESS", ctrl=True)
+    _keymaps.append((keymap, item))
+
+
+def unregister_keymap() -> None:
+    for keymap, item in _keymaps:
+        keymap.keymap_items.remove(item)
+    _keymaps.clear()

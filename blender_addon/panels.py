@@ -261,7 +261,7 @@ class POSEGPT_PT_options(_SidebarPanel, bpy.types.Panel):
 class POSEGPT_PT_pose_file(_SidebarPanel, bpy.types.Panel):
     """Save or load the current pose as SMPL parameters"""
     bl_idname = "POSEGPT_PT_pose_file"
-    bl_label = "Pose file"
+    bl_label = "Pose File"
     bl_parent_id = "POSEGPT_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 

@@ -216,7 +216,7 @@ def test_no_server_gives_a_clear_error_within_the_timeout_and_leaves_the_armatur
 
 def test_send_without_an_armature_or_prompt_reports_what_to_do(prefs):
     bpy.context.scene.posegpt.prompt = "hello"
-    with pytest.raises(RuntimeError, match="Create body"):
+    with pytest.raises(RuntimeError, match="Create Body"):
         bpy.ops.posegpt.send_prompt()
     obj = create_body()
     bpy.context.scene.posegpt.prompt = "   "

@@ -479,6 +479,9 @@ class Driver:
             status["screenshots"] = self.shots
             status["error_entry"] = self.error_entry
             status["own_rigs"] = self.own_rigs
+            addon_keys = bpy.context.window_manager.keyconfigs.addon
+            status["prompt_shortcut"] = [f"{'Ctrl+' if k.ctrl else ''}{k.type}" for km in addon_keys.keymaps
+                                         for k in km.keymap_items if k.idname == "posegpt.prompt_popup"]
         except Exception as exc:
             status.setdefault("failure", None)
             status["ok"], status["failure"] = False, status["failure"] or f"while finishing: {exc!r}"
@@ -675,6 +678,8 @@ def check_results(out_dir) -> int:
         sidebar = image[height - (y + h): height - y, x: x + w]
         if sidebar.size == 0 or sidebar.std() < 5:
             failures.append(f"the sidebar area of {name} is empty")
+    if status.get("prompt_shortcut") != ["Ctrl+RET"]:
+        failures.append(f"the prompt popup's shortcut is not in the window's keymap: {status.get('prompt_shortcut')}")
     summary = latency_summary(status.get("latency") or [])
     if "gui_send_to_pose_ms" not in summary:
         failures.append("no Send → pose measurement")
