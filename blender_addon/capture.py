@@ -13,7 +13,9 @@ was sent after the file is reopened elsewhere.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import bpy
@@ -198,3 +200,97 @@ def gather_image(context, image_size: int | None = None
         return [data], image, ""
     data, image = render_camera(scene)
     return [data], image, ""
+
+
+class CameraRenderJob:
+    """The camera render run as Blender's own render job, so the window keeps drawing while it renders
+    (its progress bar and Esc in the status bar, as for F12). Started by ``posegpt.send_prompt`` in the
+    window; ``poll()`` (from the add-on's timer) says "rendering", "done" or "failed"; ``finish()`` restores
+    every setting it touched and returns the PNG and the packed image. Background Blender (no window)
+    renders in place instead (``render_camera``)."""
+
+    def __init__(self, context, target: str, prompt: str, size_px: int = CAMERA_RENDER_SIZE_PX):
+        scene = context.scene
+        if scene.camera is None:
+            raise _problem("the scene has no active camera: add one or pick another image source")
+        self.scene_name, self.target, self.prompt = scene.name, target, prompt
+        self.state, self.error, self.cancelled = "rendering", "", False
+        self.started = time.monotonic()
+        self.tmp = tempfile.mkdtemp(prefix="posegpt_")
+        self.path = os.path.join(self.tmp, "camera.png")
+        render = scene.render
+        self.saved = dict(x=render.resolution_x, y=render.resolution_y, pct=render.resolution_percentage,
+                          path=render.filepath, fmt=render.image_settings.file_format,
+                          mode=render.image_settings.color_mode)
+        self.cycles = render.engine == "CYCLES" and getattr(scene, "cycles", None) is not None
+        self.saved_samples = scene.cycles.samples if self.cycles else None
+        self.saved_display = context.preferences.view.render_display_type
+        scale = size_px / max(render.resolution_x, render.resolution_y)
+        render.resolution_x = max(1, round(render.resolution_x * scale))
+        render.resolution_y = max(1, round(render.resolution_y * scale))
+        render.resolution_percentage = 100
+        render.filepath = self.path
+        render.image_settings.file_format = "PNG"
+        render.image_settings.color_mode = "RGB"
+        if self.cycles:
+            scene.cycles.samples = min(scene.cycles.samples, CYCLES_MAX_SAMPLES)
+        context.preferences.view.render_display_type = "NONE"      # keep the artist's layout as it is
+        bpy.app.handlers.render_complete.append(self._on_complete)
+        bpy.app.handlers.render_cancel.append(self._on_cancel)
+        try:
+            started = bpy.ops.render.render("INVOKE_DEFAULT", write_still=True, scene=scene.name)
+        except RuntimeError as exc:
+            started, self.error = {"CANCELLED"}, _first_line(exc)
+        if "RUNNING_MODAL" not in started:
+            self._restore()
+            raise _problem(f"the camera render could not start ({self.error or 'another render is running'}); "
+                           "try the Viewport image source")
+
+    def _on_complete(self, *args):
+        self.state = "done"
+
+    def _on_cancel(self, *args):
+        self.state, self.error = "failed", "the render was cancelled"
+
+    def poll(self) -> str:
+        if self.state == "rendering" and os.path.isfile(self.path) and not _render_job_running():
+            self.state = "done"
+        return self.state
+
+    def _restore(self) -> None:
+        for handlers, callback in ((bpy.app.handlers.render_complete, self._on_complete),
+                                   (bpy.app.handlers.render_cancel, self._on_cancel)):
+            if callback in handlers:
+                handlers.remove(callback)
+        bpy.context.preferences.view.render_display_type = self.saved_display
+        scene = bpy.data.scenes.get(self.scene_name)
+        if scene is None:
+            return
+        render, saved = scene.render, self.saved
+        render.resolution_x, render.resolution_y = saved["x"], saved["y"]
+        render.resolution_percentage = saved["pct"]
+        render.filepath = saved["path"]
+        render.image_settings.file_format = saved["fmt"]
+        render.image_settings.color_mode = saved["mode"]
+        if self.cycles:
+            scene.cycles.samples = self.saved_samples
+
+    def finish(self) -> tuple[bytes, bpy.types.Image]:
+        """Restore the settings; the rendered PNG and its packed image (AddonError when there is none)."""
+        self._restore()
+        try:
+            if self.state != "done" or not os.path.isfile(self.path):
+                raise _problem(f"the camera render produced no image ({self.error or 'see the console'}); "
+                               "try the Viewport image source")
+            data = Path(self.path).read_bytes()
+            image = bpy.data.images.load(self.path)
+            image.name = "PoseGPT camera"
+            image.pack()
+            return data, image
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _render_job_running() -> bool:
+    is_running = getattr(bpy.app, "is_job_running", None)       # Blender ≥ 3.3
+    return bool(is_running("RENDER")) if is_running is not None else False

@@ -140,10 +140,18 @@ class POSEGPT_OT_send_prompt(bpy.types.Operator):
             conn = session.ensure_connection(context)
             if settings.image_source != "NONE" and conn.model_card.get("accepts_images") is False:
                 raise AddonError("images_not_supported", "this model does not read images")
-            images, image, image_path = capture.gather_image(context, conn.model_card.get("image_size"))
             chat = obj.posegpt_chat
             if not chat.session_id:
                 chat.session_id = new_session_id()
+            if settings.image_source == "CAMERA" and context.window is not None and not bpy.app.background:
+                # in the window the render runs as Blender's render job; the prompt goes out when it is done
+                if session.render_for(obj.name) is not None:
+                    raise AddonError("busy", "a camera render for this armature is still running")
+                job = capture.CameraRenderJob(context, obj.name, prompt)
+                session.begin_render(job, obj.name, chat.session_id, settings.mode)
+                session.redraw_sidebar()
+                return {"FINISHED"}
+            images, image, image_path = capture.gather_image(context, conn.model_card.get("image_size"))
             conn.send_chat(obj.name, chat.session_id, prompt, images, mode=settings.mode,
                            image=image.name if image is not None else "", image_path=image_path)
         except AddonError as exc:
@@ -190,9 +198,13 @@ class POSEGPT_OT_cancel_request(bpy.types.Operator):
                              default="", options={"SKIP_SAVE"})
 
     def execute(self, context):
+        for obj in ([bpy.data.objects.get(self.armature)] if self.armature else list(bpy.data.objects)):
+            if obj is not None:
+                session.cancel_render(obj.name)
         conn = session.connection()
         if conn is None:
-            return {"CANCELLED"}
+            session.redraw_sidebar()
+            return {"FINISHED"}
         for pending in list(conn.pending.values()):
             if pending.kind == "chat" and (not self.armature or pending.target == self.armature):
                 conn.cancel(pending.request_id)

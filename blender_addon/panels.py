@@ -147,6 +147,11 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
             column.template_ID(settings, "image", open="image.open")
         conn = session.connection()
         waiting = conn.chats_for(obj.name) if conn is not None else []
+        rendering = session.render_for(obj.name)
+        if rendering is not None and not rendering.cancelled:
+            from .connection import Pending
+            waiting = [*waiting, Pending("render", "chat", target=obj.name, prompt=rendering.prompt,
+                                         started=rendering.started, stage="rendering the camera")]
         # One row whatever the state: the sidebar overlaps the 3D View, and a sidebar whose panels change
         # height makes Blender redraw the whole 3D View; the turn waiting keeps the Send row's height.
         row = layout.row(align=True)

@@ -20,13 +20,14 @@ import bpy
 
 from .chat_state import pose_to_json
 from .connection import Connection, Outcome, curve_settings
+from .reply_handling import AddonError
 from .preferences import get_preferences
 
 PUMP_BUSY_S = 0.01               # how often the timer looks for replies while requests are in flight
 PUMP_IDLE_S = 0.5                # ... while connected and idle (liveness: pings, a dropped connection)
 PUMP_INTERVAL_S = PUMP_BUSY_S
 
-_state = {"connection": None, "status": "Not connected", "error": "", "shown": None}
+_state = {"connection": None, "status": "Not connected", "error": "", "shown": None, "render": None}
 
 
 def connection() -> Connection | None:
@@ -100,12 +101,59 @@ def stop_timer() -> None:
         bpy.app.timers.unregister(pump)
 
 
+def begin_render(job, target: str, session_id: str, mode: str) -> None:
+    """A camera render job whose picture goes out with ``job.prompt`` once it is done (see pump)."""
+    _state["render"] = {"job": job, "target": target, "session_id": session_id, "mode": mode}
+    start_timer()
+
+
+def render_for(target: str):
+    """The camera render job running for armature ``target``, or None."""
+    render = _state["render"]
+    return render["job"] if render is not None and render["target"] == target else None
+
+
+def cancel_render(target: str) -> bool:
+    """Stop waiting for ``target``'s camera render (Blender's own job runs on; Esc stops it): noted."""
+    render = _state["render"]
+    if render is None or render["target"] != target or render["job"].cancelled:
+        return False
+    render["job"].cancelled = True
+    obj = bpy.data.objects.get(target)
+    if obj is not None:
+        add_message(obj.posegpt_chat, "user", render["job"].prompt)
+        add_message(obj.posegpt_chat, "note", "Cancelled", prompt=render["job"].prompt)
+    return True
+
+
+def _check_render() -> bool:
+    """Send the camera render's picture once the job is done; a failure becomes an error entry."""
+    render = _state["render"]
+    if render is None or render["job"].poll() == "rendering":
+        return False
+    _state["render"] = None
+    job, obj = render["job"], bpy.data.objects.get(render["target"])
+    try:
+        data, image = job.finish()
+        if job.cancelled or obj is None:
+            return True
+        conn = ensure_connection()
+        conn.send_chat(obj.name, render["session_id"], job.prompt, [data], mode=render["mode"], image=image.name)
+    except AddonError as exc:
+        if obj is not None and not job.cancelled:
+            add_message(obj.posegpt_chat, "user", job.prompt)
+            add_message(obj.posegpt_chat, "error", exc.text, prompt=job.prompt)
+        _report(exc.text)
+    return True
+
+
 def pump() -> float | None:
-    """Timer callback: handle every reply that arrived; fast while a request is in flight, slow while
-    idle, stopped once the connection is closed or failed."""
+    """Timer callback: handle every reply that arrived; fast while a request (or a camera render) is in
+    flight, slow while idle, stopped once the connection is closed or failed."""
+    rendered = _check_render()
     conn = _state["connection"]
     if conn is None:
-        return None
+        return PUMP_BUSY_S if _state["render"] is not None else None
     try:
         outcomes = conn.poll()
     except Exception as exc:                      # a timer that raises is silently dropped by Blender
@@ -118,8 +166,10 @@ def pump() -> float | None:
             posed |= _handle(outcome)
         except Exception as exc:
             _report(f"PoseGPT could not use a reply: {exc}")
-    if outcomes or _panel_changed(conn):
+    if outcomes or rendered or _panel_changed(conn):
         _redraw(view=posed)
+    if _state["render"] is not None:
+        return PUMP_BUSY_S
     if not conn.alive:
         return None
     return PUMP_BUSY_S if conn.busy else PUMP_IDLE_S

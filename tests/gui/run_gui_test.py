@@ -479,6 +479,9 @@ class Driver:
             status["screenshots"] = self.shots
             status["error_entry"] = self.error_entry
             status["own_rigs"] = self.own_rigs
+            render = bpy.context.scene.render          # the camera render job put back what it changed
+            status["after_render"] = [render.resolution_x, render.resolution_y, render.resolution_percentage,
+                                      bpy.context.preferences.view.render_display_type]
             addon_keys = bpy.context.window_manager.keyconfigs.addon
             status["prompt_shortcut"] = [f"{'Ctrl+' if k.ctrl else ''}{k.type}" for km in addon_keys.keymaps
                                          for k in km.keymap_items if k.idname == "posegpt.prompt_popup"]
@@ -678,6 +681,8 @@ def check_results(out_dir) -> int:
         sidebar = image[height - (y + h): height - y, x: x + w]
         if sidebar.size == 0 or sidebar.std() < 5:
             failures.append(f"the sidebar area of {name} is empty")
+    if status.get("after_render") != [1920, 1080, 100, "WINDOW"]:
+        failures.append(f"the camera render job did not restore the settings: {status.get('after_render')}")
     if status.get("prompt_shortcut") != ["Ctrl+RET"]:
         failures.append(f"the prompt popup's shortcut is not in the window's keymap: {status.get('prompt_shortcut')}")
     summary = latency_summary(status.get("latency") or [])
