@@ -6,7 +6,8 @@
 The GUI test (tests/gui/run_gui_test.py) times each turn of a 10-turn chat in Blender's window, from Send
 to the first 3D View draw that shows the reply, and keeps the server's own reply time (``server_ms``) of
 the same chat. Prints ``gui_send_to_pose_ms``, ``gui_server_reply_ms``, ``gui_view_redraw_ms`` (one 3D View
-draw), ``addon_latency_over_server`` (the first over the second) and
+draw), ``gui_addon_own_ms`` (the add-on's own Python: the Send operator, reading the reply and posing
+the body), ``addon_latency_over_server`` (the first over the second) and
 ``addon_latency_over_server_less_one_redraw`` (one draw taken off first: issue 16's target is ≤ 1.5).
 Without a measurement (no GUI test run, no Blender here) it says so and exits 0.
 """
@@ -37,6 +38,7 @@ def main(argv: list[str]) -> int:
     print(f"gui_send_to_pose_ms: {send_to_pose:.1f}")
     print(f"gui_server_reply_ms: {server:.1f}")
     print(f"gui_view_redraw_ms: {redraw:.1f}")
+    print(f"gui_addon_own_ms: {summary.get('gui_addon_own_ms', float('nan')):.1f}")
     print(f"gui_turns_measured: {summary.get('gui_turns_measured', 0)}")
     print(f"addon_latency_over_server: {send_to_pose / server:.2f}")
     print(f"addon_latency_over_server_less_one_redraw: {(send_to_pose - redraw) / server:.2f}")

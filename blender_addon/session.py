@@ -90,10 +90,12 @@ def fail(message: str) -> None:
 
 
 def start_timer() -> None:
-    """Pump now (a queued chat goes out at once) and then from the timer."""
-    if not bpy.app.timers.is_registered(pump):
-        # persistent: a reply still arrives after File > Open (the armature is then looked up by name).
-        bpy.app.timers.register(pump, first_interval=0.0, persistent=True)
+    """Pump at once and then from the timer: a timer ticking at the idle rate (0.5 s) is restarted, so a
+    reply is looked for within PUMP_BUSY_S of a Send, not up to half a second later."""
+    if bpy.app.timers.is_registered(pump):
+        bpy.app.timers.unregister(pump)
+    # persistent: a reply still arrives after File > Open (the armature is then looked up by name).
+    bpy.app.timers.register(pump, first_interval=0.0, persistent=True)
 
 
 def stop_timer() -> None:

@@ -32,7 +32,7 @@ REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 DRIVER_TIMEOUT_S = 240.0            # the whole Blender session, replies included
 PROMPTS = ("she is proposing marriage", "now make her look tired", "she raises both arms",
            "he is kneeling on one knee", "now wave with the right hand", "she sits down",
-           "he is running", "now put the hands on the hips", "she is dancing", "he bows to the audience")
+           "he is running", "now put the hands on the hips", "she is dancing", "he is kneeling on his right knee with both arms raised")
 # Turn → image source: the viewport capture (the default picture) and the full camera render.
 IMAGES = {1: "VIEWPORT", 2: "CAMERA"}
 ERROR_PROMPT = "stand " * 1400           # longer than the server takes (8000 characters): an error entry
@@ -624,8 +624,10 @@ def latency_summary(turns) -> dict:
     send_to_pose = statistics.median(t["drawn"] for t in text_only)
     server = statistics.median(t["server_ms"] for t in text_only)
     redraw = statistics.median(t["last_view_draw_ms"] for t in text_only if "last_view_draw_ms" in t)
+    # the add-on's own Python: the Send operator, then reading the reply and posing the body
+    own = statistics.median(t["sent"] + t["applied"] - t["reply"] for t in text_only)
     return {"gui_send_to_pose_ms": round(send_to_pose, 1), "gui_server_reply_ms": round(server, 1),
-            "gui_view_redraw_ms": round(redraw, 1),
+            "gui_view_redraw_ms": round(redraw, 1), "gui_addon_own_ms": round(own, 1),
             "gui_reply_received_ms": round(statistics.median(t["reply"] for t in text_only), 1),
             "gui_turns_measured": len(text_only)}
 
