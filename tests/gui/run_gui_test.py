@@ -209,7 +209,8 @@ class Driver:
         # viewport's progressive anti-aliasing redraws the view 8 more times after every change, which
         # keeps the window busy for seconds. A GPU draws those samples in milliseconds; off here, so the
         # measurement shows the add-on's cost and one draw, not the software rasteriser's.
-        bpy.context.preferences.system.viewport_aa = "OFF"
+        if os.environ.get("POSEGPT_GUI_KEEP_AA") != "1":        # =1: measure with Blender's default
+            bpy.context.preferences.system.viewport_aa = "OFF"
         for obj in list(bpy.data.objects):
             if obj.type == "MESH":
                 bpy.data.objects.remove(obj)
