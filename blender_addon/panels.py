@@ -55,7 +55,8 @@ class POSEGPT_PT_main(_SidebarPanel, bpy.types.Panel):
             column.scale_y = 0.8
             images = "text + images" if card.get("accepts_images") else "text only"
             column.label(text=f"{card.get('family', '?')} model, {images}", icon="INFO")
-            column.label(text=f"{card.get('backbone', '')} at {conn.address.removeprefix('tcp://')}", icon="BLANK1")
+            column.label(text=str(card.get("backbone", "")), icon="BLANK1")
+            column.label(text=conn.address.removeprefix("tcp://"), icon="URL")
         if session.error_text():
             _draw_error(layout, context, session.error_text(), context.scene.posegpt, "show_error_details")
 
