@@ -192,3 +192,18 @@ def test_cancel_ends_the_chat_at_once(servers):
     cancelled = conn.cancel(rid)
     assert cancelled.prompt == "arms up" and not conn.chats_for("SMPL")
     assert np.isfinite(conn.state_since)
+
+
+def test_an_idle_server_that_stops_answering_pings_reads_lost(servers, monkeypatch):
+    """No TCP drop (a frozen server): the pings go unanswered and the state reads lost after LOST_IDLE_S."""
+    monkeypatch.setattr(connection, "IDLE_PING_S", 0.2)
+    monkeypatch.setattr(connection, "LOST_IDLE_S", 0.8)
+    answering = {"pings": True}
+    server = servers({"hello": hello, "ping": lambda r: pong(r) if answering["pings"] else None})
+    conn = connection.Connection(server.address, timeout_s=5.0)
+    run_until(conn, lambda o: conn.state == "connected", 3.0)
+    run_until(conn, lambda o: False, 1.0)                    # pings answered: still connected
+    assert conn.state == "connected"
+    answering["pings"] = False
+    _, seconds = run_until(conn, lambda o: conn.state == "lost", 5.0)
+    assert conn.state == "lost" and seconds < 0.8 + 0.5
