@@ -37,17 +37,19 @@ def _classes() -> tuple:
 
 def register():
     import bpy
-    from . import properties, rig_mapping
+    from . import operators, properties, rig_mapping
     for cls in _classes():
         bpy.utils.register_class(cls)
     properties.register_properties()
     rig_mapping.register_properties()
+    operators.register_keymap()
 
 
 def unregister():
     import bpy
-    from . import properties, rig_mapping, session
+    from . import operators, properties, rig_mapping, session
     session.disconnect()
+    operators.unregister_keymap()
     rig_mapping.unregister_properties()
     properties.unregister_properties()
     for cls in reversed(_classes()):

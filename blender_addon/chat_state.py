@@ -16,7 +16,7 @@ from smpl_rig.skeleton import NUM_JOINTS
 
 POSE_JSON_FORMAT = "posegpt-pose-rotmat"
 POSE_JSON_VERSION = 1
-ROLES = ("user", "assistant", "error")
+ROLES = ("user", "assistant", "error", "note")
 
 # Pixel width of one average character of Blender's UI font at ui_scale 1.0; used to turn the
 # sidebar's width into a wrap column. Slightly generous so lines never run past the edge.
@@ -75,3 +75,24 @@ def wrap_text(text: str, columns: int) -> list[str]:
     for paragraph in text.splitlines() or [""]:
         lines.extend(textwrap.wrap(paragraph, width=max(columns, 1), break_long_words=True) or [""])
     return lines
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence (or clause before " — ") of ``text``: what an error entry shows folded."""
+    head = text.strip().split(" — ", 1)[0].strip()
+    for end in (". ", "? ", "! "):
+        if end in head:
+            head = head.split(end, 1)[0] + end.strip()
+    return head[:1].upper() + head[1:] if head else head
+
+
+def turns(roles: list[str]) -> list[list[int]]:
+    """Group a chat's message indices into turns: a prompt and what answered it (replies, errors, notes).
+    Messages before the first prompt form a turn of their own."""
+    grouped: list[list[int]] = []
+    for index, role in enumerate(roles):
+        if role == "user" or not grouped:
+            grouped.append([index])
+        else:
+            grouped[-1].append(index)
+    return grouped

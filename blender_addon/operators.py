@@ -89,7 +89,7 @@ class POSEGPT_OT_disconnect(bpy.types.Operator):
 class POSEGPT_OT_create_body(bpy.types.Operator):
     """Create an SMPL body: from your SMPL model file if one is set in the preferences, else the mannequin"""
     bl_idname = "posegpt.create_body"
-    bl_label = "Create body"
+    bl_label = "Create Body"
     bl_options = {"REGISTER", "UNDO"}
 
     name: StringProperty(name="Name", description="Name of the new armature", default="SMPL")
@@ -115,17 +115,24 @@ class POSEGPT_OT_create_body(bpy.types.Operator):
 
 
 class POSEGPT_OT_send_prompt(bpy.types.Operator):
-    """Send the prompt (and the chosen image) to PoseGPT; the reply poses the active SMPL armature"""
+    """Send the prompt (and the chosen image) to PoseGPT; the reply poses the selected armature"""
     bl_idname = "posegpt.send_prompt"
     bl_label = "Send"
-    bl_options = {"REGISTER", "UNDO"}
+    # Not registered (no REGISTER, no UNDO): a registered operator run from a button updates the 3D View's
+    # "Adjust Last Operation" panel, and that redraws the whole 3D View right when the reply is due.
+    bl_options = set()
 
     armature: StringProperty(name="Armature", description="Armature to pose (empty: the active one)",
                              default="", options={"SKIP_SAVE"})
 
     def execute(self, context):
+        # Nothing is written to the .blend here: a property write makes Blender redraw the whole window
+        # and re-evaluate the armature, which on a slow display costs more than the server's answer. The
+        # turn waits in the connection (the panel draws it from there); the prompt, its image and the
+        # reply go into the chat together when the reply lands (session._on_result).
         settings = context.scene.posegpt
         prompt = settings.prompt.strip()
+        obj = None
         try:
             obj = _armature_by_name(self, context)
             if not prompt:
@@ -133,46 +140,85 @@ class POSEGPT_OT_send_prompt(bpy.types.Operator):
             conn = session.ensure_connection(context)
             if settings.image_source != "NONE" and conn.model_card.get("accepts_images") is False:
                 raise AddonError("images_not_supported", "this model does not read images")
-            images, image, image_path = capture.gather_image(context.scene, conn.model_card.get("image_size"))
             chat = obj.posegpt_chat
             if not chat.session_id:
                 chat.session_id = new_session_id()
-            conn.send_chat(obj.name, chat.session_id, prompt, images, mode=settings.mode)
+            if settings.image_source == "CAMERA" and context.window is not None and not bpy.app.background:
+                # in the window the render runs as Blender's render job; the prompt goes out when it is done
+                if session.render_for(obj.name) is not None:
+                    raise AddonError("busy", "a camera render for this armature is still running")
+                job = capture.CameraRenderJob(context, obj.name, prompt)
+                session.begin_render(job, obj.name, chat.session_id, settings.mode)
+                session.redraw_sidebar()
+                return {"FINISHED"}
+            images, image, image_path = capture.gather_image(context, conn.model_card.get("image_size"))
+            conn.send_chat(obj.name, chat.session_id, prompt, images, mode=settings.mode,
+                           image=image.name if image is not None else "", image_path=image_path)
         except AddonError as exc:
             session.fail(exc.text)
+            if obj is not None and prompt:            # the failed prompt and why, as an entry in its chat
+                session.add_message(obj.posegpt_chat, "user", prompt)
+                session.add_message(obj.posegpt_chat, "error", exc.text, prompt=prompt)
             self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
-        message = chat.messages.add()
-        message.role, message.text = "user", prompt
-        if image is not None:
-            message.image, message.image_path = image, image_path
-        settings.prompt = ""
         session.start_timer()
+        session.redraw_sidebar()
         return {"FINISHED"}
 
 
+class POSEGPT_OT_prompt_popup(bpy.types.Operator):
+    """Type a prompt in a popup and send it (Ctrl+Return over the 3D View; change it in the keymap)"""
+    bl_idname = "posegpt.prompt_popup"
+    bl_label = "Pose from Prompt"
+    bl_options = set()              # not registered: see POSEGPT_OT_send_prompt
+
+    @classmethod
+    def poll(cls, context):
+        return target_armature(context) is not None
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self, width=400)
+
+    def draw(self, context):
+        settings = context.scene.posegpt
+        self.layout.prop(settings, "prompt", text="", icon="OUTLINER_DATA_GP_LAYER")
+        self.layout.prop(settings, "image_source", text="Image")
+
+    def execute(self, context):
+        return bpy.ops.posegpt.send_prompt("EXEC_DEFAULT")
+
+
 class POSEGPT_OT_cancel_request(bpy.types.Operator):
-    """Stop waiting for the replies to this armature's prompts"""
+    """Stop waiting for the reply to this armature's prompt (the chat notes it was cancelled)"""
     bl_idname = "posegpt.cancel_request"
     bl_label = "Cancel"
+    bl_options = set()              # not registered: see POSEGPT_OT_send_prompt
 
     armature: StringProperty(name="Armature", description="Armature whose requests to cancel (empty: all)",
                              default="", options={"SKIP_SAVE"})
 
     def execute(self, context):
+        for obj in ([bpy.data.objects.get(self.armature)] if self.armature else list(bpy.data.objects)):
+            if obj is not None:
+                session.cancel_render(obj.name)
         conn = session.connection()
         if conn is None:
-            return {"CANCELLED"}
+            session.redraw_sidebar()
+            return {"FINISHED"}
         for pending in list(conn.pending.values()):
             if pending.kind == "chat" and (not self.armature or pending.target == self.armature):
                 conn.cancel(pending.request_id)
+                obj = bpy.data.objects.get(pending.target)
+                if obj is not None:
+                    session.write_turn(obj.posegpt_chat, pending, "note", "Cancelled")
+        session.redraw_sidebar()
         return {"FINISHED"}
 
 
 class POSEGPT_OT_reset_chat(bpy.types.Operator):
     """Clear this armature's chat and start a new conversation (the pose stays as it is)"""
     bl_idname = "posegpt.reset_chat"
-    bl_label = "Reset chat"
+    bl_label = "Reset Chat"
     bl_options = {"REGISTER", "UNDO"}
 
     armature: StringProperty(name="Armature", description="Armature whose chat to clear (empty: the active one)",
@@ -222,7 +268,7 @@ class POSEGPT_OT_apply_pose(bpy.types.Operator):
 class POSEGPT_OT_key_pose(bpy.types.Operator):
     """Pose the armature with this reply and insert a key at the frame"""
     bl_idname = "posegpt.key_pose"
-    bl_label = "Key at frame"
+    bl_label = "Key at Frame"
     bl_options = {"REGISTER", "UNDO"}
 
     armature: StringProperty(name="Armature", description="Armature to pose (empty: the active one)",
@@ -249,7 +295,7 @@ class POSEGPT_OT_key_pose(bpy.types.Operator):
 class POSEGPT_OT_report_error(bpy.types.Operator):
     """Show a PoseGPT error that arrived between operators (from the network timer)"""
     bl_idname = "posegpt.report_error"
-    bl_label = "PoseGPT error"
+    bl_label = "PoseGPT Error"
     bl_options = {"INTERNAL"}
 
     message: StringProperty(name="Message", description="The error and what to do about it", default="")
@@ -266,7 +312,7 @@ POSE_FILE_FORMATS = (("NPZ", "SMPL .npz", "global_orient and body_pose arrays (a
 class POSEGPT_OT_export_pose(bpy.types.Operator, ExportHelper):
     """Save the armature's current pose as SMPL parameters (.npz or .json)"""
     bl_idname = "posegpt.export_pose"
-    bl_label = "Export pose"
+    bl_label = "Export Pose"
 
     filename_ext = ".npz"
     filter_glob: StringProperty(name="Filter", description="Pose files shown in the browser",
@@ -291,7 +337,7 @@ class POSEGPT_OT_export_pose(bpy.types.Operator, ExportHelper):
             obj = _armature_by_name(self, context)
             if not smpl_blender().is_smpl_armature(obj):
                 raise AddonError.plain("bad_pose", f"{obj.name} is your own rig: pose files are exported from "
-                                       "SMPL armatures (press Create body)")
+                                       "SMPL armatures (press Create Body)")
             _write_pose_file(self.filepath, smpl_blender().read_pose(obj))
         except AddonError as exc:
             self.report({"ERROR"}, exc.text)
@@ -303,7 +349,7 @@ class POSEGPT_OT_export_pose(bpy.types.Operator, ExportHelper):
 class POSEGPT_OT_import_pose(bpy.types.Operator, ImportHelper):
     """Pose the armature from an SMPL pose file (.npz or .json)"""
     bl_idname = "posegpt.import_pose"
-    bl_label = "Import pose"
+    bl_label = "Import Pose"
     bl_options = {"REGISTER", "UNDO"}
 
     filter_glob: StringProperty(name="Filter", description="Pose files shown in the browser",
@@ -322,5 +368,25 @@ class POSEGPT_OT_import_pose(bpy.types.Operator, ImportHelper):
 
 
 classes = (POSEGPT_OT_connect, POSEGPT_OT_disconnect, POSEGPT_OT_create_body, POSEGPT_OT_send_prompt,
-           POSEGPT_OT_cancel_request, POSEGPT_OT_reset_chat, POSEGPT_OT_apply_pose, POSEGPT_OT_key_pose,
-           POSEGPT_OT_report_error, POSEGPT_OT_export_pose, POSEGPT_OT_import_pose)
+           POSEGPT_OT_prompt_popup, POSEGPT_OT_cancel_request, POSEGPT_OT_reset_chat, POSEGPT_OT_apply_pose,
+           POSEGPT_OT_key_pose, POSEGPT_OT_report_error, POSEGPT_OT_export_pose, POSEGPT_OT_import_pose)
+
+
+_keymaps: list = []
+
+
+def register_keymap() -> None:
+    """Ctrl+Return over the 3D View opens the prompt popup (an add-on keymap entry: the artist can change
+    it in Preferences > Keymap). Background Blender has no keyconfig: nothing to do there."""
+    keyconfig = bpy.context.window_manager.keyconfigs.addon
+    if keyconfig is None:
+        return
+    keymap = keyconfig.keymaps.new(name="3D View", space_type="VIEW_3D")
+    item = keymap.keymap_items.new(POSEGPT_OT_prompt_popup.bl_idname, "RET", "PRESS", ctrl=True)
+    _keymaps.append((keymap, item))
+
+
+def unregister_keymap() -> None:
+    for keymap, item in _keymaps:
+        keymap.keymap_items.remove(item)
+    _keymaps.clear()

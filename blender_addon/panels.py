@@ -6,11 +6,13 @@ import time
 import bpy
 
 from . import rig_mapping, session
-from .chat_state import display_text, wrap_columns, wrap_text
+from .chat_state import display_text, first_sentence, turns, wrap_columns, wrap_text
 from .operators import target_armature
 
-MAX_MESSAGES_SHOWN = 40              # older messages stay in the .blend; the panel shows the latest ones
-ROLE_ICONS = {"user": "USER", "assistant": "ARMATURE_DATA", "error": "ERROR"}
+MAX_TURNS_SHOWN = 20                 # older turns stay in the .blend; the panel shows the latest ones
+MAX_MESSAGES_SHOWN = 4 * MAX_TURNS_SHOWN
+# replies that say nothing besides their pose: folded, the Apply/Key row stands for them
+GENERIC_REPLIES = frozenset({"(pose)", "Sure, here is the pose", "Sure, here is the pose.", "Sure", "Here it is"})
 
 
 def _wrapped_labels(layout, context, text: str, **label_kw) -> None:
@@ -27,6 +29,10 @@ class _SidebarPanel:
     bl_category = "PoseGPT"
 
 
+STATE_ICONS = {"connecting": "SORTTIME", "connected": "LINKED", "lost": "ERROR", "error": "UNLINKED",
+               "closed": "UNLINKED"}
+
+
 class POSEGPT_PT_main(_SidebarPanel, bpy.types.Panel):
     """Connection to the PoseGPT backend"""
     bl_idname = "POSEGPT_PT_main"
@@ -35,27 +41,47 @@ class POSEGPT_PT_main(_SidebarPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         conn = session.connection()
-        connected = session.is_connected()
-        icon = "LINKED" if connected else ("ERROR" if session.error_text() else "UNLINKED")
-        layout.label(text=session.status_text(), icon=icon)
-        if connected:
+        state = conn.state if conn is not None else "closed"
+        row = layout.row(align=True)
+        row.alert = state == "lost"
+        row.label(text=session.status_text(), icon=STATE_ICONS.get(state, "UNLINKED"))
+        if conn is None or not conn.alive:
+            row.operator("posegpt.connect", text="", icon="PLAY")
+        else:
+            row.operator("posegpt.disconnect", text="", icon="CANCEL")
+        if conn is not None and conn.model_card and state in ("connected", "lost"):
             card = conn.model_card
             column = layout.column(align=True)
             column.scale_y = 0.8
+            images = "text + images" if card.get("accepts_images") else "text only"
+            column.label(text=f"{card.get('family', '?')} model, {images}", icon="INFO")
+            column.label(text=str(card.get("backbone", "")), icon="BLANK1")
             column.label(text=conn.address.removeprefix("tcp://"), icon="URL")
-            if card:
-                images = "text + images" if card.get("accepts_images") else "text only"
-                column.label(text=f"{card.get('family', '?')} model, {images}", icon="INFO")
-                column.label(text=str(card.get("backbone", "")), icon="BLANK1")
         if session.error_text():
-            box = layout.box()
-            box.alert = True
-            _wrapped_labels(box, context, session.error_text())
-        row = layout.row(align=True)
-        if conn is None or conn.state in ("closed", "error"):
-            row.operator("posegpt.connect", icon="PLAY")
-        else:
-            row.operator("posegpt.disconnect", icon="CANCEL")
+            _draw_error(layout, context, session.error_text(), context.scene.posegpt, "show_error_details")
+
+
+def _draw_error(layout, context, text: str, owner, flag: str) -> None:
+    """An error as one sentence; the whole text (what to do) when ``owner.flag`` is on."""
+    box = layout.box()
+    box.alert = True
+    row = box.row(align=True)
+    shown = getattr(owner, flag)
+    row.prop(owner, flag, text="", icon="TRIA_DOWN" if shown else "TRIA_RIGHT", emboss=False)
+    row.label(text=_one_line(first_sentence(text), context), icon="ERROR")
+    if shown:
+        _wrapped_labels(box, context, text)
+
+
+def _columns(context) -> int:
+    return wrap_columns(context.region.width if context.region else 300, context.preferences.system.ui_scale)
+
+
+def _one_line(text: str, context, indent: int = 4) -> str:
+    """``text`` cut to one sidebar line (an ellipsis marks the cut)."""
+    columns = max(8, _columns(context) - indent)
+    text = " ".join(text.split())
+    return text if len(text) <= columns else text[:columns - 1].rstrip() + "…"
 
 
 class POSEGPT_PT_body(_SidebarPanel, bpy.types.Panel):
@@ -95,79 +121,122 @@ def _draw_rig_status(layout, context, obj) -> None:
 
 
 class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
-    """The conversation with the model about the active armature"""
+    """The conversation with the model about the active armature: the prompt on top, the newest turn
+    below it"""
     bl_idname = "POSEGPT_PT_chat"
     bl_label = "Chat"
     bl_parent_id = "POSEGPT_PT_main"
 
     def draw(self, context):
         layout = self.layout
-        settings = context.scene.posegpt
         obj = target_armature(context)
         if obj is None:
             layout.label(text="No armature PoseGPT can pose is selected")
             return
+        self._draw_prompt(layout, context, obj)
         self._draw_history(layout, context, obj)
-        self._draw_waiting(layout, obj)
-        layout.separator()
-        layout.prop(settings, "prompt", text="", icon="GREASEPENCIL")
-        layout.prop(settings, "image_source")
+
+    def _draw_prompt(self, layout, context, obj):
+        settings = context.scene.posegpt
+        column = layout.column(align=True)
+        column.prop(settings, "prompt", text="", icon="OUTLINER_DATA_GP_LAYER")
+        row = column.row(align=True)
+        row.prop(settings, "image_source", text="", icon="IMAGE_DATA")
         if settings.image_source == "FILE":
-            layout.prop(settings, "image_path", text="")
+            column.prop(settings, "image_path", text="")
         elif settings.image_source == "BLENDER_IMAGE":
-            layout.template_ID(settings, "image", open="image.open")
+            column.template_ID(settings, "image", open="image.open")
+        conn = session.connection()
+        waiting = conn.chats_for(obj.name) if conn is not None else []
+        rendering = session.render_for(obj.name)
+        if rendering is not None and not rendering.cancelled:
+            from .connection import Pending
+            waiting = [*waiting, Pending("render", "chat", target=obj.name, prompt=rendering.prompt,
+                                         started=rendering.started, stage="rendering the camera")]
+        # One row whatever the state: the sidebar overlaps the 3D View, and a sidebar whose panels change
+        # height makes Blender redraw the whole 3D View; the turn waiting keeps the Send row's height.
         row = layout.row(align=True)
         row.scale_y = 1.3
-        send = row.operator("posegpt.send_prompt", icon="PLAY")
-        send.armature = obj.name
-        row.operator("posegpt.reset_chat", icon="TRASH").armature = obj.name
+        if waiting:
+            pending = waiting[-1]
+            elapsed = time.monotonic() - pending.started
+            text = f"{pending.stage.capitalize()}, {elapsed:.0f} s"
+            if len(waiting) > 1:
+                text += f" ({len(waiting)} prompts)"
+            if hasattr(row, "progress"):          # Blender ≥ 4.0: an indeterminate spinning ring
+                row.progress(factor=(elapsed % 1.0), type="RING", text=text)
+            else:
+                row.label(text=text, icon="SORTTIME")
+            row.operator("posegpt.cancel_request", text="", icon="CANCEL").armature = obj.name
+            row.operator("posegpt.send_prompt", text="", icon="PLAY").armature = obj.name
+        else:
+            row.operator("posegpt.send_prompt", icon="PLAY").armature = obj.name
+            row.operator("posegpt.reset_chat", text="", icon="TRASH").armature = obj.name
 
     def _draw_history(self, layout, context, obj):
+        """Newest turn first; each turn folded to its prompt, its reply's buttons or its error's first
+        sentence; the triangle unfolds the whole text."""
         messages = obj.posegpt_chat.messages
+        groups = turns([m.role for m in messages])
+        if not groups:
+            layout.label(text="Describe a pose and press Send", icon="INFO")
+            return
+        hidden = max(0, len(groups) - MAX_TURNS_SHOWN)
+        for group in reversed(groups[hidden:]):
+            self._draw_turn(layout, context, obj, messages, group)
+        if hidden:
+            layout.label(text=f"{hidden} earlier turns not shown")
+
+    def _draw_turn(self, layout, context, obj, messages, group):
         conn = session.connection()
         pose_token = (conn.model_card.get("pose_token") if conn is not None else None) or "<POSE>"
         frame = context.scene.frame_current
-        first = max(0, len(messages) - MAX_MESSAGES_SHOWN)
-        if first:
-            layout.label(text=f"{first} earlier messages not shown")
-        for index in range(first, len(messages)):
+        box = layout.box()
+        head = messages[group[0]]
+        expanded = head.expanded
+        row = box.row(align=True)
+        row.prop(head, "expanded", text="", icon="TRIA_DOWN" if expanded else "TRIA_RIGHT", emboss=False)
+        if head.role == "user":
+            row.label(text=_one_line(head.text, context, indent=6), icon="IMAGE_DATA" if head.image else "USER")
+            if expanded:
+                _wrapped_labels(box, context, head.text)
+                if head.image is not None:
+                    box.label(text=head.image.name, icon="IMAGE_DATA")
+        answers = group[1:] if head.role == "user" else group
+        if head.role != "user":
+            row.label(text=_one_line(head.prompt or "(earlier chat)", context, indent=6), icon="USER")
+        for index in answers:
             message = messages[index]
-            box = layout.box()
-            box.alert = message.role == "error"
-            header = box.row()
-            header.label(text={"user": "You", "assistant": "PoseGPT", "error": "Error"}[message.role],
-                         icon=ROLE_ICONS[message.role])
-            if message.image is not None:
-                box.label(text=message.image.name, icon="IMAGE_DATA")
-            text = display_text(message.text, pose_token) if message.role == "assistant" else message.text
-            _wrapped_labels(box, context, text or "(no text)")
-            if message.pose_json:
-                row = box.row(align=True)
-                apply = row.operator("posegpt.apply_pose", icon="POSE_HLT")
-                apply.armature, apply.index = obj.name, index
-                key = row.operator("posegpt.key_pose", text=f"Key at {frame}", icon="KEY_HLT")
-                key.armature, key.index = obj.name, index
-                asset = row.operator("posegpt.add_pose_asset", text="", icon="ASSET_MANAGER")
-                asset.armature, asset.index = obj.name, index
-                if message.keyed_frame >= 0:
-                    box.label(text=f"Keyed at frame {message.keyed_frame}", icon="DECORATE_KEYFRAME")
-        if not len(messages):
-            layout.label(text="Describe a pose and press Send")
-
-    def _draw_waiting(self, layout, obj):
-        conn = session.connection()
-        waiting = conn.chats_for(obj.name) if conn is not None else []
-        if not waiting:
-            return
-        pending = waiting[0]
-        elapsed = time.monotonic() - pending.started
-        row = layout.row(align=True)
-        text = f"Waiting ({pending.stage}) {elapsed:.0f} s"
-        if hasattr(row, "progress"):          # Blender ≥ 4.0: an indeterminate spinning ring
-            row.progress(factor=(elapsed % 1.0), type="RING", text=text)
-        else:
-            row.label(text=text, icon="SORTTIME")
-        row.operator("posegpt.cancel_request", text="", icon="CANCEL").armature = obj.name
+            if message.role == "assistant":
+                text = display_text(message.text, pose_token)
+                if expanded or text not in GENERIC_REPLIES:
+                    if expanded:
+                        _wrapped_labels(box, context, text)
+                    else:
+                        box.label(text=_one_line(text, context), icon="ARMATURE_DATA")
+                if message.pose_json:
+                    buttons = box.row(align=True)
+                    apply = buttons.operator("posegpt.apply_pose", icon="POSE_HLT")
+                    apply.armature, apply.index = obj.name, index
+                    keyed = message.keyed_frame >= 0
+                    key = buttons.operator("posegpt.key_pose", text=f"Key at {frame}",
+                                           icon="DECORATE_KEYFRAME" if keyed else "KEY_HLT")
+                    key.armature, key.index = obj.name, index
+                    asset = buttons.operator("posegpt.add_pose_asset", text="", icon="ASSET_MANAGER")
+                    asset.armature, asset.index = obj.name, index
+                    if keyed and expanded:
+                        box.label(text=f"Keyed at frame {message.keyed_frame}", icon="DECORATE_KEYFRAME")
+            elif message.role == "error":
+                column = box.column(align=True)
+                column.alert = True
+                if expanded:
+                    _wrapped_labels(column, context, message.text)
+                else:
+                    _wrapped_labels(column, context, first_sentence(message.text))
+            elif message.role == "note":
+                box.label(text=_one_line(message.text, context), icon="INFO")
+            else:                                  # a second prompt without answer (older chats)
+                box.label(text=_one_line(message.text, context), icon="USER")
 
 
 class POSEGPT_PT_options(_SidebarPanel, bpy.types.Panel):
@@ -198,7 +267,7 @@ class POSEGPT_PT_options(_SidebarPanel, bpy.types.Panel):
 class POSEGPT_PT_pose_file(_SidebarPanel, bpy.types.Panel):
     """Save or load the current pose as SMPL parameters"""
     bl_idname = "POSEGPT_PT_pose_file"
-    bl_label = "Pose file"
+    bl_label = "Pose File"
     bl_parent_id = "POSEGPT_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 

@@ -15,7 +15,8 @@ IMAGE_SOURCES = (
     ("NONE", "None", "Send the prompt text only"),
     ("FILE", "Image file", "Send an image file from disk"),
     ("BLENDER_IMAGE", "Blender image", "Send an image already loaded in this .blend"),
-    ("CAMERA", "Camera render", "Render the active camera small and send that"),
+    ("VIEWPORT", "Viewport", "Capture the 3D View as you see it (fast OpenGL capture) and send that"),
+    ("CAMERA", "Camera render", "Render the active camera small with the scene's engine and send that"),
 )
 ORIENTATIONS = (
     ("KEEP", "Keep predicted", "Use the global orientation the model predicted"),
@@ -29,9 +30,14 @@ class POSEGPT_PG_message(bpy.types.PropertyGroup):
         name="Role", description="Who wrote this message",
         items=(("user", "User", "A prompt sent to the model"),
                ("assistant", "Assistant", "The model's reply"),
-               ("error", "Error", "A request that failed")),
+               ("error", "Error", "A request that failed"),
+               ("note", "Note", "What happened to a prompt without a reply (cancelled)")),
         default="user")
     text: StringProperty(name="Text", description="What was said", default="")
+    prompt: StringProperty(name="Prompt", description="The prompt this reply, error or note answers",
+                           default="")
+    expanded: BoolProperty(name="Show all", description="Show the whole message, not its first line",
+                           default=False)
     pose_json: StringProperty(
         name="Pose", description="The reply's 24 joint rotations (SMPL frame) as JSON; empty when none",
         default="")
@@ -57,6 +63,8 @@ class POSEGPT_PG_scene(bpy.types.PropertyGroup):
     """The prompt being written and the options for the next reply."""
     prompt: StringProperty(name="Prompt", description="Describe the pose, e.g. 'she is proposing marriage'",
                            default="")
+    show_error_details: BoolProperty(name="Details", description="Show the whole error and what to do about it",
+                                     default=False)
     image_source: EnumProperty(name="Image", description="What picture to send with the prompt",
                                items=IMAGE_SOURCES, default="NONE")
     image_path: StringProperty(name="Image file", description="Image file sent when the source is Image file",

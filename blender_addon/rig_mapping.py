@@ -184,7 +184,7 @@ class POSEGPT_OT_clear_mapping(bpy.types.Operator):
 class POSEGPT_OT_mirror_mapping(bpy.types.Operator):
     """Fill each unmapped left or right joint with the mirror-named bone of its mapped partner"""
     bl_idname = "posegpt.mirror_mapping"
-    bl_label = "Mirror-fill"
+    bl_label = "Mirror Fill"
     bl_options = {"REGISTER", "UNDO"}
 
     armature: StringProperty(name="Armature", description="Armature to complete (empty: the active one)",
@@ -205,7 +205,7 @@ class POSEGPT_OT_mirror_mapping(bpy.types.Operator):
 class POSEGPT_OT_save_mapping(bpy.types.Operator, ExportHelper):
     """Save this armature's joint → bone mapping as a JSON preset"""
     bl_idname = "posegpt.save_mapping"
-    bl_label = "Save preset"
+    bl_label = "Save Preset"
 
     filename_ext = ".json"
     filter_glob: StringProperty(name="Filter", description="Mapping presets shown in the browser",
@@ -226,7 +226,7 @@ class POSEGPT_OT_save_mapping(bpy.types.Operator, ExportHelper):
 class POSEGPT_OT_load_mapping(bpy.types.Operator, ImportHelper):
     """Use a saved JSON mapping preset for this armature"""
     bl_idname = "posegpt.load_mapping"
-    bl_label = "Load preset"
+    bl_label = "Load Preset"
     bl_options = {"REGISTER", "UNDO"}
 
     filter_glob: StringProperty(name="Filter", description="Mapping presets shown in the browser",

@@ -5,18 +5,29 @@ is the ``bpy.app.timers`` callback: it reads what arrived without blocking and w
 main thread, where timers run. A reply becomes one chat message (its own undo step, so undo keeps the
 conversation) and one pose application through ``posegpt.apply_pose`` / ``posegpt.key_pose`` called with
 undo on: exactly one undo step per pose. Headless tests, where timers never fire, call ``pump()`` directly.
+
+Cost in the window: the timer pumps every ``PUMP_BUSY_S`` while a request is in flight (a reply is
+handled within one tick) and every ``PUMP_IDLE_S`` while idle (liveness pings); it redraws only the
+sidebar, and only when what the panel shows changed (a reply, an error, the status line, the waiting
+row's seconds). The 3D View's main region is redrawn once, when a pose went on a body. Redrawing every
+3D View 10 times a second while waiting used to cost more than the server took to answer.
 """
 from __future__ import annotations
+
+import time
 
 import bpy
 
 from .chat_state import pose_to_json
 from .connection import Connection, Outcome, curve_settings
+from .reply_handling import AddonError
 from .preferences import get_preferences
 
-PUMP_INTERVAL_S = 0.1            # how often the timer looks for replies while requests are in flight
+PUMP_BUSY_S = 0.01               # how often the timer looks for replies while requests are in flight
+PUMP_IDLE_S = 0.5                # ... while connected and idle (liveness: pings, a dropped connection)
+PUMP_INTERVAL_S = PUMP_BUSY_S
 
-_state = {"connection": None, "status": "Not connected", "error": ""}
+_state = {"connection": None, "status": "Not connected", "error": "", "shown": None, "render": None}
 
 
 def connection() -> Connection | None:
@@ -24,7 +35,10 @@ def connection() -> Connection | None:
 
 
 def status_text() -> str:
-    """One line for the panel: connected (and to what), connecting, or the last error."""
+    """One line for the panel: connected, connecting, lost and retrying, or that the last attempt failed."""
+    conn = _state["connection"]
+    if conn is not None and conn.state in ("connecting", "connected", "lost"):
+        return conn.status_line()
     return _state["status"]
 
 
@@ -48,7 +62,7 @@ def connect(context=None) -> Connection:
     prefs = get_preferences(context)
     curve = curve_settings(prefs.server_public_key, prefs.client_public_key, prefs.client_secret_key)
     conn = Connection(prefs.address, prefs.timeout_s, curve=curve, online_access=online_access())
-    _state.update(connection=conn, status=f"Connecting to {conn.address}…", error="")
+    _state.update(connection=conn, status=conn.status_line(), error="")
     start_timer()
     return conn
 
@@ -76,9 +90,12 @@ def fail(message: str) -> None:
 
 
 def start_timer() -> None:
-    if not bpy.app.timers.is_registered(pump):
-        # persistent: a reply still arrives after File > Open (the armature is then looked up by name).
-        bpy.app.timers.register(pump, first_interval=PUMP_INTERVAL_S, persistent=True)
+    """Pump at once and then from the timer: a timer ticking at the idle rate (0.5 s) is restarted, so a
+    reply is looked for within PUMP_BUSY_S of a Send, not up to half a second later."""
+    if bpy.app.timers.is_registered(pump):
+        bpy.app.timers.unregister(pump)
+    # persistent: a reply still arrives after File > Open (the armature is then looked up by name).
+    bpy.app.timers.register(pump, first_interval=0.0, persistent=True)
 
 
 def stop_timer() -> None:
@@ -86,35 +103,99 @@ def stop_timer() -> None:
         bpy.app.timers.unregister(pump)
 
 
+def begin_render(job, target: str, session_id: str, mode: str) -> None:
+    """A camera render job whose picture goes out with ``job.prompt`` once it is done (see pump)."""
+    _state["render"] = {"job": job, "target": target, "session_id": session_id, "mode": mode}
+    start_timer()
+
+
+def render_for(target: str):
+    """The camera render job running for armature ``target``, or None."""
+    render = _state["render"]
+    return render["job"] if render is not None and render["target"] == target else None
+
+
+def cancel_render(target: str) -> bool:
+    """Stop waiting for ``target``'s camera render (Blender's own job runs on; Esc stops it): noted."""
+    render = _state["render"]
+    if render is None or render["target"] != target or render["job"].cancelled:
+        return False
+    render["job"].cancelled = True
+    obj = bpy.data.objects.get(target)
+    if obj is not None:
+        add_message(obj.posegpt_chat, "user", render["job"].prompt)
+        add_message(obj.posegpt_chat, "note", "Cancelled", prompt=render["job"].prompt)
+    return True
+
+
+def _check_render() -> bool:
+    """Send the camera render's picture once the job is done; a failure becomes an error entry."""
+    render = _state["render"]
+    if render is None or render["job"].poll() == "rendering":
+        return False
+    _state["render"] = None
+    job, obj = render["job"], bpy.data.objects.get(render["target"])
+    try:
+        data, image = job.finish()
+        if job.cancelled or obj is None:
+            return True
+        conn = ensure_connection()
+        conn.send_chat(obj.name, render["session_id"], job.prompt, [data], mode=render["mode"], image=image.name)
+    except AddonError as exc:
+        if obj is not None and not job.cancelled:
+            add_message(obj.posegpt_chat, "user", job.prompt)
+            add_message(obj.posegpt_chat, "error", exc.text, prompt=job.prompt)
+        _report(exc.text)
+    return True
+
+
 def pump() -> float | None:
-    """Timer callback: handle every reply that arrived; keep ticking only while something is in flight."""
+    """Timer callback: handle every reply that arrived; fast while a request (or a camera render) is in
+    flight, slow while idle, stopped once the connection is closed or failed."""
+    rendered = _check_render()
     conn = _state["connection"]
     if conn is None:
-        return None
+        return PUMP_BUSY_S if _state["render"] is not None else None
     try:
         outcomes = conn.poll()
     except Exception as exc:                      # a timer that raises is silently dropped by Blender
         fail(f"PoseGPT connection failed: {exc}")
         conn.close()
         outcomes = []
+    posed = False
     for outcome in outcomes:
         try:
-            _handle(outcome)
+            posed |= _handle(outcome)
         except Exception as exc:
             _report(f"PoseGPT could not use a reply: {exc}")
-    _redraw()
-    return PUMP_INTERVAL_S if conn.busy and conn.state not in ("closed", "error") else None
+    if outcomes or rendered or _panel_changed(conn):
+        _redraw(view=posed)
+    if _state["render"] is not None:
+        return PUMP_BUSY_S
+    if not conn.alive:
+        return None
+    return PUMP_BUSY_S if conn.busy else PUMP_IDLE_S
 
 
-def _handle(outcome: Outcome) -> None:
+def _panel_changed(conn: Connection) -> bool:
+    """Whether the sidebar shows something new: the status line or a waiting row's whole seconds."""
+    waiting = tuple(int(time.monotonic() - p.started) for p in conn.pending.values() if p.kind == "chat")
+    shown = (status_text(), waiting)
+    changed, _state["shown"] = shown != _state["shown"], shown
+    return changed
+
+
+def _handle(outcome: Outcome) -> bool:
+    """Act on one outcome; True when a pose went on a body."""
     if outcome.kind == "connected":
-        _state.update(status="Connected", error="")
-    elif outcome.kind == "disconnected":
-        _state.update(status="Disconnected by the server", error="")
+        _state.update(error="")
+    elif outcome.kind == "lost":
+        print(f"PoseGPT: lost the connection ({outcome.error_text}); retrying")
     elif outcome.kind == "error":
         _on_error(outcome)
     elif outcome.kind == "result":
-        _on_result(outcome)
+        return _on_result(outcome)
+    return False
 
 
 def _chat_of(outcome: Outcome):
@@ -124,32 +205,54 @@ def _chat_of(outcome: Outcome):
 
 def _on_error(outcome: Outcome) -> None:
     conn = _state["connection"]
-    if outcome.pending is None or outcome.pending.kind == "hello" or conn is None or conn.state != "connected":
+    if conn is None or conn.state == "error":
         fail(outcome.error_text)                  # the connection itself failed: say so in the status line
     obj, chat = _chat_of(outcome)
     if chat is not None and outcome.pending.kind == "chat":
-        message = chat.messages.add()
-        message.role, message.text = "error", outcome.error_text
+        write_turn(chat, outcome.pending, "error", outcome.error_text)
         chat.last_error = outcome.error_text
     _report(outcome.error_text)
 
 
-def _on_result(outcome: Outcome) -> None:
+def write_turn(chat, pending, role: str, text: str):
+    """Write a finished turn into the chat: its prompt (with the image sent) and what answered it. The
+    prompt field is cleared when it still holds the prompt sent (not what the artist typed since)."""
+    user = add_message(chat, "user", pending.prompt)
+    image = bpy.data.images.get(pending.image) if pending.image else None
+    if image is not None:
+        user.image, user.image_path = image, pending.image_path
+    settings = bpy.context.scene.posegpt
+    if settings.prompt.strip() == pending.prompt:
+        settings.prompt = ""
+    return add_message(chat, role, text, prompt=pending.prompt)
+
+
+def add_message(chat, role: str, text: str, prompt: str = ""):
+    """Append one message to an armature's chat; ``prompt``: the prompt a reply, error or note answers."""
+    message = chat.messages.add()
+    message.role, message.text, message.prompt = role, text, prompt
+    return message
+
+
+def _on_result(outcome: Outcome) -> bool:
     obj, chat = _chat_of(outcome)
     if chat is None:
         _report(f"PoseGPT reply for {outcome.pending.target!r} arrived, but that armature is gone")
-        return
-    first_index = len(chat.messages)
+        return False
+    first_index = len(chat.messages) + 1                   # after the prompt written with it
     for k, pose in enumerate(outcome.poses):
-        message = chat.messages.add()
-        message.role = "assistant"
-        message.text = outcome.text if k == 0 else f"(pose {k + 1} of {len(outcome.poses)})"
+        text = outcome.text if k == 0 else f"(pose {k + 1} of {len(outcome.poses)})"
         if k == 0 and outcome.note:
-            message.text += f"\n({outcome.note})"
+            text += f"\n({outcome.note})"
+        if k == 0:
+            message = write_turn(chat, outcome.pending, "assistant", text)
+        else:
+            message = add_message(chat, "assistant", text, prompt=outcome.pending.prompt)
         message.pose_json = pose_to_json(pose)
     chat.last_error = ""
     _undo_push("PoseGPT reply")                   # the chat keeps the reply when the pose is undone
     apply_reply(obj, first_index)
+    return True
 
 
 def apply_reply(obj, index: int) -> None:
@@ -178,9 +281,18 @@ def _report(message: str) -> None:
         pass          # called from Python, an ERROR report also raises; the report itself was made
 
 
-def _redraw() -> None:
+def _redraw(view: bool = False) -> None:
+    """Redraw the 3D Views' sidebars (where the panel is), and their main regions only when ``view``."""
+    wanted = ("UI", "WINDOW") if view else ("UI",)
     for window in bpy.context.window_manager.windows:
         for area in window.screen.areas:
             if area.type == "VIEW_3D":
-                area.tag_redraw()
+                for region in area.regions:
+                    if region.type in wanted:
+                        region.tag_redraw()
 
+
+
+def redraw_sidebar() -> None:
+    """Redraw the panel now (after an operator changed what it shows)."""
+    _redraw(view=False)

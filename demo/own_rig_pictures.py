@@ -1,7 +1,7 @@
 """Pictures for docs/addon.md, "Your own character": a generated Rigify rig and a Mixamo-style rig posed
 from a prompt through the add-on, headless.
 
-    python -m demo.own_rig_pictures              # writes docs/images/own_rig_{rigify,mixamo}.png
+    python -m demo.own_rig_pictures              # writes demo_output/own_rig_{rigify,mixamo}.png
 
 Starts the demo backend as ``make demo`` does, builds both rigs with ``tests/rig_fixtures.py`` (each with a
 box mesh skinned to its deform bones), selects each rig and sends the prompt with ``posegpt.send_prompt``
@@ -20,7 +20,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from demo.run_demo import DEFAULT_CHECKPOINT, Backend, enable_addon, render, send, setup_stage  # noqa: E402
 
 PROMPT = "He is kneeling on his right knee with both arms raised."
-OUT = REPO / "docs" / "images"
+OUT = REPO / "demo_output"      # docs/images has the GUI test's screenshots of the same rigs
 
 
 def main(argv=None) -> int:

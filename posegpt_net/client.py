@@ -15,6 +15,15 @@ resends the idempotent requests (hello, ping, cancel, reset, close) up to ``RETR
 every chat that was in flight with an ``error`` message ("timeout" or "connection_lost"): a generation is
 never re-run behind the user's back. This is the one timeout layer between the add-on and the server.
 
+What counts as hearing from the server: any reply proves the server alive (``last_heard``), but only a
+final reply or *progress* (a new stage, more tokens, a queue position that moved) restarts a request's
+timeout. A heartbeat that repeats the last one (the "running" beat with only its elapsed time new) does
+not, so a server that only ever beats cannot hold a request forever. An error with an empty request id
+(the server could not read which request it answers) ends every request in flight with that error.
+``link`` follows the connection itself (socket monitor): "down", "tcp" (a peer accepted the TCP
+connection but no ZeroMQ handshake yet), "up"; a peer that accepts TCP yet never completes the handshake
+within ``HANDSHAKE_WAIT_S`` (an HTTP server on the port, say) ends the requests with ``bad_protocol``.
+
 ``pump()`` hands on the typed messages ``posegpt_net.wire`` decoded (``wire.Result``, ``wire.Error``,
 ``wire.Progress``, ...); the errors the client makes itself are ``wire.Error`` too. Observers
 (``add_observer``) see every message as it arrives. Only numpy, pyzmq and the standard library are used.
@@ -41,8 +50,12 @@ TIMEOUT_S = 10.0          # silence (no reply, no heartbeat) after which a reque
 RETRIES = 2               # resends of an idempotent request after a reconnect
 MAX_MESSAGES_PER_PUMP = 500   # keeps one pump() short even when many replies are waiting
 IDEMPOTENT = frozenset({"hello", "ping", "cancel", "reset", "close"})
+HANDSHAKE_WAIT_S = 3.0    # TCP accepted but no ZeroMQ handshake after this long: not a ZeroMQ server
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_LINK_EVENTS = (_HANDSHAKE_FAILED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+                | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_VOLATILE_INFO = frozenset({"elapsed_ms", "server_time"})     # change with every heartbeat, not progress
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,7 @@ class _Pending:
     timeout_s: float
     deadline: float
     retries: int                    # resends left after a reconnect (idempotent requests only)
+    progress: tuple = ()            # the last progress heard, without its volatile fields
 
 
 class PoseClient:
@@ -89,6 +103,11 @@ class PoseClient:
         self._observers: list[Callable[[wire.Message], None]] = []
         self._socket: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
+        self.last_heard = 0.0            # monotonic time of the last message from the server (0: never)
+        self.link = "down"               # "down", "tcp" (no ZeroMQ handshake yet) or "up"
+        self.link_since = time.monotonic()
+        self.disconnects = 0             # times an established ("up") connection was dropped by the peer
+        self.ever_up = False             # a ZeroMQ handshake with this address has succeeded at least once
         self._open()
 
     # --- requests ------------------------------------------------------------------------------------
@@ -144,6 +163,10 @@ class PoseClient:
             send_frames(self._socket, wire.encode(wire.Cancel(request_id)), NOBLOCK)
         except zmq.Again:
             pass        # nothing reaches the server now; the request's own timeout ends it
+
+    def forget(self, request_id: str) -> None:
+        """Stop waiting for ``request_id`` without telling the server: no message about it will come."""
+        self._pending.pop(request_id, None)
 
     @property
     def socket(self) -> zmq.Socket:
@@ -218,9 +241,10 @@ class PoseClient:
             sock.curve_serverkey = self.curve.server_public
             sock.curve_publickey = self.curve.client_public
             sock.curve_secretkey = self.curve.client_secret
-        self._monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED)
+        self._monitor = sock.get_monitor_socket(_LINK_EVENTS)
         sock.connect(self.address)
         self._socket = sock
+        self.link, self.link_since = "down", time.monotonic()      # our own reconnect: not a disconnect
 
     def _close_socket(self) -> None:
         if self._socket is not None:
@@ -246,44 +270,80 @@ class PoseClient:
         for _ in range(MAX_MESSAGES_PER_PUMP):
             if not readable(self._socket):
                 break
-            message = self._receive(recv_frames(self._socket, NOBLOCK))
-            if message is not None:
-                messages.append(message)
+            messages.extend(self._receive(recv_frames(self._socket, NOBLOCK)))
         self._check_timeouts(messages)
         for message in messages:
             for observer in self._observers:
                 observer(message)
         return messages
 
-    def _receive(self, frames: list[bytes]) -> wire.Message | None:
+    def _receive(self, frames: list[bytes]) -> list[wire.Message]:
+        now = time.monotonic()
+        self.last_heard = now
         try:
             message = wire.decode(frames, wire.CLIENT_LIMITS)
         except wire.WireError as err:
             if err.request_id not in self._pending:
-                return None
+                return []
             message = wire.Error(err.request_id, err.code, f"undecodable reply: {err.message}")
+        if message.kind == "error" and not message.request_id:
+            # the server could not tell which request it refuses: none of ours will get another answer
+            ended = [wire.Error(request_id, message.code, message.message, message.details)
+                     for request_id in self._pending]
+            self._pending.clear()
+            return ended
         pending = self._pending.get(message.request_id)
-        if pending is None and message.request_id:
-            return None                                   # late reply to a request already ended
+        if pending is None:
+            return []                                     # late reply to a request already ended
         if message.kind not in wire.REPLY_TYPES:
             message = wire.Error(message.request_id, "unknown_type",
                                  f"unexpected {message.kind} message from the server")
-        if pending is not None:
-            pending.deadline = time.monotonic() + pending.timeout_s
+        if message.kind == "progress":
+            key = (message.stage, tuple(sorted((k, repr(v)) for k, v in (message.info or {}).items()
+                                               if k not in _VOLATILE_INFO)))
+            if key != pending.progress:                   # progress, not a repeated heartbeat
+                pending.progress = key
+                pending.deadline = now + pending.timeout_s
+        else:
+            pending.deadline = now + pending.timeout_s
         if message.final:
             self._pending.pop(message.request_id, None)
-        return message
+        return [message]
+
+    def _set_link(self, link: str) -> None:
+        if link != self.link:
+            if self.link == "up" and link != "up":
+                self.disconnects += 1
+            self.link, self.link_since = link, time.monotonic()
 
     def _check_handshake(self, messages: list[wire.Message]) -> None:
         failed = None
         while readable(self._monitor):
-            failed = recv_monitor_message(self._monitor, zmq.NOBLOCK)
-        if failed is not None and failed["event"] & _HANDSHAKE_FAILED:
-            for request_id in list(self._pending):
-                del self._pending[request_id]
-                messages.append(wire.Error(request_id, "auth_failed",
-                                           f"{self.address} refused the connection during the security "
-                                           f"handshake (CURVE keys not allowed, or plaintext against CURVE)"))
+            event = recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"]
+            if event & _HANDSHAKE_FAILED:
+                failed = event
+            elif event == zmq.EVENT_CONNECTED:
+                self._set_link("tcp")
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._set_link("up")
+                self.ever_up = True
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._set_link("down")
+        if failed is not None:
+            self._set_link("down")
+            self._end_all(messages, "auth_failed",
+                          f"{self.address} refused the connection during the security handshake "
+                          f"(CURVE keys not allowed, or plaintext against CURVE)")
+        elif (self.link == "tcp" and not self.ever_up and self._pending
+              and time.monotonic() - self.link_since > HANDSHAKE_WAIT_S):
+            self._end_all(messages, "bad_protocol",
+                          f"{self.address} accepted the connection but never answered in ZeroMQ "
+                          f"(another kind of server, an HTTP server say, listens there)")
+
+    def _end_all(self, messages: list[wire.Message], code: str, text: str) -> None:
+        for request_id in list(self._pending):
+            del self._pending[request_id]
+            messages.append(wire.Error(request_id, code, text))
 
     def _check_timeouts(self, messages: list[wire.Message]) -> None:
         now = time.monotonic()

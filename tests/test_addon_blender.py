@@ -89,7 +89,7 @@ def send_and_wait(obj, prompt, *, expect="assistant", timeout=REPLY_TIMEOUT_S):
     bpy.context.scene.posegpt.prompt = prompt
     count = len(obj.posegpt_chat.messages)
     assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
-    assert obj.posegpt_chat.messages[count].role == "user"
+    assert len(obj.posegpt_chat.messages) == count           # the turn goes into the chat with its reply
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         session.pump()
@@ -99,6 +99,8 @@ def send_and_wait(obj, prompt, *, expect="assistant", timeout=REPLY_TIMEOUT_S):
         time.sleep(0.02)
     message = obj.posegpt_chat.messages[-1]
     assert message.role == expect, (message.role, message.text)
+    assert obj.posegpt_chat.messages[count].role == "user" and obj.posegpt_chat.messages[count].text == prompt
+    assert bpy.context.scene.posegpt.prompt == ""
     return message, time.monotonic() - start
 
 
@@ -158,13 +160,13 @@ def test_send_prompt_poses_the_armature_with_the_returned_rotations(prefs):
     np.testing.assert_allclose(pose[1:], returned["rotmat"][1:], atol=1e-6)
     np.testing.assert_allclose(rig.read_pose(obj), pose, atol=1e-5)
     assert_armature_shows(obj, pose)
-    # Idle: the timer callback asks Blender to stop calling it; a new Send registers it again.
-    assert session.pump() is None
+    # Idle: the timer slows down (liveness pings only); a request in flight makes it fast again.
+    assert session.pump() == session.PUMP_IDLE_S
     bpy.context.scene.posegpt.prompt = "now she waves"
     bpy.ops.posegpt.send_prompt(armature=obj.name)
     assert bpy.app.timers.is_registered(session.pump)
-    # The pump keeps asking to be called while the request is out (a fast reply may already be in).
-    assert session.pump() in (session.PUMP_INTERVAL_S, None)
+    # The pump keeps asking to be called often while the request is out (a fast reply may already be in).
+    assert session.pump() in (session.PUMP_BUSY_S, session.PUMP_IDLE_S)
 
 
 def test_upright_option_replaces_the_global_orientation(prefs):
@@ -214,7 +216,7 @@ def test_no_server_gives_a_clear_error_within_the_timeout_and_leaves_the_armatur
 
 def test_send_without_an_armature_or_prompt_reports_what_to_do(prefs):
     bpy.context.scene.posegpt.prompt = "hello"
-    with pytest.raises(RuntimeError, match="Create body"):
+    with pytest.raises(RuntimeError, match="Create Body"):
         bpy.ops.posegpt.send_prompt()
     obj = create_body()
     bpy.context.scene.posegpt.prompt = "   "
@@ -411,3 +413,93 @@ def test_names_tooltips_and_property_metadata_follow_blender_conventions(addon):
     secret = bpy.context.preferences.addons[ADDON].preferences.bl_rna.properties["client_secret_key"]
     assert secret.subtype == "PASSWORD"
     assert bpy.context.preferences.addons[ADDON].preferences.bl_rna.properties["smpl_model_path"].subtype == "FILE_PATH"
+
+
+def _send_to(prefs, address, prompt="arms up", timeout_s=10.0):
+    """Point the add-on at ``address`` and send ``prompt`` for a new body; returns the body."""
+    prefs.address, prefs.timeout_s = address, timeout_s
+    prefs.server_public_key = prefs.client_public_key = prefs.client_secret_key = ""    # plaintext fake server
+    obj = create_body()
+    bpy.context.scene.posegpt.prompt = prompt
+    assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
+    return obj
+
+
+def _pump_until(done, limit_s):
+    from blender_addon import session
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s and not done():
+        session.pump()
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+HANG_CASES = {
+    # issue 16, point 6: each used to leave the chat pending for ever
+    "handshake answered with a pong": ({"hello": lambda r: [wire_pong(r)]}, "not a PoseGPT server"),
+    "error with an empty request id": ({"hello": lambda r: [wire_hello(r)],
+                                        "chat": lambda r: [wire_error_without_id()]}, "unreadable"),
+    "a server that only sends heartbeats": ({"hello": lambda r: [wire_hello(r)], "chat": lambda r: ["beat"],
+                                             "ping": lambda r: [wire_pong(r)]}, "No answer"),
+}
+
+
+def wire_hello(request):
+    from test_addon_liveness import hello
+    return hello(request)[0]
+
+
+def wire_pong(request):
+    from test_addon_liveness import pong
+    return pong(request)[0]
+
+
+def wire_error_without_id():
+    from posegpt_net import wire
+    return wire.Error("", "bad_header", "unreadable header")
+
+
+@pytest.mark.parametrize("case", list(HANG_CASES))
+def test_every_hang_against_a_bad_server_ends_in_an_error_entry(prefs, case):
+    from test_addon_liveness import FakeServer
+    script, words = HANG_CASES[case]
+    fake = FakeServer(script)
+    try:
+        obj = _send_to(prefs, fake.address, timeout_s=1.0)
+        chat = lambda: bpy.data.objects[obj.name].posegpt_chat.messages      # noqa: E731
+        seconds = _pump_until(lambda: len(chat()) >= 2, 5.0)
+        assert [m.role for m in chat()] == ["user", "error"], [(m.role, m.text) for m in chat()]
+        assert words in chat()[1].text and seconds <= 1.0 + 0.5, (chat()[1].text, seconds)
+    finally:
+        fake.stop()
+
+
+def test_a_server_killed_mid_request_reads_lost_in_the_panel_within_2_s(prefs):
+    from blender_addon import session
+    from test_addon_liveness import FakeServer, hello, pong
+    fake = FakeServer({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})
+    try:
+        obj = _send_to(prefs, fake.address)
+        _pump_until(lambda: fake.beat, 5.0)
+        assert session.status_text() == "Connected"
+        fake.stop()                                   # as a killed process: its socket closes
+        chat = lambda: bpy.data.objects[obj.name].posegpt_chat.messages      # noqa: E731
+        seconds = _pump_until(lambda: session.status_text().startswith("Lost connection") and len(chat()) >= 2, 5.0)
+        assert session.status_text().startswith("Lost connection — retrying") and seconds < 2.0, seconds
+        assert [m.role for m in chat()] == ["user", "error"] and "lost" in chat()[1].text
+    finally:
+        fake.stop()
+
+
+def test_cancel_writes_a_note_in_the_chat(prefs):
+    from test_addon_liveness import FakeServer, hello, pong
+    fake = FakeServer({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})
+    try:
+        obj = _send_to(prefs, fake.address)
+        _pump_until(lambda: fake.beat, 5.0)
+        assert bpy.ops.posegpt.cancel_request(armature=obj.name) == {"FINISHED"}
+        messages = bpy.data.objects[obj.name].posegpt_chat.messages
+        assert [(m.role, m.text, m.prompt) for m in messages] == [("user", "arms up", ""),
+                                                                  ("note", "Cancelled", "arms up")]
+    finally:
+        fake.stop()

@@ -209,7 +209,7 @@ def test_online_access_off_refuses_remote_but_not_loopback():
 
 @pytest.mark.parametrize("code, words", [
     ("timeout", "make serve"), ("auth_failed", "key"), ("unsupported_version", "Update"),
-    ("unknown_session", "Reset chat"), ("images_not_supported", "None"), ("image_required", "image"),
+    ("unknown_session", "Reset Chat"), ("images_not_supported", "None"), ("image_required", "image"),
     ("connection_lost", "send again"), ("some_new_code", "server log"),
 ])
 def test_every_error_says_what_to_do(code, words):

@@ -90,17 +90,77 @@ def test_a_chat_without_answer_times_out_once_and_is_never_resent(peer):
         assert not peer.poll(800)                                 # nothing more: no silent re-run
 
 
-def test_heartbeats_keep_a_long_request_alive(peer):
+def test_progress_keeps_a_long_request_alive(peer):
     with PoseClient(peer.address, timeout_s=0.5) as client:
         rid = client.chat("s", "arms up")
         identity, _ = _receive(peer)
-        for _ in range(8):                                        # 1.6 s of work, beats every 0.2 s
-            _answer(peer, identity, wire.Progress(rid, "running", {}))
+        for tokens in range(8):                                   # 1.6 s of work, a token every 0.2 s
+            _answer(peer, identity, wire.Progress(rid, "generating", {"tokens": tokens}))
             time.sleep(0.2)
             assert not [e for e in client.pump() if e.final]
         _answer(peer, identity, wire.Error(rid, "bad_model_output", "nan"))
         event = client.wait(rid, timeout_s=3)
         assert (event.kind, event.code) == ("error", "bad_model_output")
+
+
+def test_a_server_that_only_beats_cannot_hold_a_request_forever(peer):
+    """Heartbeats prove the server alive (last_heard) but repeated ones do not restart the timeout."""
+    with PoseClient(peer.address, timeout_s=0.6) as client:
+        rid = client.chat("s", "arms up")
+        identity, _ = _receive(peer)
+        start, ended = time.monotonic(), []
+        while not ended and time.monotonic() - start < 3:
+            _answer(peer, identity, wire.Progress(rid, "running", {"elapsed_ms": 1000 * (time.monotonic() - start)}))
+            time.sleep(0.1)
+            ended = [e for e in client.pump() if e.final]
+        assert [(e.kind, e.code) for e in ended] == [("error", "timeout")]
+        assert time.monotonic() - start < 0.6 + 0.4
+        assert time.monotonic() - client.last_heard < 0.3
+
+
+def test_an_error_without_request_id_ends_every_request_in_flight(peer):
+    with PoseClient(peer.address, timeout_s=30) as client:
+        chat = client.chat("s", "arms up")
+        identity, _ = _receive(peer)
+        _answer(peer, identity, wire.Error("", "bad_header", "the header is not JSON"))
+        event = client.wait(chat, timeout_s=3)
+        assert (event.kind, event.code) == ("error", "bad_header") and client.pending == []
+
+
+def test_an_http_server_on_the_port_is_not_a_posegpt_server(monkeypatch):
+    """TCP accepted, no ZeroMQ handshake ever: the request ends with bad_protocol, not a long timeout."""
+    import http.server
+    import threading
+    from posegpt_net import client as client_module
+    monkeypatch.setattr(client_module, "HANDSHAKE_WAIT_S", 0.5)
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with PoseClient(f"tcp://127.0.0.1:{httpd.server_address[1]}", timeout_s=10) as client:
+            start = time.monotonic()
+            event = client.request("hello")
+            assert (event.kind, event.code) == ("error", "bad_protocol"), event
+            assert time.monotonic() - start < 3
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_link_follows_the_connection(peer):
+    with PoseClient(peer.address, timeout_s=5) as client:
+        client.ping()
+        identity, ping = _receive(peer)
+        deadline = time.monotonic() + 3
+        while client.link != "up" and time.monotonic() < deadline:
+            client.pump()
+            time.sleep(0.01)
+        assert client.link == "up" and client.ever_up
+        peer.close()
+        while client.link == "up" and time.monotonic() < deadline + 3:
+            client.pump()
+            time.sleep(0.01)
+        assert client.link == "down" and client.disconnects == 1
 
 
 def test_idempotent_request_is_resent_on_a_fresh_socket(peer):

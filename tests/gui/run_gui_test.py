@@ -3,18 +3,23 @@
     make test-gui        # = bash scripts/install_gui_deps.sh; make addon; .venv/bin/python tests/gui/run_gui_test.py
 
 This one file plays two parts:
-- run by the project's Python (outside Blender): serves a tiny checkpoint with ``posegpt-serve``, installs
+- run by the project's Python (outside Blender): serves the demo checkpoint with ``posegpt-serve``, installs
   dist/posegpt_for_blender-*-legacy.zip into a throw-away Blender user folder (the way an artist does:
   Preferences > Add-ons > Install), starts ``blender`` under ``xvfb-run`` with this file as ``--python``
-  script, then checks what the driver reported and the screenshot test_output/gui_panel.png;
+  script, then checks what the driver reported and the screenshots;
 - run by Blender (``bpy`` already imported): the driver. Blender's own timers step it: create a body,
   bring the "PoseGPT" sidebar tab forward (a click on the tab strip via xdotool: Blender 3.4 has no
-  Python API for the active tab), send two prompts through ``posegpt.send_prompt`` (the second with a
-  small render of the scene camera), let the add-on's timer receive the replies, undo/redo the last
-  pose, take the screenshot and write test_output/gui_status.json: how often each panel drew, how many
-  chat messages and poses its last draw showed, the undo check and an FK check of the posed body.
+  Python API for the active tab), hold a 10-turn chat through ``posegpt.send_prompt`` in the default
+  sidebar (229 px; turn 2 sends the viewport capture, turn 3 a small camera render), let the add-on's
+  timer receive the replies, undo/redo the last pose, screenshot the chat (test_output/gui_panel.png),
+  send a prompt the server refuses and screenshot its error entry (gui_error.png), then generate a Rigify
+  rig, pose it from a prompt and screenshot it (gui_rigify.png, issue 14).
+Each turn is timed from Send to the first 3D View draw showing the reply (``LatencyProbe``); the runner
+prints ``gui_send_to_pose_ms`` (median over the text-only turns), the server's own reply time and one
+3D View draw, and writes them to test_output/gui_latency.json (bench/bench_addon_gui.py reads it).
 Exit status 0 only when the panel drew the whole conversation, the body shows the last reply, one undo
-took back exactly that pose, the camera render went with the second prompt and the screenshot is not blank.
+took back exactly that pose, the pictures went with turns 2 and 3, the refused prompt became an error
+entry, the Rigify rig moved, and no screenshot is blank.
 """
 from __future__ import annotations
 
@@ -23,8 +28,16 @@ import os
 import sys
 import time
 
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRIVER_TIMEOUT_S = 240.0            # the whole Blender session, replies included
-PROMPTS = ("she is proposing marriage", "now make her look tired")
+PROMPTS = ("she is proposing marriage", "now make her look tired", "she raises both arms",
+           "he is kneeling on one knee", "now wave with the right hand", "she sits down",
+           "he is running", "now put the hands on the hips", "she is dancing", "he is kneeling on his right knee with both arms raised")
+# Turn → image source: the viewport capture (the default picture) and the full camera render.
+IMAGES = {1: "VIEWPORT", 2: "CAMERA"}
+ERROR_PROMPT = "stand " * 1400           # longer than the server takes (8000 characters): an error entry
+RIGIFY_PROMPT = "He is kneeling on his right knee with both arms raised."   # the docs' prompt
+SIDEBAR_MAX_PX = 300                     # the chat must work in a sidebar this narrow (Blender's default is narrower)
 WINDOW = (1600, 1000)
 # Where the driver clicks down the sidebar's vertical tab strip (pixels): x inset from the region's right
 # edge, first y below its top, step between clicks (smaller than one tab).
@@ -42,7 +55,7 @@ class DrawProbe:
 
     def __init__(self, panels):
         self.counts: dict[str, int] = {}
-        self.last_drawn = {"messages": 0, "poses": 0}
+        self.last_drawn: dict[str, dict] = {}           # per armature: messages and poses the last draw showed
         for cls in panels.classes:
             cls.draw = self._counting(cls.draw)
         chat = panels.POSEGPT_PT_chat
@@ -57,9 +70,88 @@ class DrawProbe:
     def _recording(self, draw_history, shown):
         def wrapper(panel, layout, context, obj):
             messages = list(obj.posegpt_chat.messages)[-shown:]
-            self.last_drawn.update(messages=len(messages), poses=sum(bool(m.pose_json) for m in messages))
+            self.last_drawn[obj.name] = {"messages": len(messages), "poses": sum(bool(m.pose_json) for m in messages)}
             return draw_history(panel, layout, context, obj)
         return wrapper
+
+
+class LatencyProbe:
+    """Send → request on the wire → reply received → pose applied → viewport drawn, per prompt, measured in
+    the real window from outside the add-on: the client's ``chat`` and the session's ``apply_reply`` are
+    wrapped, the reply's server timings read by a connection observer, and a draw handler on the 3D View
+    notes the first draw of its main region after the pose went on the body."""
+
+    def __init__(self, bpy, session):
+        self.bpy, self.session, self.turns, self.observed = bpy, session, [], set()
+        import posegpt_net.client            # the add-on's own copy (its _vendor folder); imported on connect
+        client_cls = posegpt_net.client.PoseClient
+        chat, apply_reply = client_cls.chat, session.apply_reply
+        probe = self
+
+        def timed_chat(client, *args, **kw):
+            request_id = chat(client, *args, **kw)
+            probe.mark("wire")
+            return request_id
+
+        def timed_apply(*args, **kw):
+            result = apply_reply(*args, **kw)
+            probe.mark("applied")
+            return result
+
+        client_cls.chat = timed_chat
+        session.apply_reply = timed_apply
+        self.handler = bpy.types.SpaceView3D.draw_handler_add(self.on_draw, (), "WINDOW", "POST_PIXEL")
+        self.pre_handler = bpy.types.SpaceView3D.draw_handler_add(self.on_draw_start, (), "WINDOW", "PRE_VIEW")
+        self.draw_started = None
+        self.events = []
+        self.epoch = time.perf_counter()
+
+    def log(self, what):
+        if len(self.events) < 400:
+            self.events.append((round(1000 * (time.perf_counter() - self.epoch)), what))
+
+    def start(self, prompt):
+        self.turns.append({"prompt": prompt, "t0": time.perf_counter()})
+        self.log("press")
+
+    def mark(self, what, turn=None):
+        turn = turn or (self.turns[-1] if self.turns else None)
+        if turn is not None and what not in turn:
+            turn[what] = round(1000 * (time.perf_counter() - turn["t0"]), 1)
+
+    def watch(self):
+        """Observe the current connection's replies (once per connection object)."""
+        conn = self.session.connection()
+        if conn is not None and id(conn) not in self.observed:
+            self.observed.add(id(conn))
+            conn.add_observer(self.on_message)
+
+    def on_message(self, message):
+        if message.kind == "result" and self.turns:
+            self.mark("reply")
+            self.turns[-1]["server_ms"] = float(message.timings.get("server_ms", 0.0))
+
+    def on_draw_start(self):
+        self.draw_started = time.perf_counter()
+        self.log("draw_start")
+        if self.turns and "drawn" not in self.turns[-1]:
+            turn = self.turns[-1]
+            turn.setdefault("view_draw_starts", []).append(round(1000 * (self.draw_started - turn["t0"]), 1))
+
+    def on_draw(self):
+        """Counts the 3D View's draws while a turn is out, and how long the last one took."""
+        if not self.turns or "drawn" in self.turns[-1]:
+            return
+        turn = self.turns[-1]
+        self.log("draw_end")
+        turn["view_draws"] = turn.get("view_draws", 0) + 1
+        if self.draw_started is not None:
+            turn["last_view_draw_ms"] = round(1000 * (time.perf_counter() - self.draw_started), 1)
+        if "applied" in turn:
+            self.mark("drawn")
+
+    def report(self):
+        return [{k: v for k, v in turn.items() if k != "t0"} for turn in self.turns]
 
 
 class Driver:
@@ -70,8 +162,10 @@ class Driver:
         self.bpy, self.out_dir, self.address = bpy, out_dir, address
         self.state, self.started, self.state_since = "setup", time.monotonic(), time.monotonic()
         self.tab_tries, self.sent, self.notes, self.undo_check = 0, 0, [], {}
+        self.expected_errors, self.shots, self.error_entry, self.own_rigs, self.fk = 0, {}, "", {}, None
         self.probe = DrawProbe(sys.modules["posegpt_for_blender.panels"])
         self.session = sys.modules["posegpt_for_blender.session"]
+        self.latency = LatencyProbe(bpy, self.session)
 
     # --- helpers ---------------------------------------------------------------------------------------
     def view3d(self):
@@ -99,7 +193,7 @@ class Driver:
         try:
             if time.monotonic() - self.started > DRIVER_TIMEOUT_S:
                 return self.finish(f"timed out in state {self.state!r}")
-            if self.errors():
+            if len(self.errors()) > self.expected_errors:
                 return self.finish(f"the add-on reported: {self.errors()[-1]}")
             return getattr(self, f"step_{self.state}")()
         except Exception as exc:                  # a raising timer is dropped silently: report and quit
@@ -111,6 +205,12 @@ class Driver:
         bpy = self.bpy
         prefs = bpy.context.preferences.addons["posegpt_for_blender"].preferences
         prefs.address, prefs.timeout_s = self.address, 60.0
+        # Xvfb has no GPU: each 3D View draw runs in software (llvmpipe), about 0.5 s here, and the
+        # viewport's progressive anti-aliasing redraws the view 8 more times after every change, which
+        # keeps the window busy for seconds. A GPU draws those samples in milliseconds; off here, so the
+        # measurement shows the add-on's cost and one draw, not the software rasteriser's.
+        if os.environ.get("POSEGPT_GUI_KEEP_AA") != "1":        # =1: measure with Blender's default
+            bpy.context.preferences.system.viewport_aa = "OFF"
         for obj in list(bpy.data.objects):
             if obj.type == "MESH":
                 bpy.data.objects.remove(obj)
@@ -153,25 +253,46 @@ class Driver:
                                        selected_objects=[obj, *obj.children]):
             bpy.ops.view3d.view_axis(type="FRONT")
             bpy.ops.view3d.view_selected()
-        self.go("send")
+        self.go("widened")
         return 0.3
 
+    def step_widened(self):
+        window, area, region, sidebar = self.view3d()
+        self.notes.append(f"sidebar {sidebar.width} px wide")
+        assert sidebar.width <= SIDEBAR_MAX_PX, f"the sidebar is {sidebar.width} px wide, wider than the test means"
+        self.go("send")
+        return 0.2
+
     def step_send(self):
+        """Type the prompt and pick the image source, as the artist does before pressing Send."""
         bpy = self.bpy
         scene = bpy.context.scene
         bpy.context.view_layer.objects.active = self.armature()
         scene.posegpt.prompt = PROMPTS[self.sent]
-        if self.sent == 1:          # the follow-up also sends a small render of the scene's camera
-            scene.render.engine = "BLENDER_WORKBENCH"
-            scene.posegpt.image_source = "CAMERA"
-        assert bpy.ops.posegpt.send_prompt(armature="SMPL") == {"FINISHED"}
+        scene.render.engine = "BLENDER_WORKBENCH"
+        scene.posegpt.image_source = IMAGES.get(self.sent, "NONE")
+        self.latency.log("typed")
+        self.go("press")
+        return 0.3
+
+    def step_press(self):
+        """Press Send (what the click runs): the measurement starts here."""
+        bpy = self.bpy
+        scene = bpy.context.scene
+        self.latency.start(PROMPTS[self.sent])
+        self.latency.turns[-1]["image"] = scene.posegpt.image_source != "NONE"
+        window, area, region, sidebar = self.view3d()
+        with bpy.context.temp_override(window=window, area=area, region=sidebar):
+            assert bpy.ops.posegpt.send_prompt(armature="SMPL") == {"FINISHED"}, self.session.error_text()
+        self.latency.mark("sent")
+        self.latency.watch()
         self.sent += 1
         self.go("wait")
-        return 0.2
+        return 0.01
 
     def step_wait(self):
-        if len(self.replies()) < self.sent:
-            return 0.2                               # the add-on's own timer receives the reply
+        if len(self.replies()) < self.sent or "drawn" not in self.latency.turns[-1]:
+            return 0.01                              # the add-on's own timer receives the reply
         if self.sent < len(PROMPTS):
             self.go("send")
             return 0.3
@@ -195,20 +316,120 @@ class Driver:
         self.undo_check = {"undo_restores_previous_reply": float(np.abs(undone - first).max()),
                            "redo_restores_last_reply": float(np.abs(redone - last).max()),
                            "messages_after_undo": kept}
+        self.fk = self.fk_error()
         self.go("settle")
         return 0.2
 
     def step_settle(self):
         window, area, region, sidebar = self.view3d()
-        area.tag_redraw()
+        sidebar.tag_redraw()
         # Let the sidebar draw the whole conversation before the picture is taken.
-        if self.probe.last_drawn["messages"] < 2 * len(PROMPTS) or time.monotonic() - self.state_since < 1.5:
+        drawn = self.probe.last_drawn.get("SMPL", {}).get("messages", 0)
+        if drawn < 2 * len(PROMPTS) or time.monotonic() - self.state_since < 1.0:
             return 0.25
-        self.go("shot")
-        return 0.3
+        self.shots["chat"] = self.screenshot("gui_panel.png")
+        self.go("error")
+        return 0.2
 
-    def step_shot(self):
-        return self.finish(None)
+    def step_error(self):
+        """A prompt the server refuses: the chat gets an error entry (one sentence, folded)."""
+        bpy = self.bpy
+        scene = bpy.context.scene
+        scene.posegpt.image_source = "NONE"
+        scene.posegpt.prompt = ERROR_PROMPT
+        self.expected_errors += 1
+        assert bpy.ops.posegpt.send_prompt(armature="SMPL") == {"FINISHED"}
+        self.go("error_wait")
+        return 0.2
+
+    def step_error_wait(self):
+        if len(self.errors()) < self.expected_errors:
+            return 0.1
+        window, area, region, sidebar = self.view3d()
+        sidebar.tag_redraw()
+        if time.monotonic() - self.state_since < 1.0:
+            return 0.2
+        self.error_entry = self.errors()[-1]
+        self.shots["error"] = self.screenshot("gui_error.png")
+        self.go("rigify")
+        return 0.2
+
+    def step_rigify(self):
+        """Issue 14: a generated Rigify rig (Rigify ships with Blender) posed from a prompt in the window."""
+        rig_fixtures = self.rig_fixtures()
+
+        def build():
+            try:
+                rig = rig_fixtures.rigify_generated()
+                self.notes.append(f"Rigify generated {rig.name!r} in Blender {self.bpy.app.version_string}")
+            except Exception as exc:                   # Rigify cannot generate here: pose its metarig instead
+                self.notes.append(f"rigify_generate failed ({exc!r}); posing the metarig")
+                rig = rig_fixtures.rigify_metarig()
+            return rig
+        return self.send_to_own_rig("rigify", build, "mixamo")
+
+    def step_mixamo(self):
+        """A Mixamo-style rig (Y-up, centimetres, the FBX import's object transform) from the same prompt."""
+        rig_fixtures = self.rig_fixtures()
+        return self.send_to_own_rig("mixamo", rig_fixtures.mixamo_rig, None)
+
+    def rig_fixtures(self):
+        """tests/rig_fixtures.py: the rigs test_addon_own_rig.py poses, each with a box mesh skinned to it."""
+        if os.path.join(REPO_DIR, "tests") not in sys.path:
+            sys.path.insert(0, os.path.join(REPO_DIR, "tests"))
+        import rig_fixtures
+        return rig_fixtures
+
+    def send_to_own_rig(self, kind, build, then):
+        bpy = self.bpy
+        window, area, region, sidebar = self.view3d()
+        with bpy.context.temp_override(window=window, area=area, region=region):
+            if bpy.context.mode != "OBJECT":
+                bpy.ops.object.mode_set(mode="OBJECT")
+            for obj in list(bpy.context.view_layer.objects):      # only the new rig and its mesh in view
+                if obj.type in ("ARMATURE", "MESH"):
+                    obj.hide_set(True)
+            rig = build()
+            self.rig_fixtures()._select_only(rig)
+            self.own = {"kind": kind, "rig": rig.name, "then": then,
+                        "rest": [tuple(b.matrix_basis.to_quaternion()) for b in rig.pose.bones]}
+            area.spaces.active.overlay.show_bones = False          # the skinned mesh, not the controls
+            bpy.ops.view3d.view_axis(type="FRONT")
+            bpy.ops.view3d.view_selected()
+        scene = bpy.context.scene
+        scene.posegpt.image_source = "NONE"
+        scene.posegpt.prompt = RIGIFY_PROMPT
+        with bpy.context.temp_override(window=window, area=area, region=sidebar):
+            assert bpy.ops.posegpt.send_prompt(armature=rig.name) == {"FINISHED"}, self.session.error_text()
+        self.go("own_rig_wait")
+        return 0.2
+
+    def step_own_rig_wait(self):
+        bpy = self.bpy
+        rig = bpy.data.objects.get(self.own["rig"])
+        replies = [m for m in rig.posegpt_chat.messages if m.role == "assistant"]
+        errors = [m.text for m in rig.posegpt_chat.messages if m.role == "error"]
+        if errors:
+            return self.finish(f"the {self.own['kind']} rig's chat reported: {errors[-1]}")
+        if not replies or time.monotonic() - self.state_since < 1.5:
+            return 0.2
+        moved = [b.name for b, rest in zip(rig.pose.bones, self.own["rest"])
+                 if abs(abs(sum(a * b_ for a, b_ in zip(tuple(b.matrix_basis.to_quaternion()), rest))) - 1) > 1e-4]
+        self.own_rigs[self.own["kind"]] = {"rig": rig.name, "bones_moved": len(moved), "bones": len(rig.pose.bones),
+                                           "moved": sorted(moved)[:8]}
+        window, area, region, sidebar = self.view3d()
+        with bpy.context.temp_override(window=window, area=area, region=region):
+            bpy.ops.view3d.view_selected()
+        self.go("own_rig_shot")
+        return 0.5
+
+    def step_own_rig_shot(self):
+        kind, then = self.own["kind"], self.own["then"]
+        self.shots[kind] = self.screenshot(f"gui_{kind}.png")
+        if then is None:
+            return self.finish(None)
+        self.go(then)
+        return 0.2
 
     # --- the end ---------------------------------------------------------------------------------------
     def fk_error(self) -> float | None:
@@ -226,9 +447,9 @@ class Driver:
         lift = np.array([0.0, 0.0, (shown - expected)[:, 2].mean()])   # floor contact (on by default) moves it up/down
         return float(np.abs(shown - lift - expected).max() / obj["smpl_rig"]["height"])
 
-    def screenshot(self) -> str:
+    def screenshot(self, name) -> str:
         bpy = self.bpy
-        path = os.path.join(self.out_dir, "gui_panel.png")
+        path = os.path.join(self.out_dir, name)
         window, area, region, sidebar = self.view3d()
         try:
             with bpy.context.temp_override(window=window, area=area, region=region):
@@ -245,17 +466,26 @@ class Driver:
                   "elapsed_s": round(time.monotonic() - self.started, 1),
                   "blender": bpy.app.version_string, "draw_counts": dict(self.probe.counts),
                   "last_drawn": dict(self.probe.last_drawn),
-                  "connection": self.session.status_text(), "undo": self.undo_check}
+                  "connection": self.session.status_text(), "undo": self.undo_check,
+                  "latency": self.latency.report(), "events": self.latency.events}
         try:
             obj = self.armature()
-            status["messages"] = [[m.role, m.text, m.image.name if m.image else None,
+            status["messages"] = [[m.role, m.text[:100], m.image.name if m.image else None,
                                    list(m.image.size) if m.image else None]
                                   for m in obj.posegpt_chat.messages] if obj else []
-            status["fk_error_over_height"] = self.fk_error()
+            status["fk_error_over_height"] = self.fk
             window, area, region, sidebar = self.view3d()
             status["window"] = [window.width, window.height]
             status["sidebar"] = [sidebar.x, sidebar.y, sidebar.width, sidebar.height]
-            status["screenshot_by"] = self.screenshot()
+            status["screenshots"] = self.shots
+            status["error_entry"] = self.error_entry
+            status["own_rigs"] = self.own_rigs
+            render = bpy.context.scene.render          # the camera render job put back what it changed
+            status["after_render"] = [render.resolution_x, render.resolution_y, render.resolution_percentage,
+                                      bpy.context.preferences.view.render_display_type]
+            addon_keys = bpy.context.window_manager.keyconfigs.addon
+            status["prompt_shortcut"] = [f"{'Ctrl+' if k.ctrl else ''}{k.type}" for km in addon_keys.keymaps
+                                         for k in km.keymap_items if k.idname == "posegpt.prompt_popup"]
         except Exception as exc:
             status.setdefault("failure", None)
             status["ok"], status["failure"] = False, status["failure"] or f"while finishing: {exc!r}"
@@ -268,7 +498,15 @@ class Driver:
 def run_driver(argv):
     import bpy
     out_dir, address = argv[0], argv[1]
-    driver = Driver(out_dir, address)
+    try:
+        driver = Driver(out_dir, address)
+    except Exception as exc:                      # never leave Blender running without a driver
+        import traceback
+        traceback.print_exc()
+        with open(os.path.join(out_dir, "gui_status.json"), "w") as fh:
+            json.dump({"ok": False, "failure": f"driver could not start: {exc!r}"}, fh)
+        bpy.ops.wm.quit_blender()
+        return
     bpy.app.timers.register(driver.step, first_interval=2.0, persistent=True)
 
 
@@ -287,7 +525,8 @@ def run_tests() -> int:
     repo = Path(__file__).resolve().parents[2]
     out_dir = repo / "test_output"
     out_dir.mkdir(exist_ok=True)
-    for stale in ("gui_panel.png", "gui_status.json"):
+    for stale in ("gui_panel.png", "gui_error.png", "gui_rigify.png", "gui_mixamo.png", "gui_status.json",
+                  "gui_latency.json"):
         (out_dir / stale).unlink(missing_ok=True)
     for tool in ("blender", "xvfb-run", "xdotool"):
         if shutil.which(tool) is None:
@@ -302,7 +541,10 @@ def run_tests() -> int:
 
     with tempfile.TemporaryDirectory(prefix="posegpt_gui_") as tmp:
         tmp = Path(tmp)
-        checkpoint = build_tiny_checkpoint(tmp / "checkpoint", family="llava", seed=0)
+        # the project's demo model (its poses follow the prompts); a random tiny one if it is missing
+        checkpoint = repo / "checkpoints" / "posegpt-demo-tiny"
+        if not (checkpoint / "manifest.json").is_file():
+            checkpoint = build_tiny_checkpoint(tmp / "checkpoint", family="llava", seed=0)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -373,6 +615,24 @@ def install_addon(zip_path, env, out_dir):
         raise SystemExit("run_gui_test: installing the legacy zip failed (test_output/gui_install.log)")
 
 
+def latency_summary(turns) -> dict:
+    """Medians over the text-only turns that completed: Send → pose drawn, and the server's reply time."""
+    import statistics
+    done = [t for t in turns if "drawn" in t and t.get("server_ms")]
+    text_only = [t for t in done if not t.get("image")] or done
+    if not text_only:
+        return {}
+    send_to_pose = statistics.median(t["drawn"] for t in text_only)
+    server = statistics.median(t["server_ms"] for t in text_only)
+    redraw = statistics.median(t["last_view_draw_ms"] for t in text_only if "last_view_draw_ms" in t)
+    # the add-on's own Python: the Send operator, then reading the reply and posing the body
+    own = statistics.median(t["sent"] + t["applied"] - t["reply"] for t in text_only)
+    return {"gui_send_to_pose_ms": round(send_to_pose, 1), "gui_server_reply_ms": round(server, 1),
+            "gui_view_redraw_ms": round(redraw, 1), "gui_addon_own_ms": round(own, 1),
+            "gui_reply_received_ms": round(statistics.median(t["reply"] for t in text_only), 1),
+            "gui_turns_measured": len(text_only)}
+
+
 def check_results(out_dir) -> int:
     import numpy as np
     from PIL import Image
@@ -385,15 +645,18 @@ def check_results(out_dir) -> int:
     status = json.loads(status_path.read_text())
     if not status["ok"]:
         failures.append(f"driver: {status['failure']}")
-    counts, drawn = status["draw_counts"], status["last_drawn"]
+    counts, drawn = status.get("draw_counts", {}), status.get("last_drawn", {}).get("SMPL", {})
     for panel in ("POSEGPT_PT_main", "POSEGPT_PT_body", "POSEGPT_PT_chat"):
         if counts.get(panel, 0) < 1:
             failures.append(f"{panel} never drew")
     if drawn.get("messages", 0) < 2 * len(PROMPTS) or drawn.get("poses", 0) < len(PROMPTS):
         failures.append(f"the chat panel's last draw showed {drawn}, not the {len(PROMPTS)}-turn conversation")
-    sent_images = [m[2:] for m in status.get("messages", []) if m[0] == "user"]
-    if sent_images != [[None, None], ["PoseGPT camera", [256, 144]]]:
-        failures.append(f"the second prompt should carry a 256×144 camera render, the chat says {sent_images}")
+    sent_images = [m[2:] for m in status.get("messages", []) if m[0] == "user"][:len(PROMPTS)]
+    if not (len(sent_images) == len(PROMPTS) and sent_images[1][0] == "PoseGPT viewport"
+            and max(sent_images[1][1]) == 256 and sent_images[2] == ["PoseGPT camera", [256, 144]]
+            and all(image == [None, None] for k, image in enumerate(sent_images) if k not in IMAGES)):
+        failures.append(f"turn 2 should carry a 256-px viewport capture and turn 3 a 256×144 camera render, "
+                        f"the chat says {sent_images}")
     undo = status.get("undo") or {}
     if not (undo.get("undo_restores_previous_reply", 1) < 1e-5 and undo.get("redo_restores_last_reply", 1) < 1e-5
             and undo.get("messages_after_undo") == 2 * len(PROMPTS)):
@@ -401,20 +664,39 @@ def check_results(out_dir) -> int:
     fk = status.get("fk_error_over_height")
     if fk is None or fk > 1e-5:
         failures.append(f"the body does not show the last reply (FK error / height = {fk})")
-    if not shot_path.is_file():
-        failures.append("no screenshot")
-    else:
-        image = np.asarray(Image.open(shot_path).convert("RGB"), dtype=np.float64)
+    if "prompt" not in status.get("error_entry", ""):
+        failures.append(f"the over-long prompt did not end in an error entry: {status.get('error_entry')!r}")
+    for kind in ("rigify", "mixamo"):
+        rig = (status.get("own_rigs") or {}).get(kind, {})
+        if rig.get("bones_moved", 0) < 10:
+            failures.append(f"the {kind} rig was not posed from the prompt: {rig}")
+    for name in ("gui_panel.png", "gui_error.png", "gui_rigify.png", "gui_mixamo.png"):
+        path = out_dir / name
+        if not path.is_file():
+            failures.append(f"no screenshot {name}")
+            continue
+        image = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
         colours = len(np.unique(image.reshape(-1, 3), axis=0))
         if image.std() < 8 or colours < 64:
-            failures.append(f"the screenshot looks blank (std {image.std():.1f}, {colours} colours)")
+            failures.append(f"{name} looks blank (std {image.std():.1f}, {colours} colours)")
         x, y, w, h = status["sidebar"]
         height = image.shape[0]
         sidebar = image[height - (y + h): height - y, x: x + w]
         if sidebar.size == 0 or sidebar.std() < 5:
-            failures.append("the sidebar area of the screenshot is empty")
+            failures.append(f"the sidebar area of {name} is empty")
+    if status.get("after_render") != [1920, 1080, 100, "WINDOW"]:
+        failures.append(f"the camera render job did not restore the settings: {status.get('after_render')}")
+    if status.get("prompt_shortcut") != ["Ctrl+RET"]:
+        failures.append(f"the prompt popup's shortcut is not in the window's keymap: {status.get('prompt_shortcut')}")
+    summary = latency_summary(status.get("latency") or [])
+    if "gui_send_to_pose_ms" not in summary:
+        failures.append("no Send → pose measurement")
     print(json.dumps({k: status.get(k) for k in ("blender", "elapsed_s", "notes", "draw_counts", "last_drawn",
-                                                 "fk_error_over_height", "undo", "screenshot_by", "connection")}, indent=1))
+                                                 "fk_error_over_height", "undo", "screenshots", "connection",
+                                                 "error_entry", "own_rigs", "sidebar")}, indent=1))
+    for name, value in summary.items():
+        print(f"{name}: {value}")
+    (out_dir / "gui_latency.json").write_text(json.dumps({"summary": summary, "turns": status.get("latency")}, indent=1))
     for failure in failures:
         print(f"run_gui_test: FAIL: {failure}")
     print(f"run_gui_test: {'passed' if not failures else 'failed'}; screenshot: {shot_path}")
