@@ -135,8 +135,11 @@ def fair_share(address: str) -> dict[str, float]:
         stop.set()
         abuser.join(30)
     p99_alone, p99_loaded = float(np.percentile(alone, 99)), float(np.percentile(loaded, 99))
+    p50_alone, p50_loaded = float(np.median(alone)), float(np.median(loaded))
     return {"victim_p99_alone_ms": p99_alone * 1e3, "victim_p99_loaded_ms": p99_loaded * 1e3,
-            "fair_share_p99_ratio": p99_loaded / p99_alone, "abuser_results": float(counts[0]),
+            "fair_share_p99_ratio": p99_loaded / p99_alone, "victim_p50_alone_ms": p50_alone * 1e3,
+            "victim_p50_loaded_ms": p50_loaded * 1e3, "fair_share_p50_ratio": p50_loaded / p50_alone,
+            "abuser_results": float(counts[0]),
             "abuser_busy_replies": float(counts[1]), "photo_bytes": float(sum(len(p) for p in photos))}
 
 
