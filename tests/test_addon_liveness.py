@@ -117,6 +117,7 @@ def test_an_error_without_request_id_ends_the_chat(servers):
     assert seconds < 1.0 and not conn.busy and conn.state == "connected"
 
 
+@pytest.mark.slow
 def test_a_server_that_only_beats_ends_the_chat_within_the_timeout(servers):
     server = servers({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})
     conn = connection.Connection(server.address, timeout_s=1.0)
@@ -157,6 +158,7 @@ def test_a_server_killed_mid_request_reads_lost_within_2_s_and_the_chat_ends(ser
     assert error.error_code == "connection_lost"
 
 
+@pytest.mark.slow
 def test_a_server_that_goes_silent_mid_request_reads_lost_within_2_s(servers):
     server = servers({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})
     conn = connection.Connection(server.address, timeout_s=10.0)
@@ -194,6 +196,7 @@ def test_cancel_ends_the_chat_at_once(servers):
     assert np.isfinite(conn.state_since)
 
 
+@pytest.mark.slow
 def test_an_idle_server_that_stops_answering_pings_reads_lost(servers, monkeypatch):
     """No TCP drop (a frozen server): the pings go unanswered and the state reads lost after LOST_IDLE_S."""
     monkeypatch.setattr(connection, "IDLE_PING_S", 0.2)

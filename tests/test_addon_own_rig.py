@@ -54,6 +54,7 @@ def random_pose(seed):
 
 
 @pytest.mark.parametrize("kind", ["mixamo", "rigify_generated"])
+@pytest.mark.slow
 def test_the_body_picker_takes_the_rig_and_replies_pose_and_key_it(scene, kind):
     from blender_addon import operators, rig_mapping, session
     rig = rig_fixtures.build(kind)

@@ -80,6 +80,7 @@ def test_request_ids_are_echoed_and_results_decoded(peer):
         assert client.pending == []
 
 
+@pytest.mark.slow
 def test_a_chat_without_answer_times_out_once_and_is_never_resent(peer):
     with PoseClient(peer.address, timeout_s=0.4) as client:
         start = time.monotonic()
@@ -90,6 +91,7 @@ def test_a_chat_without_answer_times_out_once_and_is_never_resent(peer):
         assert not peer.poll(800)                                 # nothing more: no silent re-run
 
 
+@pytest.mark.slow
 def test_progress_keeps_a_long_request_alive(peer):
     with PoseClient(peer.address, timeout_s=0.5) as client:
         rid = client.chat("s", "arms up")

@@ -53,6 +53,7 @@ def test_checkpoint_is_small_and_self_described():
 
 
 @pytest.mark.parametrize("name", ["explicit_typed", "speculative_typed", "images"])
+@pytest.mark.slow
 def test_test_split_metrics_match_the_model_card(measured, card_metrics, name):
     for predictor, metrics in measured[name].items():
         stated = card_metrics[name][predictor]
@@ -76,6 +77,7 @@ def test_model_card_prints_the_stated_metrics(card_metrics):
     assert re.search(r"test split", card, re.IGNORECASE)
 
 
+@pytest.mark.slow
 def test_benchmark_holds_only_test_split_targets_and_real_rotations():
     from demo.model_card import load_benchmark
     from smpl_rig import rotations
@@ -201,6 +203,7 @@ def independent():
 
 
 @pytest.mark.parametrize("name", ["explicit_typed", "speculative_typed", "images"])
+@pytest.mark.slow
 def test_card_figures_match_an_independent_computation(independent, card_metrics, name):
     for predictor, computed in independent[name].items():
         stated = card_metrics[name][predictor]

@@ -241,6 +241,7 @@ def test_sampling_is_reproducible_with_a_seed(taught):
     assert a.token_ids == b.token_ids and len(a.token_ids) <= 10
 
 
+@pytest.mark.slow
 def test_batch_rejects_unknown_fields_and_counts_tokens_against_the_context(text_runtime):
     out = text_runtime.chat_batch([dict(session_id="u", prompt="hi", colour="red"), dict(session_id="v", prompt="hi")])
     assert isinstance(out[0], PoseGPTError) and out[0].code == "bad_request"
@@ -284,6 +285,7 @@ def test_special_token_names_typed_by_a_user_stay_text(text_runtime):
     assert "<POSE>" in rt.tokenizer.decode(ids[: ids.index(rt.pose_id) - 8])
 
 
+@pytest.mark.slow
 def test_a_200_turn_chat_keeps_answering_by_dropping_its_oldest_turns(taught):
     rt = _runtime(taught)
     limit = rt.family.max_positions

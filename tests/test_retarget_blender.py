@@ -53,6 +53,7 @@ def test_auto_detection_maps_all_24_joints(rigs, kind):
 
 
 @pytest.mark.parametrize("kind", rig_fixtures.RIG_KINDS)
+@pytest.mark.slow
 def test_corpus_poses_point_every_bone_segment_like_the_mannequin(rigs, corpus_poses, kind):
     rig = rigs[kind]
     mapping = blender_retarget.rig_mapping(rig)
@@ -70,6 +71,7 @@ def test_corpus_poses_point_every_bone_segment_like_the_mannequin(rigs, corpus_p
 
 
 @pytest.mark.parametrize("kind", rig_fixtures.RIG_KINDS)
+@pytest.mark.slow
 def test_floor_contact_rests_the_lowest_vertex_on_the_rest_floor(rigs, corpus_poses, kind):
     rig = rigs[kind]
     rest_floor = blender_retarget.calibrate(rig).rest_floor

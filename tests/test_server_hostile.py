@@ -104,6 +104,7 @@ def test_a_gone_clients_queued_work_is_dropped_within_two_seconds(timed_server):
         assert time.monotonic() - start < 6 * 0.5
 
 
+@pytest.mark.slow
 def test_heartbeats_never_leave_half_a_second_of_silence(timed_server):
     server = timed_server(turn_s=0.15)
     with PoseClient(server.address, timeout_s=10) as client:
@@ -118,6 +119,7 @@ def test_heartbeats_never_leave_half_a_second_of_silence(timed_server):
     assert len(gaps) > 10 and max(gaps) <= 0.5, max(gaps)
 
 
+@pytest.mark.slow
 def test_cancel_answers_at_once_while_the_images_are_still_decoding(timed_server):
     server = timed_server()
     png = _big_png()
@@ -223,6 +225,7 @@ def test_a_sigkilled_multi_worker_server_leaves_no_temp_folder(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 def test_a_decoder_that_dies_fails_its_request_and_is_replaced(timed_server):
     server = timed_server()
     png = _big_png()
