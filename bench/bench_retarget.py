@@ -27,9 +27,10 @@ import bpy
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 import rig_fixtures  # noqa: E402
+from bench_armature import median_ms  # noqa: E402  (timed the same way as the SMPL rig's figures)
 from smpl_rig import blender as smpl_blender  # noqa: E402
 from smpl_rig import blender_retarget, frames, kinematics, retarget  # noqa: E402
 from smpl_rig.body import load  # noqa: E402
@@ -39,15 +40,6 @@ from training.corpus.generator import PoseGenerator  # noqa: E402
 POSES = 200
 REPEATS = 300
 SEED = 14
-
-
-def median_ms(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def segment_errors(rig, poses, mannequin):

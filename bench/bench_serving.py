@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import multiprocessing
@@ -36,7 +35,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))      # posegpt_net is a top-level package of this tree
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_wire  # noqa: E402
 from backend.posegpt.tiny import build_tiny_checkpoint  # noqa: E402
 from posegpt_net.client import PoseClient  # noqa: E402
 
@@ -46,7 +47,6 @@ SOAK_ROUNDS = 10
 SOAK_CLIENTS = 3
 SOAK_LIMIT_S = 120.0
 KV_BUDGET_TOKENS = 2000        # the KV part: 100 sessions against this budget (about 20 sessions' worth)
-START_TIMEOUT_S = 180
 
 
 def photo_jpeg(width: int = 3840, height: int = 2160, seed: int = 0) -> bytes:
@@ -61,21 +61,8 @@ def photo_jpeg(width: int = 3840, height: int = 2160, seed: int = 0) -> bytes:
 
 
 def start_server(checkpoint: Path, workdir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    out = workdir / "server.out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "backend.server", "--checkpoint", str(checkpoint), "--bind",
-         f"tcp://127.0.0.1:{port}", "--log-level", "WARNING", "--device", "cpu", "--dtype", "float32", *extra],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out.open("w"),
-        stderr=(workdir / "server.err").open("w"))
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while "listening on" not in out.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError((workdir / "server.err").read_text()[-2000:])
-        time.sleep(0.1)
-    return process, f"tcp://127.0.0.1:{port}"
+    """bench_wire's server start, on the CPU in float32 as this benchmark's figures assume."""
+    return bench_wire.start_server(checkpoint, workdir, "--device", "cpu", "--dtype", "float32", *extra)
 
 
 def rss_bytes(pid: int) -> int:

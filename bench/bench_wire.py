@@ -54,14 +54,15 @@ def photo_jpeg(width: int = 1920, height: int = 1080) -> bytes:
     return buf.getvalue()
 
 
-def start_server(checkpoint: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(checkpoint: Path, workdir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """``posegpt-serve`` on a free loopback port (``extra``: more command-line flags); returns it and its address."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = workdir / "server.out"
     process = subprocess.Popen(
         [sys.executable, "-m", "backend.server", "--checkpoint", str(checkpoint), "--bind",
-         f"tcp://127.0.0.1:{port}", "--log-level", "WARNING", "--max-queue", "256"],
+         f"tcp://127.0.0.1:{port}", "--log-level", "WARNING", *extra],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out.open("w"),
         stderr=(workdir / "server.err").open("w"))
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -137,7 +138,7 @@ def main() -> None:
         workdir = Path(tmp)
         checkpoint = build_tiny_checkpoint(workdir / "tiny-llava", family="llava")
         jpeg = photo_jpeg()
-        process, address = start_server(checkpoint, workdir)
+        process, address = start_server(checkpoint, workdir, "--max-queue", "256")
         try:
             figures = wire_overhead(address, jpeg)
             totals = {1: [0, 0.0], CLIENTS: [0, 0.0]}

@@ -110,14 +110,7 @@ def write_release(root: Path, *, legacy: bool = True, im_start_end: bool = True,
     for source, target in zip(chain, chain[1:]):
         weights["lm_head.weight"][target] += 40.0 * embed[source] / embed[source].norm()
 
-    weights["model.mm_projector.0.weight"] = torch.randn(HIDDEN, VISION_HIDDEN) * 0.2
-    weights["model.mm_projector.0.bias"] = torch.randn(HIDDEN) * 0.1
-    weights["model.mm_projector.2.weight"] = torch.randn(HIDDEN, HIDDEN) * 0.2
-    weights["model.mm_projector.2.bias"] = torch.randn(HIDDEN) * 0.1
-    weights["model.text_hidden_fcs.0.0.weight"] = torch.randn(HIDDEN, HIDDEN) * 0.2
-    weights["model.text_hidden_fcs.0.0.bias"] = torch.randn(HIDDEN) * 0.1
-    weights["model.text_hidden_fcs.0.2.weight"] = torch.randn(144, HIDDEN) * 0.2
-    weights["model.text_hidden_fcs.0.2.bias"] = torch.randn(144) * 0.1
+    weights.update(random_projector_and_head(HIDDEN, VISION_HIDDEN))
     stored = dict(weights)
     stored["model.smplx.v_template"] = torch.randn(20, 3)          # the authors' body model, not the network
     stored["model.smplx.faces_tensor"] = torch.randint(0, 20, (10, 3))
@@ -136,6 +129,18 @@ def write_release(root: Path, *, legacy: bool = True, im_start_end: bool = True,
     vision.save_pretrained(str(clip))
     CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(clip))
     return published, clip, weights, language_config
+
+
+def random_projector_and_head(hidden: int, vision_hidden: int) -> dict[str, torch.Tensor]:
+    """The release's mlp2x_gelu projector and pose head (``text_hidden_fcs``), random, in its names."""
+    return {"model.mm_projector.0.weight": torch.randn(hidden, vision_hidden) * 0.2,
+            "model.mm_projector.0.bias": torch.randn(hidden) * 0.1,
+            "model.mm_projector.2.weight": torch.randn(hidden, hidden) * 0.2,
+            "model.mm_projector.2.bias": torch.randn(hidden) * 0.1,
+            "model.text_hidden_fcs.0.0.weight": torch.randn(hidden, hidden) * 0.2,
+            "model.text_hidden_fcs.0.0.bias": torch.randn(hidden) * 0.1,
+            "model.text_hidden_fcs.0.2.weight": torch.randn(144, hidden) * 0.2,
+            "model.text_hidden_fcs.0.2.bias": torch.randn(144) * 0.1}
 
 
 def _save_weights(folder: Path, tensors: dict, weights_format: str) -> None:

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from backend.posegpt import convert_published
+from published_layout import random_projector_and_head
 from backend.posegpt.runtime import PoseRuntime
 from backend.posegpt.tiny import train_tiny_tokenizer
 from smpl_rig import rotations
@@ -34,14 +35,7 @@ def _write_published(root):
                   num_key_value_heads=4, rms_norm_eps=1e-5, max_position_embeddings=1024, vocab_size=base_vocab + 1)
     language = LlamaForCausalLM(LlamaConfig(**config, tie_word_embeddings=False))
     weights = {k: v.detach().clone() for k, v in language.state_dict().items()}  # model.* / lm_head.* names
-    weights["model.mm_projector.0.weight"] = torch.randn(HIDDEN, VISION_HIDDEN) * 0.2
-    weights["model.mm_projector.0.bias"] = torch.randn(HIDDEN) * 0.1
-    weights["model.mm_projector.2.weight"] = torch.randn(HIDDEN, HIDDEN) * 0.2
-    weights["model.mm_projector.2.bias"] = torch.randn(HIDDEN) * 0.1
-    weights["model.text_hidden_fcs.0.0.weight"] = torch.randn(HIDDEN, HIDDEN) * 0.2
-    weights["model.text_hidden_fcs.0.0.bias"] = torch.randn(HIDDEN) * 0.1
-    weights["model.text_hidden_fcs.0.2.weight"] = torch.randn(144, HIDDEN) * 0.2
-    weights["model.text_hidden_fcs.0.2.bias"] = torch.randn(144) * 0.1
+    weights.update(random_projector_and_head(HIDDEN, VISION_HIDDEN))
     save_file({k: v.contiguous() for k, v in weights.items()}, str(published / "model.safetensors"))
     (published / "config.json").write_text(json.dumps({
         **config, "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava",

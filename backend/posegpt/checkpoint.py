@@ -166,13 +166,13 @@ def load_prompt_tokenizer(manifest: dict, path, tokenizer):
 
     A sentencepiece prompt tokenizer must agree with the checkpoint's tokenizer on every piece's id, or the
     ids it writes would mean other tokens to the model."""
-    from .prompt_tokenizer import SentencePiecePromptTokenizer, load_prompt_tokenizer as _load
+    from .prompt_tokenizer import SentencePiecePromptTokenizer, from_spec
 
     spec = manifest.get("prompt_tokenizer")
     if not spec:
         return None
     try:
-        prompt = _load(spec, Path(path), tokenizer)
+        prompt = from_spec(spec, Path(path), tokenizer)
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, ImportError) as exc:
         raise PoseGPTError("bad_checkpoint", f"cannot load the prompt tokenizer {spec.get('model_file', '')!r} "
                            f"of {str(path)!r}: {exc}") from exc

@@ -143,9 +143,6 @@ class HFChunkTokenizer:
         bos = [self.tokenizer.bos_token_id] if self.add_bos and self.tokenizer.bos_token_id is not None else []
         return bos + (self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else [])
 
-    def piece(self, token_id: int) -> str:
-        return self.tokenizer.convert_ids_to_tokens(token_id)
-
 
 def split_at_images(text: str, image_mark: str, encode, image_ids) -> list[int]:
     """LLaVA's ``tokenizer_image_token``: ``text`` split only at ``image_mark``, each piece encoded whole
@@ -160,7 +157,7 @@ def split_at_images(text: str, image_mark: str, encode, image_ids) -> list[int]:
     return ids
 
 
-def load_prompt_tokenizer(spec: dict, directory: Path, tokenizer):
+def from_spec(spec: dict, directory: Path, tokenizer):
     """The prompt tokenizer a manifest's ``prompt_tokenizer`` entry describes (see checkpoint_format.md)."""
     kind = spec.get("kind")
     if kind == "sentencepiece_llama_slow":
