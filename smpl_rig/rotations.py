@@ -352,6 +352,25 @@ def angles_xyz_deg_to_rotmat_yzx(angles_deg) -> np.ndarray:
     return per_axis[..., 1, :, :] @ per_axis[..., 2, :, :] @ per_axis[..., 0, :, :]
 
 
+def rotmat_to_angles_xyz_deg_yzx(rotmat, limits_deg=None) -> np.ndarray:
+    """Inverse of ``angles_xyz_deg_to_rotmat_yzx`` for one (3, 3) matrix → (x, y, z) degrees. Two angle
+    triples give every matrix (z and 180° − z); with ``limits_deg`` (3, 2) the one inside (or nearer) the
+    limits is returned, else the one with |z| ≤ 90°."""
+    r = np.asarray(rotmat, dtype=np.float64)
+    z = math.asin(max(-1.0, min(1.0, r[1, 0])))
+    options = []
+    for zz in (z, math.pi - z if z >= 0 else -math.pi - z):
+        c = math.cos(zz)
+        sign = 1.0 if c >= 0 else -1.0     # R[1,1] = cos z cos x, R[1,2] = −cos z sin x, R[0,0] = cos y cos z …
+        x = math.atan2(-sign * r[1, 2], sign * r[1, 1])
+        y = math.atan2(-sign * r[2, 0], sign * r[0, 0])
+        options.append(np.degrees([x, y, zz]))
+    if limits_deg is None:
+        return options[0]
+    lim = np.asarray(limits_deg, dtype=np.float64)
+    return min(options, key=lambda a: float(np.sum(np.clip(lim[:, 0] - a, 0, None) + np.clip(a - lim[:, 1], 0, None))))
+
+
 def rotvec_mirror_x(rotvec):
     """Mirror axis-angle rotations (..., 3) across the plane x = 0: M·R·M with M = diag(−1, 1, 1), which for
     axis-angle negates the y and z components. (Swapping left and right joints is the caller's part.)"""
