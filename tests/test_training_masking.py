@@ -170,3 +170,39 @@ def test_follow_up_chat_trains_every_turns_pose_in_order():
     dataset = MixedSamples({"text": [first, second, last]}, encoder, seed=0, follow_up_every=3)
     counts = [dataset[("text", 2, batch_no, 0)].input_ids.count(model.pose_token_id) for batch_no in range(6)]
     assert counts[0] == counts[1] == counts[3] == counts[4] == 1 and counts[2] >= 2 and counts[5] >= 2
+
+
+def test_edit_chat_trains_the_original_then_the_edited_pose():
+    # Every edit_every-th batch a text sample becomes caption → <POSE> (its pose), then an edit instruction
+    # → <POSE> (the edited pose, only the edited joints differ); the same key always builds the same chat.
+    from training.corpus.edits import EDIT_KINDS, edit_pose, edited_target, target_to_rotvec, text_target_rotmat
+    from training.corpus.generator import PoseGenerator
+    from training.sources import MixedSamples
+
+    model, tokenizer, family, template, encoder = _setup("llava")
+    pose = PoseGenerator([0, 5, 0]).sample()
+    record = PoseRecord(kind="text", pose_rotmat=text_target_rotmat(pose.rotvec), caption="She is standing.",
+                        meta={"source": "corpus"})
+    dataset = MixedSamples({"text": [record]}, encoder, seed=0, edit_every=2)
+    plain = dataset[("text", 0, 0, 0)]
+    assert plain.input_ids.count(model.pose_token_id) == 1 and not plain.earlier_poses
+    edited = [dataset[("text", 0, b, 0)] for b in (1, 3, 5, 7)]
+    assert all(s.input_ids.count(model.pose_token_id) == 2 and len(_spans(s.labels)) == 2 for s in edited)
+    again = dataset[("text", 0, 1, 0)]
+    assert again.input_ids == edited[0].input_ids and np.array_equal(again.pose_rotmat, edited[0].pose_rotmat)
+
+    sample = edited[0]
+    # The same draws by hand: the instruction in turn 2, the targets in order original → edited.
+    rng = random.Random("0:1:0")
+    edit = next(e for e in (edit_pose(target_to_rotvec(record.pose_rotmat), rng) for _ in range(4)) if e)
+    assert edit.kind in EDIT_KINDS
+    text = tokenizer.decode(sample.input_ids)
+    assert text.index("She is standing.") < text.index("<POSE>") < text.index(edit.instruction) < text.rindex("<POSE>")
+    np.testing.assert_array_equal(sample.pose_rotmat, edited_target(record.pose_rotmat, edit))
+    batch = collate([plain, sample], tokenizer.pad_token_id, family)
+    assert batch["pose_sample_index"].tolist() == [0, 1, 1]
+    targets = batch["pose_targets"].numpy()
+    np.testing.assert_array_equal(targets[1], record.pose_rotmat)
+    np.testing.assert_array_equal(targets[2], sample.pose_rotmat)
+    same = [j for j in range(24) if j not in edit.changed]
+    assert np.array_equal(targets[2][same], targets[1][same]) and not np.allclose(targets[2], targets[1])

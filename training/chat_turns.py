@@ -109,6 +109,15 @@ def follow_up_turns(record: PoseRecord, rng: random.Random, *,
     return [("user", question), ("assistant", rng.choice(answers))]
 
 
+def edit_turns(record: PoseRecord, rng: random.Random, *,
+               answers: tuple[str, ...] = POSE_ANSWERS) -> list[tuple[str, str]]:
+    """An edit of the pose before ("Now raise the left arm higher."): the instruction is the record's
+    caption, asked as written (training.corpus.edits phrases it), answered with the edited pose."""
+    if record.kind != "text" or not record.caption:
+        raise ValueError("an edit turn needs a text→pose record with the instruction as its caption")
+    return [("user", record.caption), ("assistant", rng.choice(answers))]
+
+
 def record_turns(record: PoseRecord | InstructionRecord, rng: random.Random, *,
                  answers: tuple[str, ...] = POSE_ANSWERS, pool: int = 0) -> list[tuple[str, str]]:
     """Turns for any record; instruction chats are used as they are."""

@@ -19,7 +19,7 @@ from backend.posegpt.model import IGNORE_INDEX, POSE_TOKEN
 from backend.posegpt.templates import IMAGE_MARK, encode_conversation
 
 from .data.records import InstructionRecord, PoseRecord
-from .chat_turns import answer_pool, follow_up_turns, pose_turns, record_turns
+from .chat_turns import answer_pool, edit_turns, follow_up_turns, pose_turns, record_turns
 
 log = logging.getLogger(__name__)
 IGNORE = IGNORE_INDEX
@@ -60,12 +60,16 @@ class ChatEncoder:
     def encode(self, record: PoseRecord | InstructionRecord, rng: random.Random,
                earlier: list[PoseRecord] = ()) -> EncodedSample:
         """``earlier``: text records whose question and `<POSE>` answer come first, so ``record`` is asked as
-        a follow-up turn of that chat (text records only)."""
+        a follow-up turn of that chat (text records only); a record with ``meta["edit"]`` is an edit
+        instruction of the pose before, asked as written."""
         if earlier and (record.kind != "text" or any(e.kind != "text" for e in earlier)):
             raise ValueError("follow-up chats are made of text→pose records")
         turns = [t for e in earlier for t in pose_turns(e, rng, answers=self.answers, pool=self.pool)]
-        turns += (follow_up_turns(record, rng, answers=self.answers) if earlier
-                  else record_turns(record, rng, answers=self.answers, pool=self.pool))
+        if earlier:
+            later = edit_turns if record.meta.get("edit") else follow_up_turns
+            turns += later(record, rng, answers=self.answers)
+        else:
+            turns += record_turns(record, rng, answers=self.answers, pool=self.pool)
         if isinstance(record, InstructionRecord):
             # A literal <POSE> in instruction text would make the model emit a pose with no target.
             turns = [(r, t.replace(POSE_TOKEN, "pose")) for r, t in turns]

@@ -58,6 +58,7 @@ class DataConfig:
     llava_image_root: str = ""
     corpus_dir: str = ""                 # the project's own pose corpus (training/corpus): text and image records
     follow_up_every: int = 0             # every n-th batch: text samples asked as the last turn of a 2-3 turn chat
+    edit_every: int = 0                  # every n-th batch: text samples + an edit turn ("raise the left arm") to its edited pose
     corpus_captions: str = "all"         # "all" (every caption/phrasing a record) | "first" | "one" (training.data.corpus)
     mix: dict = field(default_factory=lambda: {"image": 2, "text": 1, "instruction": 1})
     max_length: int = 2048               # tokens per sample after image expansion (longer ones are cut)

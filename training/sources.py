@@ -108,11 +108,31 @@ class MixedSamples(torch.utils.data.Dataset):
     follow_up_every = n > 0: every n-th batch is made of follow-up chats — each text sample is asked as the
     last turn of a chat whose one or two earlier turns (question and `<POSE>` answer) come from other
     samples of its source, so the model learns that the newest description wins. Whole batches, because
-    a batch is padded to its longest chat: one long chat in a batch of short ones would cost the whole batch."""
+    a batch is padded to its longest chat: one long chat in a batch of short ones would cost the whole batch.
 
-    def __init__(self, sources: dict, encoder: ChatEncoder, seed: int, follow_up_every: int = 0):
+    edit_every = n > 0: every n-th batch (before follow_up_every where both fall on one batch) is made of
+    edit chats — each text sample's question and `<POSE>` answer, then an edit instruction ("now raise the
+    left arm") answered with the edited pose (training.corpus.edits), so the model learns to change one
+    part and keep the rest. A sample no edit applies to (EDIT_TRIES draws) stays a plain one."""
+
+    EDIT_TRIES = 4
+
+    def __init__(self, sources: dict, encoder: ChatEncoder, seed: int, follow_up_every: int = 0,
+                 edit_every: int = 0):
         self.sources, self.encoder, self.seed = sources, encoder, seed
-        self.follow_up_every = follow_up_every
+        self.follow_up_every, self.edit_every = follow_up_every, edit_every
+
+    def _edited(self, record: PoseRecord, rng: random.Random) -> PoseRecord | None:
+        """The record's pose edited (a few random edits tried), as the text record of the edit turn."""
+        from .corpus.edits import edit_pose, edited_target, target_to_rotvec
+
+        rotvec = target_to_rotvec(record.pose_rotmat)
+        for _ in range(self.EDIT_TRIES):
+            edit = edit_pose(rotvec, rng)
+            if edit is not None:
+                return PoseRecord(kind="text", pose_rotmat=edited_target(record.pose_rotmat, edit),
+                                  caption=edit.instruction, meta={**record.meta, "edit": edit.kind})
+        return None
 
     def __getitem__(self, key):
         name, index, batch_no, slot = key
@@ -122,8 +142,12 @@ class MixedSamples(torch.utils.data.Dataset):
         if choices:    # e.g. PoseScript's automatic captions: a new one each time the pose is drawn
             record = dataclasses.replace(record, caption=random.Random(f"{self.seed}:{batch_no}:{slot}:caption").choice(choices))
         earlier = []
+        is_text = isinstance(record, PoseRecord) and record.kind == "text"
+        if self.edit_every and batch_no % self.edit_every == self.edit_every - 1 and is_text:
+            edited = self._edited(record, rng)
+            return self.encoder.encode(edited, rng, [record]) if edited else self.encoder.encode(record, rng)
         if (self.follow_up_every and batch_no % self.follow_up_every == self.follow_up_every - 1
-                and isinstance(record, PoseRecord) and record.kind == "text"):
+                and is_text):
             source = self.sources[name]
             earlier = [source[rng.randrange(len(source))] for _ in range(2 if rng.random() < 0.3 else 1)]
         return self.encoder.encode(record, rng, earlier)

@@ -165,7 +165,7 @@ def train(cfg: ExperimentConfig) -> dict:
     #    own generator, so torch's RNG, and with it LoRA's dropout, runs as in an uninterrupted run.
     batch_order = MixedBatches(sampler)
     loader = torch.utils.data.DataLoader(
-        MixedSamples(sources, encoder, cfg.train.seed, cfg.data.follow_up_every), batch_sampler=batch_order,
+        MixedSamples(sources, encoder, cfg.train.seed, cfg.data.follow_up_every, cfg.data.edit_every), batch_sampler=batch_order,
         collate_fn=lambda s: collate(s, tokenizer.pad_token_id or 0, family), num_workers=cfg.data.num_workers,
         generator=torch.Generator().manual_seed(seed) if cfg.data.num_workers else None)
     batches = iter(loader) if cfg.data.num_workers == 0 else None
