@@ -214,3 +214,48 @@ def test_the_first_caption_states_the_legs_and_arms():
         stated = {(f.key, f.side) for f in first.facts}
         assert limbs <= stated or len(first.facts) == 4
         assert 1 <= len(first.facts) <= 4
+
+
+def test_everyday_voice_covers_every_fact_in_its_own_words():
+    from training.corpus import captioner_everyday as ev
+
+    assert set(ev.EVERYDAY) == set(c.PHRASES)
+    first_voice = {t.replace("{be} ", "").replace("{have} ", "") for p, w in c.PHRASES.values() for t in p + w}
+    for key, (clauses, tags) in ev.EVERYDAY.items():
+        assert clauses and tags and not set(clauses) & first_voice, key
+        assert all(1 <= len(t.split()) <= 5 for t in tags), key          # short prompts, as people type them
+
+
+def test_everyday_captions_state_facts_that_hold_with_the_bodys_sides():
+    from training.corpus import captioner_everyday as ev
+
+    shapes = set()
+    for i, pose in enumerate(g.generate(40, seed=11)):
+        facts = {(f.key, f.side) for f in c.extract_facts(c.measure(pose.rotmat))}
+        caps = ev.captions(pose.rotmat, np.random.default_rng([11, i, 2]), 3)
+        assert len(caps) == 3 and len({x.text for x in caps}) == 3
+        assert len(caps[0].text.split()) <= 15 and not caps[0].text.endswith(".")   # the first: a short tag list
+        for cap in caps:
+            assert {(f.key, f.side) for f in cap.facts} <= facts
+            sides = {f.side for f in cap.facts if f.side in ("left", "right")}
+            for word in ("left", "right"):
+                if re.search(rf"\b{word}\b", cap.text):
+                    assert word in sides or any(f.key == "raise" for f in cap.facts), cap.text  # raise: "{other} leg"
+            shapes.add("tags" if not cap.text.endswith((".", "?")) else "sentence")
+    assert shapes == {"tags", "sentence"}
+    again = ev.captions(pose.rotmat, np.random.default_rng([11, 39, 2]), 3)
+    assert [x.text for x in again] == [x.text for x in caps]
+
+
+def test_corpus_samples_carry_both_voices_first_voice_first(tmp_path):
+    # The first voice's captions (the test split is prompted with the first) are what they were before the
+    # second voice came: same stream, same place.
+    from training.corpus import build
+
+    build.build_corpus(tmp_path, n=8, seed=2, body="capsules")
+    for s in build.load_corpus(tmp_path, "all", kind="explicit"):
+        assert len(s.explicit_captions) == build.CAPTIONS_PER_POSE + build.EVERYDAY_CAPTIONS_PER_POSE
+        rng = np.random.default_rng([2, s.index, 1])
+        rng.random()                                  # the explicit/speculative draw
+        first_voice = c.captions(g.PoseGenerator([2, s.index, 0]).sample().rotmat, rng, build.CAPTIONS_PER_POSE)
+        assert s.explicit_captions[:3] == [x.text for x in first_voice]

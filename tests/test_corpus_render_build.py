@@ -135,7 +135,7 @@ def test_corpus_files_and_manifest(corpus):
         assert z["rotvec"].shape == (60, 24, 3) and z["rotvec"].dtype == np.float32
         assert z["global_orient_camera"].shape == (60, 3, 3)
     lines = (corpus / "captions.jsonl").read_text().splitlines()
-    assert len(lines) == 60 and all(len(json.loads(x)["captions"]) == 3 for x in lines)
+    assert len(lines) == 60 and all(len(json.loads(x)["captions"]) == 6 for x in lines)
     assert (corpus / "README.md").is_file()
 
 
