@@ -259,3 +259,12 @@ def test_corpus_samples_carry_both_voices_first_voice_first(tmp_path):
         rng.random()                                  # the explicit/speculative draw
         first_voice = c.captions(g.PoseGenerator([2, s.index, 0]).sample().rotmat, rng, build.CAPTIONS_PER_POSE)
         assert s.explicit_captions[:3] == [x.text for x in first_voice]
+
+
+def test_every_situation_has_everyday_prompts_filled_in():
+    assert set(sp.EVERYDAY) == set(sp.SITUATIONS)
+    rng = np.random.default_rng(0)
+    for name, phrasings in sp.EVERYDAY.items():
+        assert len(phrasings) >= 3 and any(len(p.split()) <= 5 for p in phrasings), name
+        texts = sp.everyday_prompts(name, rng, 4)
+        assert len(set(texts)) == 4 and not any("{" in t or "}" in t for t in texts), texts

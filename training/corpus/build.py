@@ -44,6 +44,7 @@ SPECULATIVE_FRACTION = 0.25
 CAPTIONS_PER_POSE = 3
 EVERYDAY_CAPTIONS_PER_POSE = 3     # the second voice (captioner_everyday), after the first voice's captions
 PROMPTS_PER_POSE = 3
+EVERYDAY_PROMPTS_PER_POSE = 2     # speculative.EVERYDAY phrasings, after the first ones
 
 README = """# PoseGPT pose corpus ({n} samples, seed {seed})
 
@@ -111,7 +112,9 @@ def make_sample(job: _Job, i: int) -> dict:
     record = {"index": i, "split": SPLITS[job.split[i]], "kind": "explicit", "prompts": [], "situation": None}
     if rng.random() < job.speculative_fraction:
         name, pose = speculative.sample(generator, rng)
-        record.update(kind="speculative", situation=name, prompts=speculative.prompts(name, rng, PROMPTS_PER_POSE))
+        # Everyday phrasings after the first ones, from their own stream (seed, i, 3): earlier prompts unchanged.
+        record.update(kind="speculative", situation=name, prompts=speculative.prompts(name, rng, PROMPTS_PER_POSE)
+                      + speculative.everyday_prompts(name, np.random.default_rng([job.seed, i, 3]), EVERYDAY_PROMPTS_PER_POSE))
     else:
         pose = generator.sample()
     caps = captioner.captions(pose.rotmat, rng, CAPTIONS_PER_POSE)

@@ -143,6 +143,61 @@ SITUATIONS = {
         ("{S} is hailing a taxi.", "{S} tries to get a cab's attention.", "{S} flags down a taxi on the street.")),
 }
 
+# More phrasings per situation in the words people type, short and long. Kept apart from ``phrasings`` and
+# drawn from their own stream (``everyday_prompts``), so a corpus' first prompts stay what they were.
+EVERYDAY = {
+    "surrendering": ("hands up, surrendering", "{s} giving up with {poss} hands in the air", "surrender pose",
+                     "Make {obj} put {poss} hands up like the police just showed up."),
+    "tired_after_run": ("out of breath after running", "{s} bent over, exhausted", "tired runner catching breath",
+                        "{S} just finished a marathon and can barely stand."),
+    "proposing": ("proposing on one knee", "{s} down on one knee with a ring", "marriage proposal pose",
+                  "{S} is popping the question."),
+    "celebrating_goal": ("celebrating, arms up", "{s} cheering after scoring", "goal celebration",
+                         "{S} just won the match and is going wild."),
+    "praying": ("praying, hands together", "{s} in prayer", "prayer pose", "{S} closes {poss} eyes and prays."),
+    "thinking_hard": ("thinking, hand on chin", "{s} thinking it over", "thinker pose",
+                      "{S} is trying to figure something out."),
+    "morning_stretch": ("big stretch, arms up", "{s} stretching after waking up", "morning stretch",
+                        "{S} rolls out of bed and stretches up high."),
+    "desk_work": ("sitting at a computer", "{s} typing at a desk", "office worker at a desk",
+                  "{S} is busy working on {poss} laptop."),
+    "waving_hello": ("waving hi", "{s} waving at a friend", "wave hello", "{S} spots a friend and waves."),
+    "pointing": ("pointing at something", "{s} pointing over there", "pointing the way",
+                 "{S} points out something in the distance."),
+    "impatient": ("impatient, hands on hips", "{s} tapping {poss} foot, annoyed", "annoyed waiting pose",
+                  "{S} has been kept waiting and is not happy about it."),
+    "superhero": ("superhero pose", "{s} standing like superman", "power pose, hands on hips",
+                  "{S} stands tall and proud like a hero."),
+    "relaxing": ("relaxing, hands behind head", "{s} chilling out", "laid back pose",
+                 "{S} kicks back and relaxes."),
+    "picking_up": ("picking something up", "{s} squatting to grab a box", "lifting a box off the floor",
+                   "{S} bends down to pick up something that fell."),
+    "tying_shoelaces": ("tying shoes", "{s} kneeling to tie a shoelace", "fixing a shoelace",
+                        "{S} stops to tie {poss} shoe."),
+    "bored_waiting": ("bored, arms crossed", "{s} waiting around", "waiting in line",
+                      "{S} is standing around with nothing to do."),
+    "cold": ("freezing cold", "{s} hugging {refl} to keep warm", "shivering", "{S} forgot {poss} coat and is cold."),
+    "showing_muscles": ("flexing muscles", "{s} showing off {poss} biceps", "bodybuilder flex",
+                        "{S} shows off after a workout."),
+    "asking_question": ("hand raised to ask", "{s} raising a hand in class", "student with a question",
+                        "{S} wants to say something and puts a hand up."),
+    "bowing": ("bowing", "{s} taking a bow", "polite bow", "{S} bows at the end of the show."),
+    "lunge_workout": ("doing a lunge", "{s} doing lunges at the gym", "lunge exercise", "{S} is warming up with lunges."),
+    "about_to_hug": ("going in for a hug", "{s} with open arms", "arms open for a hug",
+                     "{S} is happy to see a friend and opens {poss} arms."),
+    "balancing": ("balancing on one leg", "{s} in tree pose", "standing on one foot",
+                  "{S} tries not to fall over on one leg."),
+    "airplane": ("airplane arms", "{s} flying like a plane", "arms out like wings", "{S} runs around like an airplane."),
+    "zombie": ("zombie walk", "{s} shambling like a zombie", "sleepwalker", "{S} walks with {poss} arms out like a zombie."),
+    "doing_squats": ("doing squats", "{s} squatting at the gym", "squat exercise", "{S} is in the middle of a squat."),
+    "high_shelf": ("reaching up high", "{s} grabbing something off a high shelf", "reaching for the top shelf",
+                   "{S} stretches up to get a box down."),
+    "sneaking": ("sneaking", "{s} creeping up quietly", "tiptoeing crouched", "{S} sneaks up to surprise someone."),
+    "goalkeeper": ("goalie ready", "{s} ready to save a penalty", "goalkeeper stance",
+                   "{S} waits in goal for the shot."),
+    "hailing_taxi": ("hailing a cab", "{s} flagging down a taxi", "calling a taxi", "{S} waves down a cab."),
+}
+
 SUBJECTS = (("he", "his", "him", "himself"), ("she", "her", "her", "herself"),
             ("the person", "their", "them", "themselves"), ("the man", "his", "him", "himself"),
             ("the woman", "her", "her", "herself"), ("my character", "their", "them", "themselves"))
@@ -164,6 +219,20 @@ def prompts(name: str, rng, count: int = 3) -> list[str]:
     n = len(SITUATIONS[name].phrasings)
     order = rng.permutation(n)
     return [prompt(name, rng, int(order[i % n])) for i in range(count)]
+
+
+def everyday_prompts(name: str, rng, count: int = 2) -> list[str]:
+    """``count`` prompts from the situation's everyday phrasings (``EVERYDAY``), each a different one while
+    there are enough; ``rng`` is a ``numpy.random.Generator``."""
+    phrasings = EVERYDAY[name]
+    order = rng.permutation(len(phrasings))
+    out = []
+    for i in range(count):
+        s, poss, obj, refl = SUBJECTS[int(rng.integers(len(SUBJECTS)))]
+        text = phrasings[int(order[i % len(phrasings)])].format(S=s[0].upper() + s[1:], s=s, poss=poss, obj=obj,
+                                                                 refl=refl)
+        out.append(text[:1].upper() + text[1:] if text.endswith(".") else text)
+    return out
 
 
 def sample(generator: PoseGenerator, rng, name: str | None = None) -> tuple[str, GeneratedPose]:
