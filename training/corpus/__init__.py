@@ -2,6 +2,8 @@
 
 - ``generator``: ``PoseGenerator(seed).sample(family=None, arms=None, legs=None)`` → ``GeneratedPose``.
 - ``captioner``: ``caption(rotmats, rng)`` / ``captions(rotmats, rng, count)`` from joint geometry.
+- ``captioner_everyday``: the second voice — the same facts as short prompts and everyday sentences.
+- ``edits``: ``edit_pose(rotvec, rng, kind)`` → ``Edit`` ("now raise the left arm"), for edit turns.
 - ``speculative``: ``SITUATIONS`` (situation → pose family + phrasings), ``prompt(name, rng)``.
 - ``render``: ``render_pose(rotmats, view_yaw_deg, view_pitch_deg, size, body)`` → ``Render``.
 - ``splits``: ``assign_splits(n, seed)``.

@@ -180,7 +180,10 @@ def edit_pose(rotvec: np.ndarray, rng: random.Random, kind: str | None = None) -
     angles = {}
     for j, axis, share in _moves_for(spec, side or "left"):
         a = angles.setdefault(j, _angles(rotvec[j], j))
-        new = float(np.clip(a[axis] + share * delta, *LIMITS[j, axis]))
+        lo, hi = LIMITS[j, axis]
+        step = share * delta
+        # Clamp at the limit, but never pull an angle already past it (poses from other data) backward.
+        new = min(a[axis] + step, max(hi, a[axis])) if step > 0 else max(a[axis] + step, min(lo, a[axis]))
         if abs(new - a[axis]) > 1e-3:
             a[axis] = new
             changed.add(j)
