@@ -129,7 +129,7 @@ MIRROR_PHRASES = ("Mirror it.", "mirror it", "Now mirror the pose.", "Flip it le
                   "Do the same on the other side.", "mirror")
 EDIT_KINDS: tuple[str, ...] = tuple(
     k2 for k in _SPECS for k2 in ((f"{k}_left", f"{k}_right") if k in _SIDED else (k,))) + ("mirror",)
-_PERSONS = (("the", "them"), ("her", "her"), ("his", "him"), ("their", "them"))
+_PERSONS = (("the", "them"), ("their", "them"))   # neutral: the chat's first turn may say he or she
 
 
 def _angles(rotvec_row: np.ndarray, joint: int) -> np.ndarray:
