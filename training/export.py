@@ -49,7 +49,7 @@ def export_model(model: PoseGPT, tokenizer, processor, manifest: dict, out, *, m
         if hasattr(model.backbone, "merge_and_unload"):
             model.backbone = model.backbone.merge_and_unload()
         manifest.pop("base_model", None)
-    elif not manifest.get("base_model"):
+    elif not manifest.get("base_model") and not manifest.get("base_package"):
         raise ValueError("an adapter export needs the base checkpoint training started from "
                          "(train from model.checkpoint, or export merged)")
     model.backbone.to(DTYPES[dtype])

@@ -73,11 +73,16 @@ def build_model(cfg: ExperimentConfig, precision: str = "no", device: str = "cpu
             names = {id(m): n.rsplit(".", 1)[-1] for n, m in base.named_modules()}
             pose_rows = {names[id(base.get_input_embeddings())]: [model.pose_token_id],
                          names[id(base.get_output_embeddings())]: [model.pose_token_id]}
+        # Whole modules that train are peft's modules_to_save, so an adapter export carries them: the output
+        # layer when asked, and the vision tower and projector when they train (a tower trained from scratch).
+        whole = (["lm_head"] if cfg.model.train_lm_head and not tied else [])
+        if not cfg.model.freeze_vision:
+            base = unwrap_backbone(backbone)
+            whole += [n for n in ("vision_tower", "multi_modal_projector") if hasattr(base.model, n)]
         lora = LoraConfig(
             r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
             target_modules=_lora_target_regex(cfg.model.lora_targets), bias="none",
-            trainable_token_indices=pose_rows,
-            modules_to_save=["lm_head"] if cfg.model.train_lm_head and not tied else None)
+            trainable_token_indices=pose_rows, modules_to_save=whole or None)
         model.backbone = get_peft_model(backbone, lora)
     else:
         # lora_r = 0: full fine-tuning of the language model (small backbones); vision parts stay frozen.

@@ -224,13 +224,14 @@ def train(cfg: ExperimentConfig) -> dict:
             save_training_state(accelerator, cfg, output_dir, step, micro_batches)
     bar.close()
 
-    # 6. Export the final model in the backend's format (LoRA merged).
+    # 6. Export the final model in the backend's format (LoRA merged, or kept as an adapter on its base).
     final = None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and cfg.train.export_final:
         from .export import export_model
         final = export_model(accelerator.unwrap_model(model), tokenizer, processor, manifest,
-                             output_dir / "final", merge=True, training_config=config_to_dict(cfg),
+                             output_dir / "final", merge=not cfg.train.export_adapter,
+                             training_config=config_to_dict(cfg),
                              dtype=cfg.train.export_dtype)
     return {"history": history, "final": final, "model": accelerator.unwrap_model(model), "tokenizer": tokenizer,
             "processor": processor, "manifest": manifest}

@@ -2,7 +2,9 @@
 
     manifest.json              what this is: family, backbone class, pose token, head sizes, template, ...
     config.json + model*.safetensors   merged backbone weights (weights == "merged"), or
-    adapter_config.json + adapter_model.safetensors   a peft adapter on manifest["base_model"]
+    adapter_config.json + adapter_model.safetensors   a peft adapter on manifest["base_model"], or on
+                               manifest["base_package"] (weights shipped by a pinned Python package, with
+                               config.json the model they go into; package_base.py)
     tokenizer.json, tokenizer_config.json, ...        the tokenizer, `<POSE>` included
     preprocessor_config.json   the image processor (absent for text-only backbones)
     pose_head.safetensors      "0.weight" (H', H), "0.bias", "2.weight" (144, H'), "2.bias"
@@ -41,11 +43,14 @@ def save_checkpoint(model: PoseGPT, tokenizer, processor, path, manifest: dict) 
     path.mkdir(parents=True, exist_ok=True)
     base = unwrap_backbone(model.backbone)
     is_adapter = base is not model.backbone
-    if is_adapter and not manifest.get("base_model"):
-        raise ValueError("an adapter checkpoint needs manifest['base_model'] (where its base weights live)")
+    if is_adapter and not manifest.get("base_model") and not manifest.get("base_package"):
+        raise ValueError("an adapter checkpoint needs manifest['base_model'] or ['base_package'] (where its base "
+                         "weights live)")
     full = complete_manifest(model, tokenizer, manifest)
     head_sd = {k: v.detach().contiguous().cpu() for k, v in model.pose_head.state_dict().items()}
     model.backbone.save_pretrained(str(path))  # safetensors; peft writes only the adapter
+    if is_adapter and manifest.get("base_package"):
+        base.config.save_pretrained(str(path))  # the skeleton the package's weights go into
     tokenizer.save_pretrained(str(path))
     if processor is not None:
         processor.save_pretrained(str(path))
@@ -101,6 +106,17 @@ def _resolve_base(path: Path, base: str) -> str:
     return str(candidate) if candidate.exists() else base  # else a hub id (only used when allowed)
 
 
+def _package_backbone(path: Path, spec: dict, dtype: torch.dtype):
+    """The base of a ``base_package`` adapter: the checkpoint's config.json filled with the installed
+    package's weights (package_base.py)."""
+    from transformers import AutoConfig
+
+    from .package_base import assemble_backbone, read_package_base
+
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    return assemble_backbone(config, read_package_base(spec)).to(dtype)
+
+
 def load_checkpoint(path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                     merge_adapter: bool = False, local_files_only: bool = True, quantization: str | None = None):
     """Load a checkpoint directory. Returns ``(model: PoseGPT, tokenizer, processor | None, manifest)``.
@@ -128,7 +144,10 @@ def load_checkpoint(path, *, device: str | torch.device = "cpu", dtype: torch.dt
             backbone = backbone_class.from_pretrained(str(path), **kwargs)
         elif manifest["weights"] == "adapter":
             from peft import PeftModel
-            base = backbone_class.from_pretrained(_resolve_base(path, manifest["base_model"]), **kwargs)
+            if manifest.get("base_package"):
+                base = _package_backbone(path, manifest["base_package"], dtype)
+            else:
+                base = backbone_class.from_pretrained(_resolve_base(path, manifest["base_model"]), **kwargs)
             add_pose_token(base, tokenizer, manifest["pose_token"])  # grow the embeddings as training did
             backbone = PeftModel.from_pretrained(base, str(path), local_files_only=True)
             if merge_adapter:

@@ -95,7 +95,13 @@ VICUNA_V1_NO_SYSTEM = Template(
     name="vicuna_v1_no_system", system="", user_prefix="USER: ", user_suffix=" ",
     assistant_prefix="ASSISTANT:", answer_prefix=" ", end_token="</s>")
 
-TEMPLATES = {t.name: t for t in (VICUNA_V1, VICUNA_V1_NO_SYSTEM, CHATML)}
+# The same turns for a BERT-family decoder (the demo's pretrained WordPiece encoder): its [CLS] opens the
+# conversation (add_bos) and its [SEP] ends each answer, the two markers it was pretrained with.
+BERT_CHAT = Template(
+    name="bert_chat", system="", user_prefix="USER: ", user_suffix=" ", assistant_prefix="ASSISTANT:",
+    answer_prefix=" ", end_token="[SEP]")
+
+TEMPLATES = {t.name: t for t in (VICUNA_V1, VICUNA_V1_NO_SYSTEM, CHATML, BERT_CHAT)}
 
 
 class TurnEncoder:
