@@ -40,12 +40,12 @@ WORD = re.compile(r"[a-z]+")
 
 # Words both writers may use: closed-class words, the two sides, numbers and the names of body parts.
 SHARED_WORDS = frozenset("""
-a an the and or but with without while as like of to in into on onto at by for from off over under
+a an the no and or but with without while as like of to in into on onto at by for from off over under
 up down out behind beside above across toward front back
 is are be has have it its he she they his her their him them one both other two
 left right
 arm arms hand hands leg legs knee knees foot feet head neck shoulder shoulders elbow elbows hip hips
-chest chin face body forearm forearms
+chest chin face body forearm forearms eyes fingers
 """.split())
 
 # --- 1. the writer --------------------------------------------------------------------------------------
@@ -53,9 +53,9 @@ chest chin face body forearm forearms
 # Phrasings per fact (keys as ``captioner.phrase_key``): fragments people type after a subject or between
 # commas. Placeholders: {p} his/her/their, {side} left/right, {other} the other side.
 OUTSIDE_PHRASES = {
-    "arm_up": ["{side} hand shot skyward", "{side} mitt hoisted skyward", "{side} knuckles punched at the ceiling",
+    "arm_up": ["{side} hand thrust heavenward", "{side} mitt hoisted skyward", "{side} knuckles punched at the rafters",
                "{p} {side} hand hoisted aloft"],
-    "arm_up:both": ["both mitts skyward", "arms hoisted at the ceiling", "hands shot skyward",
+    "arm_up:both": ["both mitts skyward", "arms hoisted at the rafters", "hands thrust heavenward",
                     "both hands hoisted aloft"],
     "arm_v_up": ["{side} arm flung skyward on a slant", "{side} arm aimed skyward and outward"],
     "arm_v_up:both": ["arms fanned skyward", "arms flung skyward on a slant, cheerleader-style",
@@ -65,14 +65,14 @@ OUTSIDE_PHRASES = {
     "arm_forward:both": ["arms jutting frontward", "both arms poking frontward, horizontal",
                          "arms thrust frontward, mummy-style"],
     "arm_sideways": ["{side} arm flung sidelong", "{side} arm jutting sidelong, horizontal"],
-    "arm_sideways:both": ["arms outspread like wings", "scarecrow arms", "arms flung sidelong like an aeroplane"],
+    "arm_sideways:both": ["arms outspread like an eagle", "scarecrow arms", "arms flung sidelong like an aeroplane"],
     "arm_reach": ["{side} hand grasping at a lofty cupboard", "{side} arm groping skyward and frontward"],
     "arm_reach:both": ["both hands grasping at a lofty cupboard", "arms groping skyward and frontward"],
     "arm_on_hip": ["{side} hand propped on {p} hip", "{side} knuckles jammed into {p} hip"],
     "arm_on_hip:both": ["hands propped on {p} hips", "knuckles jammed into {p} hips", "teapot arms on both hips"],
     "arm_crossed:both": ["arms crisscrossed", "arms knotted over {p} chest", "arms locked over {p} chest"],
     "arm_hands_together:both": ["hands meeting in a namaste", "namaste hands", "fingertips meeting in a namaste"],
-    "arm_behind_head": ["{side} hand cradling the back of {p} head", "{side} hand scratching the back of {p} head"],
+    "arm_behind_head": ["{side} hand cradling the back of {p} head", "{side} hand rubbing the back of {p} head"],
     "arm_behind_head:both": ["fingers interlocked behind {p} head", "hands cradling the back of {p} head"],
     "arm_to_face": ["{side} hand cupping {p} chin", "{side} hand stroking {p} chin"],
     "arm_to_face:both": ["chin cupped in both hands", "both hands cupping {p} chin"],
@@ -93,21 +93,21 @@ OUTSIDE_PHRASES = {
     "crouch:both": ["semi-hunkered", "knees crooked, semi-hunkered", "braced with knees crooked"],
     "lunge": ["{side} foot leading, fencer-style", "{side} leg thrust frontward, {other} leg trailing"],
     "raise": ["{side} knee hiked to {p} belly", "perched on one foot, {side} knee hiked"],
-    "step": ["striding, {side} foot leading", "caught striding, {side} foot leading"],
+    "step": ["pacing along, {side} foot leading", "sauntering, {side} foot leading"],
     "wide_stance:both": ["legs splayed", "straddle-legged", "feet splayed"],
-    "stand:both": ["idling on {p} feet", "on {p} feet, nothing fancy", "loitering on {p} feet"],
-    "lean_forward": ["hunched frontward", "stooping", "doubled over"],
+    "stand:both": ["idling on {p} feet", "on {p} feet, no frills", "loitering on {p} feet"],
+    "lean_forward": ["stooped frontward", "stooping", "doubled over"],
     "lean_back": ["reclined", "swaying rearward", "toppling rearward a tad"],
     "lean_side": ["listing to the {side}", "canted to the {side}"],
     "twist": ["{p} shoulders swiveled to the {side}", "wound up to the {side}"],
-    "head_turn": ["glancing to the {side}", "peering off to the {side}", "eyeballing stuff on the {side}"],
-    "head_down": ["peering at {p} toes", "chin dropped onto {p} chest", "eyes on the carpet"],
-    "head_up": ["peering skyward", "gawking at the sky", "eyes on the ceiling"],
+    "head_turn": ["squinting off to the {side}", "peering off to the {side}", "eyeballing stuff on the {side}"],
+    "head_down": ["peering at {p} toes", "chin slumped onto {p} chest", "eyes on the carpet"],
+    "head_up": ["peering skyward", "gawking at the heavens", "eyes on the rafters"],
     "head_tilt": ["head canted to the {side}", "quizzical head cant to the {side}"],
 }
 
-WRITER_SUBJECTS = (("guy", "his"), ("dude", "his"), ("fella", "his"), ("boy", "his"), ("grandpa", "his"),
-                   ("lady", "her"), ("girl", "her"), ("gal", "her"), ("grandma", "her"), ("kid", "their"),
+WRITER_SUBJECTS = (("chap", "his"), ("dude", "his"), ("fella", "his"), ("boy", "his"), ("grandpa", "his"),
+                   ("lady", "her"), ("lass", "her"), ("gal", "her"), ("grandma", "her"), ("kid", "their"),
                    ("", "their"))
 _PART_ORDER = {"legs": 0, "arms": 1, "torso": 2, "head": 3}
 
