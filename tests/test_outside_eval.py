@@ -295,3 +295,26 @@ def test_train_situations_are_read_back_from_the_prompts():
     np.testing.assert_allclose(means[names[0]], mean_pose(np.stack([poses[0], poses[6]])))
     bench["train_situations"] = np.array(["a"] * len(poses))
     assert set(train_situations(bench)) == {"a"}
+
+
+@pytest.mark.slow
+def test_figures_run_end_to_end_on_the_demo_checkpoint():
+    """Every figure through the real runtime on a small subsample (edits from the stand-in above)."""
+    from backend.posegpt.runtime import PoseRuntime
+    from demo.model_card import BENCHMARK_FILE, load_benchmark
+    from demo.outside_eval import figures
+    from training.evaluate import rest_skeleton
+
+    checkpoint = REPO / "checkpoints" / "posegpt-demo-tiny"
+    bench = load_benchmark(checkpoint / BENCHMARK_FILE)
+    runtime = PoseRuntime.from_checkpoint(checkpoint, device="cpu", dtype="float32")
+    lines = []
+    out = figures(runtime, bench, rest_skeleton()[0], limit=6, edit_limit=4, edit_pose=_raise_left_arm,
+                  log=lines.append)
+    for name in ("demo_over_mean", "paraphrase_degradation", "outside_mpjre_over_mean", "hand_prompts_over_mean",
+                 "speculative_over_situation_mean", "demo_image_mpjre_over_mean", "edit_target_over_unchanged",
+                 "edit_drift_deg"):
+        assert np.isfinite(out[name]) and out[name] >= 0, name
+        assert any(line.startswith(f"{name}: ") for line in lines)
+    assert out["edit_chats"] == 4 and out["test_prompts"] == 6
+    assert runtime.sessions == []
