@@ -44,7 +44,6 @@ def main(argv=None) -> int:
     parser.add_argument("--edit-limit", type=int, default=150, help="edit chats (test poses) to run")
     args = parser.parse_args(argv)
 
-    import numpy as np
     import torch
 
     from backend.posegpt.runtime import PoseRuntime
