@@ -5,7 +5,7 @@
 
 1. ``benchmark.npz`` (next to the weights, no pickles): the corpus' TEST split — each explicit sample's
    first caption (the one stating the most facts), each speculative sample's first prompt, each rendered
-   test image — with the true poses, plus the TRAIN split's texts and poses that the two baselines need
+   test image — with the true poses, plus the TRAIN split's texts, poses and situations that the baselines need
    (mean pose, nearest caption by word overlap). Tests and ``bench/bench_demo.py`` read this file, so they
    need neither the corpus nor the time to rebuild it.
 2. ``metrics.json`` and ``MODEL_CARD.md``: the checkpoint's errors on those sets next to the baselines.
@@ -63,6 +63,7 @@ def write_benchmark(corpus_dir, path) -> dict:
         "train_texts": np.array([t for t, _ in train_texts]),
         "train_text_pose": np.array([k for _, k in train_texts], dtype=np.int32),
         "train_rotvec": rotations.rotmat_to_rotvec(train_rotmat),
+        "train_situations": np.array([s.situation or "" for s in train]),   # "" for explicit samples
         "train_image_mean_rotmat": mean_pose(np.stack([s.image_target_rotmat() for s in image_train])),
         "test_indices": np.array([s.index for s in test], dtype=np.int32),
     }

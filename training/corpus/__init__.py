@@ -9,6 +9,8 @@
 - ``splits``: ``assign_splits(n, seed)``.
 - ``build``: ``python -m training.corpus.build --out DIR --n 20000 --seed 0 [--images N]``;
   ``load_corpus(directory, split, kind=None)`` → list of ``CorpusSample``.
+- ``outside_writer`` (evaluation only, never trained on): a writer with its own words, a paraphraser and
+  the hand-typed ``outside_prompts.jsonl`` with recipe targets, for ``bench/bench_demo.py``.
 
 The names below are imported on first use, so ``python -m training.corpus.build`` does not load its own
 module twice.
