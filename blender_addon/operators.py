@@ -161,8 +161,9 @@ class POSEGPT_OT_send_prompt(bpy.types.Operator):
                 session.add_message(obj.posegpt_chat, "error", exc.text, prompt=prompt)
             self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
+        # No redraw here: the timer draws the waiting row once the prompt has been out a moment
+        # (session.WAITING_ROW_AFTER_S), so a fast reply's pose is the next thing the window draws.
         session.start_timer()
-        session.redraw_sidebar()
         return {"FINISHED"}
 
 

@@ -6,11 +6,14 @@ main thread, where timers run. A reply becomes one chat message (its own undo st
 conversation) and one pose application through ``posegpt.apply_pose`` / ``posegpt.key_pose`` called with
 undo on: exactly one undo step per pose. Headless tests, where timers never fire, call ``pump()`` directly.
 
-Cost in the window: the timer pumps every ``PUMP_BUSY_S`` while a request is in flight (a reply is
-handled within one tick) and every ``PUMP_IDLE_S`` while idle (liveness pings); it redraws only the
-sidebar, and only when what the panel shows changed (a reply, an error, the status line, the waiting
-row's seconds). The 3D View's main region is redrawn once, when a pose went on a body. Redrawing every
-3D View 10 times a second while waiting used to cost more than the server took to answer.
+Cost in the window: the timer pumps at once after Send, then every ``PUMP_BUSY_S`` while a request is in
+flight (a reply is handled within one tick of Blender's event loop, which itself sleeps 5 ms when idle)
+and every ``PUMP_IDLE_S`` while idle (liveness pings). It redraws only the sidebar, and only when what the
+panel shows changed (a reply, an error, the status line, the waiting row's seconds); the waiting row of a
+prompt is first drawn once it has been out ``WAITING_ROW_AFTER_S``, so a reply faster than that costs no
+window redraw before the one that shows the pose (in a window without a GPU each redraw of the window
+costs more than a small model's answer). The 3D View's main region is redrawn once, when a pose went on a
+body. Redrawing every 3D View 10 times a second while waiting used to cost more than the server took.
 """
 from __future__ import annotations
 
@@ -23,7 +26,8 @@ from .connection import Connection, Outcome, curve_settings
 from .reply_handling import AddonError
 from .preferences import get_preferences
 
-PUMP_BUSY_S = 0.01               # how often the timer looks for replies while requests are in flight
+PUMP_BUSY_S = 0.005              # how often the timer looks for replies while requests are in flight
+WAITING_ROW_AFTER_S = 0.1        # a prompt out this long gets its waiting row drawn (faster feels instant)
 PUMP_IDLE_S = 0.5                # ... while connected and idle (liveness: pings, a dropped connection)
 PUMP_INTERVAL_S = PUMP_BUSY_S
 
@@ -168,7 +172,9 @@ def pump() -> float | None:
             posed |= _handle(outcome)
         except Exception as exc:
             _report(f"PoseGPT could not use a reply: {exc}")
-    if outcomes or rendered or _panel_changed(conn):
+    changed = _panel_changed(conn)             # always: what the panel shows now is what the next check compares with
+    # a progress message changes only the waiting row's stage, which _panel_changed already compares
+    if changed or rendered or any(outcome.kind != "progress" for outcome in outcomes):
         _redraw(view=posed)
     if _state["render"] is not None:
         return PUMP_BUSY_S
@@ -178,8 +184,11 @@ def pump() -> float | None:
 
 
 def _panel_changed(conn: Connection) -> bool:
-    """Whether the sidebar shows something new: the status line or a waiting row's whole seconds."""
-    waiting = tuple(int(time.monotonic() - p.started) for p in conn.pending.values() if p.kind == "chat")
+    """Whether the sidebar shows something new: the status line or a waiting row's stage and whole
+    seconds (a prompt counts once it has been out ``WAITING_ROW_AFTER_S``)."""
+    now = time.monotonic()
+    waiting = tuple((int(now - p.started), p.stage) for p in conn.pending.values()
+                    if p.kind == "chat" and now - p.started >= WAITING_ROW_AFTER_S)
     shown = (status_text(), waiting)
     changed, _state["shown"] = shown != _state["shown"], shown
     return changed

@@ -503,3 +503,36 @@ def test_cancel_writes_a_note_in_the_chat(prefs):
                                                                   ("note", "Cancelled", "arms up")]
     finally:
         fake.stop()
+
+
+def test_send_redraws_nothing_until_the_prompt_waits_and_a_reply_redraws_the_view_once(prefs, server, monkeypatch):
+    """Issue 16: a fast reply's pose is the first thing the window redraws after Send (each window redraw
+    costs more than a small model's answer without a GPU); a prompt still out after
+    ``WAITING_ROW_AFTER_S`` gets its waiting row drawn once a second; the pose redraws the 3D View once."""
+    from blender_addon import session
+    from test_addon_liveness import FakeServer, hello, pong
+    redraws = []
+    monkeypatch.setattr(session, "_redraw", lambda view=False: redraws.append("view" if view else "sidebar"))
+    fake = FakeServer({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})      # never answers
+    try:
+        prefs.address = fake.address
+        prefs.server_public_key = prefs.client_public_key = prefs.client_secret_key = ""
+        obj = create_body()
+        assert bpy.ops.posegpt.connect() == {"FINISHED"}
+        _pump_until(lambda: session.is_connected(), 5.0)
+        redraws.clear()
+        bpy.context.scene.posegpt.prompt = "arms up"
+        assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
+        assert session.pump() == session.PUMP_BUSY_S and redraws == []          # the Send: no redraw
+        for pending in session.connection().pending.values():
+            pending.started -= session.WAITING_ROW_AFTER_S                    # the prompt has waited
+        session.pump()
+        session.pump()
+        assert redraws == ["sidebar"]                                         # its waiting row, once
+    finally:
+        fake.stop()
+        session.disconnect()
+    prefs.address = server.address
+    redraws.clear()
+    send_and_wait(obj, "she is proposing marriage")
+    assert redraws.count("view") == 1 and redraws[-1] == "view", redraws

@@ -100,11 +100,34 @@ class LatencyProbe:
 
         client_cls.chat = timed_chat
         session.apply_reply = timed_apply
+        for name in ("write_turn", "_undo_push"):        # the add-on's own steps between reply and pose
+            setattr(session, name, self._marking(getattr(session, name), name))
         self.handler = bpy.types.SpaceView3D.draw_handler_add(self.on_draw, (), "WINDOW", "POST_PIXEL")
         self.pre_handler = bpy.types.SpaceView3D.draw_handler_add(self.on_draw_start, (), "WINDOW", "PRE_VIEW")
         self.draw_started = None
         self.events = []
+        # every other region's draws while a turn is out: which ones Blender redraws before the pose shows
+        self.other_handlers = []
+        for space, regions in (("SpaceView3D", ("UI", "HEADER", "TOOLS", "TOOL_HEADER")),
+                               ("SpaceOutliner", ("WINDOW", "HEADER")),
+                               ("SpaceProperties", ("WINDOW", "HEADER", "NAVIGATION_BAR")),
+                               ("SpaceDopeSheetEditor", ("WINDOW", "HEADER", "CHANNELS", "UI"))):
+            for region_type in regions:
+                name = f"{space[5:]}.{region_type}"
+                try:
+                    handler = getattr(bpy.types, space).draw_handler_add(self.on_other_draw, (name,), region_type,
+                                                                         "POST_PIXEL")
+                except Exception:                  # a region type this space lacks in this Blender
+                    continue
+                self.other_handlers.append((space, handler))
         self.epoch = time.perf_counter()
+
+    def _marking(self, function, name):
+        def wrapper(*args, **kw):
+            result = function(*args, **kw)
+            self.mark(name)
+            return result
+        return wrapper
 
     def log(self, what):
         if len(self.events) < 400:
@@ -137,6 +160,11 @@ class LatencyProbe:
         if self.turns and "drawn" not in self.turns[-1]:
             turn = self.turns[-1]
             turn.setdefault("view_draw_starts", []).append(round(1000 * (self.draw_started - turn["t0"]), 1))
+
+    def on_other_draw(self, name):
+        if self.turns and "drawn" not in self.turns[-1]:
+            turn = self.turns[-1]
+            turn.setdefault("other_draws", []).append([name, round(1000 * (time.perf_counter() - turn["t0"]), 1)])
 
     def on_draw(self):
         """Counts the 3D View's draws while a turn is out, and how long the last one took."""
@@ -293,6 +321,28 @@ class Driver:
     def step_wait(self):
         if len(self.replies()) < self.sent or "drawn" not in self.latency.turns[-1]:
             return 0.01                              # the add-on's own timer receives the reply
+        self.go("reference")
+        return 0.3
+
+    def step_reference(self):
+        """One redraw, measured in the same window right after each turn: the reply's pose put on the body
+        again straight through ``rig_mapping.apply_pose`` (no network, no chat, no undo step), timed from
+        the change to the 3D View's first draw that follows it (Blender redraws and re-evaluates the
+        same way for a pose equal to the last one)."""
+        turn = self.latency.turns[-1]
+        if not turn.get("reference"):
+            bpy = self.bpy
+            from posegpt_for_blender import rig_mapping
+            from posegpt_for_blender.chat_state import pose_from_json
+            pose = pose_from_json(self.replies()[-1].pose_json)
+            self.latency.start("reference")
+            self.latency.turns[-1]["reference"] = True
+            rig_mapping.apply_pose(bpy.context, self.armature(), pose)
+            self.latency.mark("applied")
+            self.view3d()[2].tag_redraw()
+            return 0.01
+        if "drawn" not in turn:
+            return 0.01
         if self.sent < len(PROMPTS):
             self.go("send")
             return 0.3
@@ -532,7 +582,9 @@ def run_tests() -> int:
         if shutil.which(tool) is None:
             print(f"run_gui_test: {tool} not found: run `bash scripts/install_gui_deps.sh` (make test-gui does)")
             return 2
-    zips = sorted(glob.glob(str(repo / "dist" / "posegpt_for_blender-*-legacy.zip")))
+    # POSEGPT_GUI_ZIP: another build of the legacy zip (e.g. an earlier commit's, to compare latencies)
+    zips = [os.environ["POSEGPT_GUI_ZIP"]] if os.environ.get("POSEGPT_GUI_ZIP") else \
+        sorted(glob.glob(str(repo / "dist" / "posegpt_for_blender-*-legacy.zip")))
     if not zips:
         print("run_gui_test: no legacy zip in dist/: run `make addon` first (make test-gui does)")
         return 2
@@ -616,20 +668,26 @@ def install_addon(zip_path, env, out_dir):
 
 
 def latency_summary(turns) -> dict:
-    """Medians over the text-only turns that completed: Send → pose drawn, and the server's reply time."""
+    """Medians over the text-only turns that completed (Send → pose drawn, its parts, the server's reply
+    time) and over the reference pose changes made right after each turn (one redraw)."""
     import statistics
-    done = [t for t in turns if "drawn" in t and t.get("server_ms")]
+    references = [t["drawn"] - t["applied"] for t in turns if t.get("reference") and "drawn" in t]
+    done = [t for t in turns if "drawn" in t and t.get("server_ms") and not t.get("reference")]
     text_only = [t for t in done if not t.get("image")] or done
     if not text_only:
         return {}
-    send_to_pose = statistics.median(t["drawn"] for t in text_only)
-    server = statistics.median(t["server_ms"] for t in text_only)
-    redraw = statistics.median(t["last_view_draw_ms"] for t in text_only if "last_view_draw_ms" in t)
-    # the add-on's own Python: the Send operator, then reading the reply and posing the body
-    own = statistics.median(t["sent"] + t["applied"] - t["reply"] for t in text_only)
-    return {"gui_send_to_pose_ms": round(send_to_pose, 1), "gui_server_reply_ms": round(server, 1),
-            "gui_view_redraw_ms": round(redraw, 1), "gui_addon_own_ms": round(own, 1),
-            "gui_reply_received_ms": round(statistics.median(t["reply"] for t in text_only), 1),
+
+    def median(key):
+        return round(statistics.median(key(t) for t in text_only), 1)
+    return {"gui_send_to_pose_ms": median(lambda t: t["drawn"]),
+            "gui_server_reply_ms": median(lambda t: t["server_ms"]),
+            # one redraw: a pose change made without the add-on → the 3D View's first draw showing it
+            "gui_pose_redraw_ms": round(statistics.median(references), 1) if references else None,
+            # the parts of Send → pose drawn
+            "gui_reply_received_ms": median(lambda t: t["reply"]),
+            "gui_addon_own_ms": median(lambda t: t["sent"] + t["applied"] - t["reply"]),
+            "gui_applied_to_drawn_ms": median(lambda t: t["drawn"] - t["applied"]),
+            "gui_view_draw_ms": median(lambda t: t.get("last_view_draw_ms", 0.0)),   # the draw call alone
             "gui_turns_measured": len(text_only)}
 
 
@@ -688,6 +746,12 @@ def check_results(out_dir) -> int:
         failures.append(f"the camera render job did not restore the settings: {status.get('after_render')}")
     if status.get("prompt_shortcut") != ["Ctrl+RET"]:
         failures.append(f"the prompt popup's shortcut is not in the window's keymap: {status.get('prompt_shortcut')}")
+    # a reply read before the waiting row is due: nothing redrawn between Send and the pose going on
+    for turn in status.get("latency") or []:
+        if not turn.get("reference") and not turn.get("image") and turn.get("reply", 1e9) < 80 and "applied" in turn:
+            early = [name for name, ms in turn.get("other_draws", []) if ms < turn["applied"]]
+            if early:
+                failures.append(f"{turn['prompt']!r}: Blender redrew {early} between Send and the pose")
     summary = latency_summary(status.get("latency") or [])
     if "gui_send_to_pose_ms" not in summary:
         failures.append("no Send → pose measurement")
