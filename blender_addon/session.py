@@ -31,7 +31,34 @@ WAITING_ROW_AFTER_S = 0.1        # a prompt out this long gets its waiting row d
 PUMP_IDLE_S = 0.5                # ... while connected and idle (liveness: pings, a dropped connection)
 PUMP_INTERVAL_S = PUMP_BUSY_S
 
-_state = {"connection": None, "status": "Not connected", "error": "", "shown": None, "render": None}
+_state = {"connection": None, "status": "Not connected", "error": "", "shown": None, "render": None,
+          "writing_prompt": False, "last_send": None}
+
+
+def writing_prompt() -> bool:
+    """True while the add-on itself writes the prompt field (its update must not send it)."""
+    return _state["writing_prompt"]
+
+
+def note_send(target: str, prompt: str) -> None:
+    """Remember the last prompt sent (or rendered for) for ``target``: a second Send of it is ignored."""
+    _state["last_send"] = (target, prompt, time.monotonic())
+
+
+def last_send_time() -> float:
+    last = _state["last_send"]
+    return last[2] if last is not None else float("-inf")
+
+
+def already_sent(target: str, prompt: str) -> bool:
+    """Whether ``prompt`` for ``target`` is on its way: its reply (or camera render) is still awaited.
+    (Confirming the prompt field sends it; the click on Send that confirmed it then sends nothing.)"""
+    conn = _state["connection"]
+    waiting = [p.prompt for p in conn.chats_for(target)] if conn is not None else []
+    render = render_for(target)
+    if render is not None and not render.cancelled:
+        waiting.append(render.prompt)
+    return prompt in waiting
 
 
 def connection() -> Connection | None:
@@ -232,7 +259,11 @@ def write_turn(chat, pending, role: str, text: str):
         user.image, user.image_path = image, pending.image_path
     settings = bpy.context.scene.posegpt
     if settings.prompt.strip() == pending.prompt:
-        settings.prompt = ""
+        _state["writing_prompt"] = True
+        try:
+            settings.prompt = ""
+        finally:
+            _state["writing_prompt"] = False
     return add_message(chat, role, text, prompt=pending.prompt)
 
 

@@ -536,3 +536,46 @@ def test_send_redraws_nothing_until_the_prompt_waits_and_a_reply_redraws_the_vie
     redraws.clear()
     send_and_wait(obj, "she is proposing marriage")
     assert redraws.count("view") == 1 and redraws[-1] == "view", redraws
+
+
+def test_return_in_the_prompt_field_sends_it_and_a_script_setting_the_prompt_does_not(prefs, monkeypatch):
+    """Issue 16, point 5: Blender calls the prompt's update when an edit in the field is confirmed
+    (Return); one in a 3D View's sidebar or popup sends the prompt, the Send click that confirmed it
+    sends nothing more, and scripts (no 3D View in their context) or the add-on clearing the field
+    send nothing."""
+    from types import SimpleNamespace
+    from blender_addon import properties, session
+    from test_addon_liveness import FakeServer, hello, pong
+    fake = FakeServer({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})      # holds the chat
+    try:
+        prefs.address = fake.address
+        prefs.server_public_key = prefs.client_public_key = prefs.client_secret_key = ""
+        obj = create_body()
+        settings = bpy.context.scene.posegpt
+        settings.prompt = "arms up"                    # a script (no window here): nothing is sent
+        assert session.connection() is None
+
+        def confirmed_in(area_type, region_type):
+            context = SimpleNamespace(area=SimpleNamespace(type=area_type), region=SimpleNamespace(type=region_type))
+            properties.prompt_confirmed(settings, context)
+
+        confirmed_in("CONSOLE", "WINDOW")              # typed into the Python console
+        assert session.connection() is None
+        confirmed_in("VIEW_3D", "UI")                  # Return in the sidebar's field
+        sent = lambda: [p.prompt for p in session.connection().chats_for(obj.name)]      # noqa: E731
+        assert sent() == ["arms up"]
+        assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}            # the Send click after
+        assert sent() == ["arms up"]
+        settings.prompt = "now wave"
+        confirmed_in("VIEW_3D", "UI")
+        assert sent() == ["arms up", "now wave"]
+        settings.prompt = ""                           # an emptied field sends nothing
+        confirmed_in("VIEW_3D", "UI")
+        assert sent() == ["arms up", "now wave"] and len(obj.posegpt_chat.messages) == 0
+        settings.prompt = "she sits"                   # while the add-on writes the field (write_turn)
+        monkeypatch.setitem(session._state, "writing_prompt", True)
+        confirmed_in("VIEW_3D", "UI")
+        assert sent() == ["arms up", "now wave"]
+    finally:
+        fake.stop()
+        session.disconnect()
