@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
@@ -137,6 +138,8 @@ class POSEGPT_OT_send_prompt(bpy.types.Operator):
             obj = _armature_by_name(self, context)
             if not prompt:
                 raise AddonError("empty_prompt", "the prompt is empty")
+            if session.already_sent(obj.name, prompt):
+                return {"FINISHED"}                   # Return in the field sent it; this is the click after
             conn = session.ensure_connection(context)
             if settings.image_source != "NONE" and conn.model_card.get("accepts_images") is False:
                 raise AddonError("images_not_supported", "this model does not read images")
@@ -149,11 +152,13 @@ class POSEGPT_OT_send_prompt(bpy.types.Operator):
                     raise AddonError("busy", "a camera render for this armature is still running")
                 job = capture.CameraRenderJob(context, obj.name, prompt)
                 session.begin_render(job, obj.name, chat.session_id, settings.mode)
+                session.note_send(obj.name, prompt)
                 session.redraw_sidebar()
                 return {"FINISHED"}
             images, image, image_path = capture.gather_image(context, conn.model_card.get("image_size"))
             conn.send_chat(obj.name, chat.session_id, prompt, images, mode=settings.mode,
                            image=image.name if image is not None else "", image_path=image_path)
+            session.note_send(obj.name, prompt)
         except AddonError as exc:
             session.fail(exc.text)
             if obj is not None and prompt:            # the failed prompt and why, as an entry in its chat
@@ -161,8 +166,9 @@ class POSEGPT_OT_send_prompt(bpy.types.Operator):
                 session.add_message(obj.posegpt_chat, "error", exc.text, prompt=prompt)
             self.report({"ERROR"}, exc.text)
             return {"CANCELLED"}
+        # No redraw here: the timer draws the waiting row once the prompt has been out a moment
+        # (session.WAITING_ROW_AFTER_S), so a fast reply's pose is the next thing the window draws.
         session.start_timer()
-        session.redraw_sidebar()
         return {"FINISHED"}
 
 
@@ -177,14 +183,18 @@ class POSEGPT_OT_prompt_popup(bpy.types.Operator):
         return target_armature(context) is not None
 
     def invoke(self, context, event):
+        self.opened = time.monotonic()
         return context.window_manager.invoke_props_dialog(self, width=400)
 
     def draw(self, context):
         settings = context.scene.posegpt
+        self.layout.activate_init = True          # the field is ready for typing; Return sends
         self.layout.prop(settings, "prompt", text="", icon="OUTLINER_DATA_GP_LAYER")
         self.layout.prop(settings, "image_source", text="Image")
 
     def execute(self, context):
+        if session.last_send_time() >= getattr(self, "opened", float("inf")):
+            return {"FINISHED"}                   # Return in the field already sent it: OK only closes
         return bpy.ops.posegpt.send_prompt("EXEC_DEFAULT")
 
 

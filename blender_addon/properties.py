@@ -59,10 +59,25 @@ class POSEGPT_PG_chat(bpy.types.PropertyGroup):
                                default="")
 
 
+def prompt_confirmed(settings, context) -> None:
+    """The prompt field's update: Blender calls it when a text edit is confirmed (Return, Tab, or a click
+    elsewhere after changing the text), so Return in the field sends the prompt. Only an edit in a 3D
+    View's field (the sidebar, the Ctrl+Return popup) sends: a script setting the prompt (from a timer,
+    the Python console, the background) does not, nor do the add-on's own writes (the field cleared
+    when its reply lands) or an emptied field. Send itself ignores a prompt already on its way."""
+    from . import session
+    area, region = getattr(context, "area", None), getattr(context, "region", None)
+    if session.writing_prompt() or not settings.prompt.strip() or area is None or region is None \
+            or area.type != "VIEW_3D":
+        return
+    if bpy.ops.posegpt.send_prompt.poll():
+        bpy.ops.posegpt.send_prompt("EXEC_DEFAULT")
+
+
 class POSEGPT_PG_scene(bpy.types.PropertyGroup):
     """The prompt being written and the options for the next reply."""
-    prompt: StringProperty(name="Prompt", description="Describe the pose, e.g. 'she is proposing marriage'",
-                           default="")
+    prompt: StringProperty(name="Prompt", description="Describe the pose, e.g. 'she is proposing marriage' "
+                           "(Return sends it)", default="", update=prompt_confirmed)
     show_error_details: BoolProperty(name="Details", description="Show the whole error and what to do about it",
                                      default=False)
     image_source: EnumProperty(name="Image", description="What picture to send with the prompt",

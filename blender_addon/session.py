@@ -6,11 +6,14 @@ main thread, where timers run. A reply becomes one chat message (its own undo st
 conversation) and one pose application through ``posegpt.apply_pose`` / ``posegpt.key_pose`` called with
 undo on: exactly one undo step per pose. Headless tests, where timers never fire, call ``pump()`` directly.
 
-Cost in the window: the timer pumps every ``PUMP_BUSY_S`` while a request is in flight (a reply is
-handled within one tick) and every ``PUMP_IDLE_S`` while idle (liveness pings); it redraws only the
-sidebar, and only when what the panel shows changed (a reply, an error, the status line, the waiting
-row's seconds). The 3D View's main region is redrawn once, when a pose went on a body. Redrawing every
-3D View 10 times a second while waiting used to cost more than the server took to answer.
+Cost in the window: the timer pumps at once after Send, then every ``PUMP_BUSY_S`` while a request is in
+flight (a reply is handled within one tick of Blender's event loop, which itself sleeps 5 ms when idle)
+and every ``PUMP_IDLE_S`` while idle (liveness pings). It redraws only the sidebar, and only when what the
+panel shows changed (a reply, an error, the status line, the waiting row's seconds); the waiting row of a
+prompt is first drawn once it has been out ``WAITING_ROW_AFTER_S``, so a reply faster than that costs no
+window redraw before the one that shows the pose (in a window without a GPU each redraw of the window
+costs more than a small model's answer). The 3D View's main region is redrawn once, when a pose went on a
+body. Redrawing every 3D View 10 times a second while waiting used to cost more than the server took.
 """
 from __future__ import annotations
 
@@ -23,11 +26,39 @@ from .connection import Connection, Outcome, curve_settings
 from .reply_handling import AddonError
 from .preferences import get_preferences
 
-PUMP_BUSY_S = 0.01               # how often the timer looks for replies while requests are in flight
+PUMP_BUSY_S = 0.005              # how often the timer looks for replies while requests are in flight
+WAITING_ROW_AFTER_S = 0.1        # a prompt out this long gets its waiting row drawn (faster feels instant)
 PUMP_IDLE_S = 0.5                # ... while connected and idle (liveness: pings, a dropped connection)
 PUMP_INTERVAL_S = PUMP_BUSY_S
 
-_state = {"connection": None, "status": "Not connected", "error": "", "shown": None, "render": None}
+_state = {"connection": None, "status": "Not connected", "error": "", "shown": None, "render": None,
+          "writing_prompt": False, "last_send": None}
+
+
+def writing_prompt() -> bool:
+    """True while the add-on itself writes the prompt field (its update must not send it)."""
+    return _state["writing_prompt"]
+
+
+def note_send(target: str, prompt: str) -> None:
+    """Remember the last prompt sent (or rendered for) for ``target``: a second Send of it is ignored."""
+    _state["last_send"] = (target, prompt, time.monotonic())
+
+
+def last_send_time() -> float:
+    last = _state["last_send"]
+    return last[2] if last is not None else float("-inf")
+
+
+def already_sent(target: str, prompt: str) -> bool:
+    """Whether ``prompt`` for ``target`` is on its way: its reply (or camera render) is still awaited.
+    (Confirming the prompt field sends it; the click on Send that confirmed it then sends nothing.)"""
+    conn = _state["connection"]
+    waiting = [p.prompt for p in conn.chats_for(target)] if conn is not None else []
+    render = render_for(target)
+    if render is not None and not render.cancelled:
+        waiting.append(render.prompt)
+    return prompt in waiting
 
 
 def connection() -> Connection | None:
@@ -168,7 +199,9 @@ def pump() -> float | None:
             posed |= _handle(outcome)
         except Exception as exc:
             _report(f"PoseGPT could not use a reply: {exc}")
-    if outcomes or rendered or _panel_changed(conn):
+    changed = _panel_changed(conn)             # always: what the panel shows now is what the next check compares with
+    # a progress message changes only the waiting row's stage, which _panel_changed already compares
+    if changed or rendered or any(outcome.kind != "progress" for outcome in outcomes):
         _redraw(view=posed)
     if _state["render"] is not None:
         return PUMP_BUSY_S
@@ -178,8 +211,11 @@ def pump() -> float | None:
 
 
 def _panel_changed(conn: Connection) -> bool:
-    """Whether the sidebar shows something new: the status line or a waiting row's whole seconds."""
-    waiting = tuple(int(time.monotonic() - p.started) for p in conn.pending.values() if p.kind == "chat")
+    """Whether the sidebar shows something new: the status line or a waiting row's stage and whole
+    seconds (a prompt counts once it has been out ``WAITING_ROW_AFTER_S``)."""
+    now = time.monotonic()
+    waiting = tuple((int(now - p.started), p.stage) for p in conn.pending.values()
+                    if p.kind == "chat" and now - p.started >= WAITING_ROW_AFTER_S)
     shown = (status_text(), waiting)
     changed, _state["shown"] = shown != _state["shown"], shown
     return changed
@@ -223,7 +259,11 @@ def write_turn(chat, pending, role: str, text: str):
         user.image, user.image_path = image, pending.image_path
     settings = bpy.context.scene.posegpt
     if settings.prompt.strip() == pending.prompt:
-        settings.prompt = ""
+        _state["writing_prompt"] = True
+        try:
+            settings.prompt = ""
+        finally:
+            _state["writing_prompt"] = False
     return add_message(chat, role, text, prompt=pending.prompt)
 
 

@@ -311,12 +311,12 @@ def read_pose(obj) -> np.ndarray:
     rotation part of ``matrix_basis``."""
     require_smpl_armature(obj)
     bone_frames = bone_frames_of(obj)
-    local = np.empty((NUM_JOINTS, 3, 3))
-    for i, name in enumerate(JOINT_NAMES):
-        pose_bone = obj.pose.bones[name]
-        if pose_bone.rotation_mode == "QUATERNION":
-            local[i] = rot.quat_wxyz_to_rotmat(np.array(pose_bone.rotation_quaternion, dtype=np.float64))
-        else:
+    pose_bones = [obj.pose.bones[name] for name in JOINT_NAMES]
+    # one conversion for all quaternion bones (this runs after every reply, for the corrective keys)
+    quats = np.array([b.rotation_quaternion for b in pose_bones], dtype=np.float64)
+    local = rot.quat_wxyz_to_rotmat(quats)
+    for i, pose_bone in enumerate(pose_bones):
+        if pose_bone.rotation_mode != "QUATERNION":
             local[i] = rot.orthonormalize_rotmat(np.array(pose_bone.matrix_basis.to_3x3(), dtype=np.float64))
     return bones.smpl_rotmats_from_pose_bones(bone_frames, local)
 

@@ -503,3 +503,79 @@ def test_cancel_writes_a_note_in_the_chat(prefs):
                                                                   ("note", "Cancelled", "arms up")]
     finally:
         fake.stop()
+
+
+def test_send_redraws_nothing_until_the_prompt_waits_and_a_reply_redraws_the_view_once(prefs, server, monkeypatch):
+    """Issue 16: a fast reply's pose is the first thing the window redraws after Send (each window redraw
+    costs more than a small model's answer without a GPU); a prompt still out after
+    ``WAITING_ROW_AFTER_S`` gets its waiting row drawn once a second; the pose redraws the 3D View once."""
+    from blender_addon import session
+    from test_addon_liveness import FakeServer, hello, pong
+    redraws = []
+    monkeypatch.setattr(session, "_redraw", lambda view=False: redraws.append("view" if view else "sidebar"))
+    fake = FakeServer({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})      # never answers
+    try:
+        prefs.address = fake.address
+        prefs.server_public_key = prefs.client_public_key = prefs.client_secret_key = ""
+        obj = create_body()
+        assert bpy.ops.posegpt.connect() == {"FINISHED"}
+        _pump_until(lambda: session.is_connected(), 5.0)
+        redraws.clear()
+        bpy.context.scene.posegpt.prompt = "arms up"
+        assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
+        assert session.pump() == session.PUMP_BUSY_S and redraws == []          # the Send: no redraw
+        for pending in session.connection().pending.values():
+            pending.started -= session.WAITING_ROW_AFTER_S                    # the prompt has waited
+        session.pump()
+        session.pump()
+        assert redraws == ["sidebar"]                                         # its waiting row, once
+    finally:
+        fake.stop()
+        session.disconnect()
+    prefs.address = server.address
+    redraws.clear()
+    send_and_wait(obj, "she is proposing marriage")
+    assert redraws.count("view") == 1 and redraws[-1] == "view", redraws
+
+
+def test_return_in_the_prompt_field_sends_it_and_a_script_setting_the_prompt_does_not(prefs, monkeypatch):
+    """Issue 16, point 5: Blender calls the prompt's update when an edit in the field is confirmed
+    (Return); one in a 3D View's sidebar or popup sends the prompt, the Send click that confirmed it
+    sends nothing more, and scripts (no 3D View in their context) or the add-on clearing the field
+    send nothing."""
+    from types import SimpleNamespace
+    from blender_addon import properties, session
+    from test_addon_liveness import FakeServer, hello, pong
+    fake = FakeServer({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})      # holds the chat
+    try:
+        prefs.address = fake.address
+        prefs.server_public_key = prefs.client_public_key = prefs.client_secret_key = ""
+        obj = create_body()
+        settings = bpy.context.scene.posegpt
+        settings.prompt = "arms up"                    # a script (no window here): nothing is sent
+        assert session.connection() is None
+
+        def confirmed_in(area_type, region_type):
+            context = SimpleNamespace(area=SimpleNamespace(type=area_type), region=SimpleNamespace(type=region_type))
+            properties.prompt_confirmed(settings, context)
+
+        confirmed_in("CONSOLE", "WINDOW")              # typed into the Python console
+        assert session.connection() is None
+        confirmed_in("VIEW_3D", "UI")                  # Return in the sidebar's field
+        sent = lambda: [p.prompt for p in session.connection().chats_for(obj.name)]      # noqa: E731
+        assert sent() == ["arms up"]
+        assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}            # the Send click after
+        assert sent() == ["arms up"]
+        settings.prompt = "now wave"
+        confirmed_in("VIEW_3D", "UI")
+        assert sent() == ["arms up", "now wave"]
+        settings.prompt = ""                           # an emptied field sends nothing
+        confirmed_in("VIEW_3D", "UI")
+        assert sent() == ["arms up", "now wave"] and len(obj.posegpt_chat.messages) == 0
+        settings.prompt = "she sits"                   # while the add-on writes the field (write_turn)
+        monkeypatch.setitem(session._state, "writing_prompt", True)
+        confirmed_in("VIEW_3D", "UI")
+        assert sent() == ["arms up", "now wave"]
+    finally:
+        fake.stop()
+        session.disconnect()
