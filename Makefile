@@ -4,7 +4,7 @@ VENV       := .venv
 PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.installed
 CONFIG     ?= training/configs/demo.yaml
-CHECKPOINT ?= checkpoints/posegpt-demo-tiny
+CHECKPOINT ?= checkpoints/posegpt-demo
 PROMPT     ?=
 ARGS       ?=
 

@@ -1,6 +1,6 @@
 """posegpt-serve: the PoseGPT backend, ZeroMQ ROUTER in front of one or more model workers.
 
-    posegpt-serve --checkpoint checkpoints/posegpt-demo-tiny              # loopback only, one worker
+    posegpt-serve --checkpoint checkpoints/posegpt-demo              # loopback only, one worker
     posegpt-serve --checkpoint CKPT --workers 2                           # one worker process per GPU
     posegpt-keys --dir keys --clients artist                              # then, for remote use:
     posegpt-serve --checkpoint CKPT --bind tcp://0.0.0.0:5555 --curve --keys-dir keys

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_demo.py [--checkpoint DIR] [--limit N] [--edit-limit N]
 
 The checkpoint is ``--checkpoint``, else ``$POSEGPT_BENCH_CHECKPOINT``, else the Makefile's demo checkpoint
-(checkpoints/posegpt-demo-tiny). Its ``benchmark.npz`` holds its corpus' TEST split (never trained on) and
+(checkpoints/posegpt-demo). Its ``benchmark.npz`` holds its corpus' TEST split (never trained on) and
 the TRAIN poses the baselines need. Everything goes through ``PoseRuntime`` in direct mode, prompts as
 typed in the add-on, a fresh session per prompt (two turns per session for the edit chats). Prints
 ``name: value`` lines (``demo/outside_eval.py`` defines them):
@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DEFAULT_CHECKPOINT = REPO / "checkpoints" / "posegpt-demo-tiny"   # the Makefile's CHECKPOINT
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "posegpt-demo"   # the Makefile's CHECKPOINT
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@
     python -m demo.run_demo --prompt "..."       # one custom prompt, keyed at frame 1
 
 1. Starts the backend (``posegpt-serve``, i.e. ``python -m backend.server``) on a free loopback port with the
-   demo checkpoint the project trained itself (checkpoints/posegpt-demo-tiny) and waits for its hello.
+   demo checkpoint the project trained itself (checkpoints/posegpt-demo) and waits for its hello.
 2. Runs Blender headless through the ``bpy`` module and drives the add-on exactly as an artist would: the
    add-on from blender_addon/ is enabled, its preferences point at the port, ``posegpt.create_body`` builds
    the mannequin, ``posegpt.send_prompt`` sends each turn of one chat, and ``posegpt.key_pose`` applies and
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = REPO / "checkpoints" / "posegpt-demo-tiny"
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "posegpt-demo"
 ADDON = "blender_addon"
 
 # (prompt, frame): an explicit description, a speculative prompt, a follow-up edit of the same chat.

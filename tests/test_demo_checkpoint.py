@@ -1,4 +1,5 @@
-"""The committed demo checkpoint (checkpoints/posegpt-demo-tiny) really has the metrics its model card states.
+"""The committed demo checkpoint (checkpoints/posegpt-demo: an adapter on the pinned all-MiniLM-L6-v2 package)
+really has the metrics its model card states, loaded from its adapter and the installed base.
 
 The model runs through ``PoseRuntime`` (what the backend serves) on the held-out TEST split of the pose
 corpus stored next to it (benchmark.npz: explicit captions, speculative prompts, renders); its errors and
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINT = REPO / "checkpoints" / "posegpt-demo-tiny"
+CHECKPOINT = REPO / "checkpoints" / "posegpt-demo"
 TOLERANCE_DEG = 0.05      # fp32 CPU reruns agree far closer; this only absorbs BLAS summation order
 TOLERANCE_MM = 0.5
 
@@ -43,13 +44,50 @@ def measured():
         torch.set_num_threads(threads)
 
 
-def test_checkpoint_is_small_and_self_described():
-    size = sum(p.stat().st_size for p in CHECKPOINT.rglob("*") if p.is_file())
-    assert size <= 20 * 2 ** 20, f"{size / 2 ** 20:.1f} MB > 20 MB"
+def test_checkpoint_holds_only_trained_weights_and_names_its_base():
+    sizes = {p.name: p.stat().st_size for p in CHECKPOINT.iterdir() if p.is_file()}
+    assert max(sizes.values()) <= 25 * 2 ** 20, sizes
     manifest = json.loads((CHECKPOINT / "manifest.json").read_text())
-    assert manifest["backbone_class"] == "LlavaForConditionalGeneration"
-    assert manifest["weights"] == "merged" and manifest["pose_token"] == "<POSE>"
-    assert (CHECKPOINT / "MODEL_CARD.md").is_file()
+    assert manifest["backbone_class"] == "LlavaForConditionalGeneration" and manifest["pose_token"] == "<POSE>"
+    assert manifest["weights"] == "adapter" and "model.safetensors" not in sizes
+    from backend.posegpt.package_base import MINILM_L6
+    base = manifest["base_package"]
+    assert (base["distribution"], base["version"], base["sha256"]) == (
+        MINILM_L6["distribution"], MINILM_L6["version"], MINILM_L6["sha256"])
+    card = (CHECKPOINT / "MODEL_CARD.md").read_text()
+    assert base["sha256"] in card and f"{base['distribution']}=={base['version']}" in card
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """Issue 17's figures (demo/outside_eval.py), measured again through the runtime on the full sets."""
+    import torch
+
+    from backend.posegpt.runtime import PoseRuntime
+    from demo.model_card import BENCHMARK_FILE, load_benchmark
+    from demo.outside_eval import figures
+    from training.evaluate import rest_skeleton
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runtime = PoseRuntime.from_checkpoint(CHECKPOINT, device="cpu", dtype="float32")
+        yield figures(runtime, load_benchmark(CHECKPOINT / BENCHMARK_FILE), rest_skeleton()[0], log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_held_out_figures_match_the_model_card(held_out):
+    stated = json.loads((CHECKPOINT / "metrics.json").read_text())["held_out"]
+    card = (CHECKPOINT / "MODEL_CARD.md").read_text()
+    from demo.model_card import HELD_OUT_TARGETS
+    for name, value in stated.items():
+        if isinstance(value, str):
+            continue
+        assert held_out[name] == pytest.approx(value, abs=0.01 if name.endswith(("_deg", "_ms_per_prompt")) else 1e-3), name
+    for name, _, _ in HELD_OUT_TARGETS:
+        assert f"| {stated[name]:.3f} |" in card, name
 
 
 @pytest.mark.parametrize("name", ["explicit_typed", "speculative_typed", "images"])

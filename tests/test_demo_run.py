@@ -15,7 +15,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKPOINT = REPO / "checkpoints" / "posegpt-demo-tiny"
+CHECKPOINT = REPO / "checkpoints" / "posegpt-demo"
 PROMPT = "The person is raising both arms above the head."
 
 pytestmark = [pytest.mark.bpy, pytest.mark.slow]

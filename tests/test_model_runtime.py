@@ -331,3 +331,10 @@ def test_the_kv_budget_holds_under_a_hundred_sessions(taught):
     assert first.cache is None and first.ids
     again = rt.chat("s0", "and now sit down")
     assert len(again.poses) == 1 and again.timings["cached_tokens"] == 0
+
+
+def test_uncased_replies_are_shown_sentence_cased():
+    from backend.posegpt.runtime import _sentence_case
+
+    assert _sentence_case("sure, here is the pose : <POSE>") == "Sure, here is the pose: <POSE>"
+    assert _sentence_case("of course. the pose is <POSE> .") == "Of course. The pose is <POSE>."

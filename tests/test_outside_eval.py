@@ -305,7 +305,7 @@ def test_figures_run_end_to_end_on_the_demo_checkpoint():
     from demo.outside_eval import figures
     from training.evaluate import rest_skeleton
 
-    checkpoint = REPO / "checkpoints" / "posegpt-demo-tiny"
+    checkpoint = REPO / "checkpoints" / "posegpt-demo"
     bench = load_benchmark(checkpoint / BENCHMARK_FILE)
     runtime = PoseRuntime.from_checkpoint(checkpoint, device="cpu", dtype="float32")
     lines = []

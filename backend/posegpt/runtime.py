@@ -18,6 +18,7 @@ across a reused cache (``generate`` keeps those in mutable model state).
 from __future__ import annotations
 
 import inspect
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -109,6 +110,10 @@ class PoseRuntime:
         self._masked_ids = set(self.manifest.get("prompt_tokenizer", {}).get("attention_masked_ids", []))
         self._control_texts = sorted(set(getattr(self.turns.prompt_tokenizer, "added", ()))
                                      | {t for t in tokenizer.all_special_tokens if t} | {self.manifest["pose_token"]})
+        # An uncased vocabulary (the demo's WordPiece encoder) decodes "Sure" as "sure": its replies are shown
+        # sentence-cased, which changes nothing but letters' case and the spaces before punctuation.
+        probe = tokenizer("Sure", add_special_tokens=False)["input_ids"]
+        self._uncased = tokenizer.decode(probe) == "sure"
         self.store = sessions or SessionStore()
         self._lock = threading.RLock()
         if warmup:
@@ -500,12 +505,19 @@ class PoseRuntime:
 
     def _decode(self, ids: list[int]) -> str:
         decode = getattr(self.turns.prompt_tokenizer, "decode", None)
-        return decode(ids) if decode is not None else self.tokenizer.decode(ids, skip_special_tokens=False)
+        text = decode(ids) if decode is not None else self.tokenizer.decode(ids, skip_special_tokens=False)
+        return _sentence_case(text) if self._uncased else text
 
     def _warmup(self) -> None:
         """One throwaway direct pass so the first real request does not pay for lazy initialisation."""
         scratch = Session("__warmup__")
         self._run_direct([self._prepare(scratch, "warm up", [], "direct", 1, 0.0, 1.0)])
+
+
+def _sentence_case(text: str) -> str:
+    """"sure, here is the pose : <POSE>" → "Sure, here is the pose: <POSE>"."""
+    text = re.sub(r"\s+([:;,.!?])", r"\1", text)
+    return re.sub(r"(^\s*|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
 
 
 def _choose(logits: torch.Tensor, temperature: float, warp, generator) -> int:

@@ -620,7 +620,7 @@ def run_tests() -> int:
     with tempfile.TemporaryDirectory(prefix="posegpt_gui_") as tmp:
         tmp = Path(tmp)
         # the project's demo model (its poses follow the prompts); a random tiny one if it is missing
-        checkpoint = repo / "checkpoints" / "posegpt-demo-tiny"
+        checkpoint = repo / "checkpoints" / "posegpt-demo"
         if not (checkpoint / "manifest.json").is_file():
             checkpoint = build_tiny_checkpoint(tmp / "checkpoint", family="llava", seed=0)
         with socket.socket() as sock:
