@@ -259,12 +259,35 @@ def write_turn(chat, pending, role: str, text: str):
         user.image, user.image_path = image, pending.image_path
     settings = bpy.context.scene.posegpt
     if settings.prompt.strip() == pending.prompt:
+        set_quietly(settings, "prompt", "")
+    return add_message(chat, role, text, prompt=pending.prompt)
+
+
+def _stored_properties(struct):
+    """The ID-property group holding ``struct``'s ``bpy.props`` values: the struct itself before Blender
+    5.0, its system properties from 5.0 on (kept apart from the artist's custom properties there)."""
+    get = getattr(struct, "bl_system_properties_get", None)
+    return get(do_create=True) if get is not None else struct
+
+
+def set_quietly(struct, name: str, value) -> None:
+    """Set a ``bpy.props`` string, int or float property without its RNA update. The prompt has an update
+    callback, and a property with one, written from Python, makes Blender tag its owner (here the Scene)
+    for transform, geometry and animation re-evaluation and redraw every region of every window: on the
+    reply path that put a whole-window redraw and a scene re-evaluation in front of the pose's first draw.
+    Writing the stored value does neither (the sidebar, which shows it, is redrawn with the reply).
+    Checked by reading it back through RNA; where the storage differs it falls back to the plain
+    assignment (the prompt's update then ignores the add-on's own write)."""
+    try:
+        _stored_properties(struct)[name] = value
+    except (AttributeError, KeyError, TypeError):
+        pass
+    if getattr(struct, name) != value:
         _state["writing_prompt"] = True
         try:
-            settings.prompt = ""
+            setattr(struct, name, value)
         finally:
             _state["writing_prompt"] = False
-    return add_message(chat, role, text, prompt=pending.prompt)
 
 
 def add_message(chat, role: str, text: str, prompt: str = ""):

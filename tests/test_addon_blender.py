@@ -538,6 +538,30 @@ def test_send_redraws_nothing_until_the_prompt_waits_and_a_reply_redraws_the_vie
     assert redraws.count("view") == 1 and redraws[-1] == "view", redraws
 
 
+def test_a_reply_clears_the_prompt_without_re_evaluating_the_scene(prefs):
+    """Issue 16: the reply's chat turn is written without RNA updates that reach the depsgraph. Clearing the
+    prompt through ``settings.prompt = ""`` ran the prompt's update, and Blender then tagged the Scene for
+    re-evaluation and redrew every region of the window ahead of the pose's first draw."""
+    from blender_addon import session
+    obj = create_body()
+    settings = bpy.context.scene.posegpt
+    settings.prompt = "she is proposing marriage"
+    bpy.context.view_layer.update()                          # the artist's typing is evaluated before Send
+    updated = []
+
+    def note(scene, depsgraph):
+        updated.extend(type(u.id).__name__ for u in depsgraph.updates)
+    bpy.app.handlers.depsgraph_update_post.append(note)
+    try:
+        assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
+        _pump_until(lambda: len(bpy.data.objects["SMPL"].posegpt_chat.messages) == 2, REPLY_TIMEOUT_S)
+        bpy.context.view_layer.update()
+    finally:
+        bpy.app.handlers.depsgraph_update_post.remove(note)
+    assert settings.prompt == "" and bpy.data.objects["SMPL"].posegpt_chat.messages[1].role == "assistant"
+    assert "Object" in updated and "Scene" not in updated, updated       # the body moved, the scene did not
+
+
 def test_return_in_the_prompt_field_sends_it_and_a_script_setting_the_prompt_does_not(prefs, monkeypatch):
     """Issue 16, point 5: Blender calls the prompt's update when an edit in the field is confirmed
     (Return); one in a 3D View's sidebar or popup sends the prompt, the Send click that confirmed it
