@@ -132,6 +132,7 @@ class LatencyProbe:
         def wrapper(*args, **kw):
             result = function(*args, **kw)
             self.mark(name)
+            self.log(name)                        # every call, in order with the draws (the undo pushes)
             return result
         return wrapper
 
