@@ -3,9 +3,8 @@
 The connection is runtime state (a socket), so it lives in this module, never in the .blend. ``pump()``
 is the ``bpy.app.timers`` callback: it reads what arrived without blocking and writes to Blender on the
 main thread, where timers run. A reply becomes one chat turn (its own undo step, so undo keeps the
-conversation) and one pose application (``apply_reply``): exactly one undo step per pose, pushed right
-after the window's first draw that shows it. Headless tests, where timers never fire, call ``pump()``
-directly.
+conversation) and one pose application (``apply_reply``): exactly one undo step per pose. Headless
+tests, where timers never fire, call ``pump()`` directly.
 
 Cost in the window: the timer pumps at once after Send, then every ``PUMP_BUSY_S`` while a request is in
 flight (a reply is handled within one tick of Blender's event loop, which itself sleeps 5 ms when idle)
@@ -34,7 +33,7 @@ PUMP_IDLE_S = 0.5                # ... while connected and idle (liveness: pings
 PUMP_INTERVAL_S = PUMP_BUSY_S
 
 _state = {"connection": None, "status": "Not connected", "error": "", "shown": None, "render": None,
-          "writing_prompt": False, "last_send": None, "undo_pending": None}
+          "writing_prompt": False, "last_send": None}
 
 
 def writing_prompt() -> bool:
@@ -106,9 +105,6 @@ def disconnect() -> None:
         conn.close()
     _state.update(connection=None, status="Not connected", error="")
     stop_timer()
-    _flush_undo()
-    if bpy.app.timers.is_registered(_flush_undo):
-        bpy.app.timers.unregister(_flush_undo)
 
 
 def ensure_connection(context=None) -> Connection:
@@ -188,7 +184,6 @@ def _check_render() -> bool:
 def pump() -> float | None:
     """Timer callback: handle every reply that arrived; fast while a request (or a camera render) is in
     flight, slow while idle, stopped once the connection is closed or failed."""
-    _flush_undo()                                 # a pose's undo step first (normally its own timer did)
     rendered = _check_render()
     conn = _state["connection"]
     if conn is None:
@@ -304,7 +299,6 @@ def add_message(chat, role: str, text: str, prompt: str = ""):
 
 
 def _on_result(outcome: Outcome) -> bool:
-    _flush_undo()                                 # the last pose's step comes before this reply's
     obj, chat = _chat_of(outcome)
     if chat is None:
         _report(f"PoseGPT reply for {outcome.pending.target!r} arrived, but that armature is gone")
@@ -330,8 +324,10 @@ def apply_reply(obj, index: int) -> None:
 
     Straight through ``rig_mapping`` rather than the *Apply* / *Key* operators: called from the timer, a
     registered operator also stores itself as the last operator and tells the window's history to
-    redraw, which buys nothing here. The pose's undo step is pushed once the window has drawn it
-    (``_push_undo_after_draw``)."""
+    redraw, which buys nothing here. Its undo step is pushed at once, before the window draws the pose
+    (~2 ms of Blender's global undo here): pushed after that draw instead, from a timer, an event the
+    artist gave during the draw would be handled first (Blender runs timers after event handlers), and
+    an undo step it pushed would hold the reply's pose under the artist's operation."""
     scene = bpy.context.scene
     settings = scene.posegpt
     try:
@@ -345,45 +341,12 @@ def apply_reply(obj, index: int) -> None:
     except (AddonError, PoseFormatError, IndexError) as exc:
         _report(exc.text if isinstance(exc, AddonError) else f"PoseGPT could not use a reply: {exc}")
         return
-    _push_undo_after_draw("PoseGPT pose")
+    _undo_push("PoseGPT pose")
 
 
 def _undo_push(message: str) -> None:
     if bpy.ops.ed.undo_push.poll():
         bpy.ops.ed.undo_push(message=message)
-
-
-def _push_undo_after_draw(message: str) -> None:
-    """Push the pose's undo step after the window's next draw, which shows the pose: Blender's global undo
-    writes the whole file into memory on each push (2–3 ms here), time the artist would otherwise wait
-    for the pose. A timer with no delay registered now runs in the event loop's next pass, after this
-    pass has drawn and before it handles the artist's next event, so the step holds exactly the pose.
-    Background Blender (scripts, tests) draws nothing: the step is pushed at once there; and ``pump``
-    pushes a step still waiting before it handles anything else."""
-    _flush_undo()
-    if not _draws_windows():
-        _undo_push(message)
-        return
-    _state["undo_pending"] = message
-    if not bpy.app.timers.is_registered(_flush_undo):
-        bpy.app.timers.register(_flush_undo, first_interval=0.0)
-
-
-def _draws_windows() -> bool:
-    return not bpy.app.background
-
-
-def _flush_undo() -> None:
-    """Push the undo step ``_push_undo_after_draw`` deferred, if one waits (timer callback: runs once)."""
-    message, _state["undo_pending"] = _state["undo_pending"], None
-    if message is not None:
-        _undo_push(message)
-    return None
-
-
-def undo_pending() -> str | None:
-    """The name of the pose's undo step still waiting for the window's draw, or None."""
-    return _state["undo_pending"]
 
 
 def _report(message: str) -> None:
