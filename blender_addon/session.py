@@ -2,9 +2,9 @@
 
 The connection is runtime state (a socket), so it lives in this module, never in the .blend. ``pump()``
 is the ``bpy.app.timers`` callback: it reads what arrived without blocking and writes to Blender on the
-main thread, where timers run. A reply becomes one chat message (its own undo step, so undo keeps the
-conversation) and one pose application through ``posegpt.apply_pose`` / ``posegpt.key_pose`` called with
-undo on: exactly one undo step per pose. Headless tests, where timers never fire, call ``pump()`` directly.
+main thread, where timers run. A reply becomes one chat turn (its own undo step, so undo keeps the
+conversation) and one pose application (``apply_reply``): exactly one undo step per pose. Headless
+tests, where timers never fire, call ``pump()`` directly.
 
 Cost in the window: the timer pumps at once after Send, then every ``PUMP_BUSY_S`` while a request is in
 flight (a reply is handled within one tick of Blender's event loop, which itself sleeps 5 ms when idle)
@@ -21,7 +21,8 @@ import time
 
 import bpy
 
-from .chat_state import pose_to_json
+from . import rig_mapping
+from .chat_state import PoseFormatError, pose_from_json, pose_to_json
 from .connection import Connection, Outcome, curve_settings
 from .reply_handling import AddonError
 from .preferences import get_preferences
@@ -259,12 +260,35 @@ def write_turn(chat, pending, role: str, text: str):
         user.image, user.image_path = image, pending.image_path
     settings = bpy.context.scene.posegpt
     if settings.prompt.strip() == pending.prompt:
+        set_quietly(settings, "prompt", "")
+    return add_message(chat, role, text, prompt=pending.prompt)
+
+
+def _stored_properties(struct):
+    """The ID-property group holding ``struct``'s ``bpy.props`` values: the struct itself before Blender
+    5.0, its system properties from 5.0 on (kept apart from the artist's custom properties there)."""
+    get = getattr(struct, "bl_system_properties_get", None)
+    return get(do_create=True) if get is not None else struct
+
+
+def set_quietly(struct, name: str, value) -> None:
+    """Set a ``bpy.props`` string, int or float property without its RNA update. The prompt has an update
+    callback, and a property with one, written from Python, makes Blender tag its owner (here the Scene)
+    for transform, geometry and animation re-evaluation and redraw every region of every window: on the
+    reply path that put a whole-window redraw and a scene re-evaluation in front of the pose's first draw.
+    Writing the stored value does neither (the sidebar, which shows it, is redrawn with the reply).
+    Checked by reading it back through RNA; where the storage differs it falls back to the plain
+    assignment (the prompt's update then ignores the add-on's own write)."""
+    try:
+        _stored_properties(struct)[name] = value
+    except (AttributeError, KeyError, TypeError):
+        pass
+    if getattr(struct, name) != value:
         _state["writing_prompt"] = True
         try:
-            settings.prompt = ""
+            setattr(struct, name, value)
         finally:
             _state["writing_prompt"] = False
-    return add_message(chat, role, text, prompt=pending.prompt)
 
 
 def add_message(chat, role: str, text: str, prompt: str = ""):
@@ -296,15 +320,28 @@ def _on_result(outcome: Outcome) -> bool:
 
 
 def apply_reply(obj, index: int) -> None:
-    """Pose ``obj`` with message ``index`` as one undo step; key it and advance when auto-key is on."""
+    """Pose ``obj`` with message ``index`` (key it and advance when auto-key is on) as one undo step.
+
+    Straight through ``rig_mapping`` rather than the *Apply* / *Key* operators: called from the timer, a
+    registered operator also stores itself as the last operator and tells the window's history to
+    redraw, which buys nothing here. Its undo step is pushed at once, before the window draws the pose
+    (~2 ms of Blender's global undo here): pushed after that draw instead, from a timer, an event the
+    artist gave during the draw would be handled first (Blender runs timers after event handlers), and
+    an undo step it pushed would hold the reply's pose under the artist's operation."""
     scene = bpy.context.scene
     settings = scene.posegpt
-    if settings.auto_key:
-        frame = scene.frame_current
-        bpy.ops.posegpt.key_pose("EXEC_DEFAULT", True, armature=obj.name, index=index, frame=frame)
-        scene.frame_set(frame + settings.key_step)
-    else:
-        bpy.ops.posegpt.apply_pose("EXEC_DEFAULT", True, armature=obj.name, index=index)
+    try:
+        pose = pose_from_json(obj.posegpt_chat.messages[index].pose_json)
+        rig_mapping.apply_pose(bpy.context, obj, pose)
+        if settings.auto_key:
+            frame = scene.frame_current
+            rig_mapping.key_pose(obj, frame)
+            obj.posegpt_chat.messages[index].keyed_frame = frame
+            scene.frame_set(frame + settings.key_step)
+    except (AddonError, PoseFormatError, IndexError) as exc:
+        _report(exc.text if isinstance(exc, AddonError) else f"PoseGPT could not use a reply: {exc}")
+        return
+    _undo_push("PoseGPT pose")
 
 
 def _undo_push(message: str) -> None:

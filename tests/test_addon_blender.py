@@ -286,6 +286,18 @@ def test_undo_reverts_exactly_one_applied_pose_and_keeps_the_chat(prefs):
         np.testing.assert_allclose(rig.read_pose(bpy.data.objects["SMPL"]), second, atol=1e-5)
 
 
+def test_a_reply_poses_the_body_without_running_the_apply_operator(prefs):
+    """Issue 16: a reply's pose goes on straight through ``rig_mapping``: the registered *Apply* operator,
+    run from the timer, only stored itself as the window's last operation and redrew its history. The
+    pose is still one undo step (test_undo_reverts_exactly_one_applied_pose_and_keeps_the_chat)."""
+    obj = create_body()
+    operators = bpy.context.window_manager.operators
+    before = len(operators)
+    message, _ = send_and_wait(obj, "she is proposing marriage")
+    assert [op.bl_idname for op in operators][before:] == []
+    np.testing.assert_allclose(rig.read_pose(bpy.data.objects["SMPL"]), stored_pose(message), atol=1e-5)
+
+
 def test_apply_key_export_import_operators(prefs, tmp_path):
     obj = create_body()
     first = stored_pose(send_and_wait(obj, "she is proposing marriage")[0])
@@ -536,6 +548,30 @@ def test_send_redraws_nothing_until_the_prompt_waits_and_a_reply_redraws_the_vie
     redraws.clear()
     send_and_wait(obj, "she is proposing marriage")
     assert redraws.count("view") == 1 and redraws[-1] == "view", redraws
+
+
+def test_a_reply_clears_the_prompt_without_re_evaluating_the_scene(prefs):
+    """Issue 16: the reply's chat turn is written without RNA updates that reach the depsgraph. Clearing the
+    prompt through ``settings.prompt = ""`` ran the prompt's update, and Blender then tagged the Scene for
+    re-evaluation and redrew every region of the window ahead of the pose's first draw."""
+    from blender_addon import session
+    obj = create_body()
+    settings = bpy.context.scene.posegpt
+    settings.prompt = "she is proposing marriage"
+    bpy.context.view_layer.update()                          # the artist's typing is evaluated before Send
+    updated = []
+
+    def note(scene, depsgraph):
+        updated.extend(type(u.id).__name__ for u in depsgraph.updates)
+    bpy.app.handlers.depsgraph_update_post.append(note)
+    try:
+        assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
+        _pump_until(lambda: len(bpy.data.objects["SMPL"].posegpt_chat.messages) == 2, REPLY_TIMEOUT_S)
+        bpy.context.view_layer.update()
+    finally:
+        bpy.app.handlers.depsgraph_update_post.remove(note)
+    assert settings.prompt == "" and bpy.data.objects["SMPL"].posegpt_chat.messages[1].role == "assistant"
+    assert "Object" in updated and "Scene" not in updated, updated       # the body moved, the scene did not
 
 
 def test_return_in_the_prompt_field_sends_it_and_a_script_setting_the_prompt_does_not(prefs, monkeypatch):
