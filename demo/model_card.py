@@ -25,7 +25,7 @@ import numpy as np
 from smpl_rig import rotations
 from smpl_rig.pose_mean import mean_pose
 
-from .evaluation import NearestCaption, compare, runtime_poses, summarize
+from .evaluation import evaluate
 
 BENCHMARK_FILE = "benchmark.npz"
 METRICS_FILE = "metrics.json"
@@ -82,42 +82,6 @@ def load_benchmark(path) -> dict:
         out[key.replace("_rotvec", "_rotmat")] = rotations.rotvec_to_rotmat(raw[key].astype(np.float64))
     out["train_text_rotmat"] = out["train_rotmat"][out["train_text_pose"]]
     return out
-
-
-# --- evaluation -----------------------------------------------------------------------------------------
-
-def text_prompts(prompts, style: str) -> list[str]:
-    from training.chat_turns import TEXT_QUESTIONS
-
-    if style == "typed":
-        return [str(p) for p in prompts]
-    if style == "templated":
-        return [TEXT_QUESTIONS[0].format(description=str(p).strip()) for p in prompts]
-    raise ValueError(f"style must be 'typed' or 'templated', got {style!r}")
-
-
-def evaluate(runtime, bench: dict, rest_joints, *, sets=("explicit", "speculative", "images"),
-             styles=("typed", "templated"), limit: int = 0) -> dict:
-    """{"explicit_typed": {"model": {...}, "mean_pose": {...}, "nearest_caption": {...}}, ...}."""
-    from PIL import Image
-
-    from training.chat_turns import IMAGE_QUESTIONS
-
-    results = {}
-    train_texts = [str(t) for t in bench["train_texts"]]
-    cut = slice(0, limit or None)
-    for name in [s for s in sets if s in ("explicit", "speculative")]:
-        prompts, true = bench[f"{name}_prompts"][cut], bench[f"{name}_rotmat"][cut]
-        for style in styles:
-            pred = runtime_poses(runtime, text_prompts(prompts, style))
-            results[f"{name}_{style}"] = compare(pred, [str(p) for p in prompts], true, train_texts,
-                                                 bench["train_text_rotmat"], rest_joints)
-    if "images" in sets:
-        pixels, true = bench["image_pixels"][cut], bench["image_rotmat"][cut]
-        pred = runtime_poses(runtime, [IMAGE_QUESTIONS[0]] * len(pixels), [Image.fromarray(p) for p in pixels])
-        mean = np.broadcast_to(bench["train_image_mean_rotmat"].astype(np.float64), true.shape)
-        results["images"] = {"model": summarize(pred, true, rest_joints), "mean_pose": summarize(mean, true, rest_joints)}
-    return results
 
 
 # --- the card -------------------------------------------------------------------------------------------

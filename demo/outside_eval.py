@@ -227,8 +227,7 @@ def figures(runtime, bench: dict, rest_joints, *, limit: int = 0, edit_limit: in
             log=print) -> dict:
     """Every figure of issue 17 for one runtime, printed as ``name: value`` through ``log`` as it is
     measured, and returned. ``limit`` caps each test set (0 = all), ``edit_limit`` the edit chats."""
-    from demo.evaluation import runtime_poses, summarize
-    from demo.model_card import evaluate
+    from demo.evaluation import evaluate, runtime_poses, summarize
 
     out = {}
 

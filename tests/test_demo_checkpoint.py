@@ -30,7 +30,8 @@ def measured():
     import torch
 
     from backend.posegpt.runtime import PoseRuntime
-    from demo.model_card import BENCHMARK_FILE, evaluate, load_benchmark
+    from demo.evaluation import evaluate
+    from demo.model_card import BENCHMARK_FILE, load_benchmark
     from training.evaluate import rest_skeleton
 
     threads = torch.get_num_threads()
