@@ -18,7 +18,7 @@ import torch
 
 from backend.posegpt.package_base import MINILM_L6, assemble_backbone, base_tokenizer, read_package_base, text_config_for
 from backend.posegpt.templates import BERT_CHAT, IMAGE_MARK
-from backend.posegpt.tiny import pose_model
+from backend.posegpt.tiny import clip_processor, llava_config, pose_model
 from smpl_rig import rotations
 
 
@@ -36,21 +36,14 @@ def build_pretrained_demo_model(sizes: VisionSizes = VisionSizes(), *, mean_pose
                                 seed: int = 0, package: dict = MINILM_L6):
     """(PoseGPT, tokenizer, image processor, manifest): the package's encoder as the decoder, a random
     vision tower from ``seed``, `<image>` and `<POSE>` added, the head's bias at ``mean_pose_rotmat``."""
-    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig
-
     torch.manual_seed(seed)
     base = read_package_base(package)
     tokenizer = base_tokenizer(base, [IMAGE_MARK])
-    vision = CLIPVisionConfig(hidden_size=sizes.hidden, intermediate_size=2 * sizes.hidden,
-                              num_hidden_layers=sizes.layers, num_attention_heads=sizes.heads,
-                              image_size=sizes.image_size, patch_size=sizes.patch_size, projection_dim=sizes.hidden)
-    config = LlavaConfig(vision_config=vision, text_config=text_config_for(base, len(tokenizer)),
-                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_MARK), vision_feature_layer=-1,
-                         vision_feature_select_strategy="default", projector_hidden_act="gelu",
-                         image_seq_length=(sizes.image_size // sizes.patch_size) ** 2, tie_word_embeddings=False)
+    config = llava_config(text_config_for(base, len(tokenizer)), tokenizer, vision_hidden=sizes.hidden,
+                          vision_layers=sizes.layers, vision_heads=sizes.heads, image_size=sizes.image_size,
+                          patch_size=sizes.patch_size, vision_feature_layer=-1, tie_word_embeddings=False)
     backbone = assemble_backbone(config, base)
-    processor = CLIPImageProcessorPil(size={"shortest_edge": sizes.image_size},
-                                      crop_size={"height": sizes.image_size, "width": sizes.image_size})
+    processor = clip_processor(sizes.image_size)
     model = pose_model(backbone, tokenizer, BERT_CHAT, head_out_scale=0.1)
     if mean_pose_rotmat is not None:
         mean = np.asarray(mean_pose_rotmat, dtype=np.float64)

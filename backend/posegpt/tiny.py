@@ -73,25 +73,39 @@ def _text_kwargs(vocab: int, hidden: int, layers: int, tokenizer) -> dict:
                 pad_token_id=tokenizer.pad_token_id)
 
 
-def build_llava_backbone(text_config, tokenizer, *, vision_hidden: int, vision_layers: int, vision_heads: int,
-                         image_size: int, patch_size: int, vision_feature_layer: int = -2):
-    """(LlavaForConditionalGeneration with random weights, CLIP image processor): a CLIP vision tower of the
-    given sizes (MLP 2 × wide), the two-layer GELU projector, ``text_config``'s Llama decoder; one image
-    token per patch."""
-    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+def llava_config(text_config, tokenizer, *, vision_hidden: int, vision_layers: int, vision_heads: int,
+                 image_size: int, patch_size: int, vision_feature_layer: int = -2, **llava_kwargs):
+    """LlavaConfig: a CLIP vision tower of the given sizes (MLP 2 × wide), the two-layer GELU projector,
+    ``text_config`` as the language side; one image token per patch."""
+    from transformers import CLIPVisionConfig, LlavaConfig
 
     if image_size % patch_size:
         raise ValueError(f"image_size {image_size} must divide by patch_size {patch_size}")
     vision = CLIPVisionConfig(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
                               num_hidden_layers=vision_layers, num_attention_heads=vision_heads,
                               image_size=image_size, patch_size=patch_size, projection_dim=vision_hidden)
-    config = LlavaConfig(vision_config=vision, text_config=text_config,
-                         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_MARK),
-                         vision_feature_layer=vision_feature_layer, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu", image_seq_length=(image_size // patch_size) ** 2)
-    processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                      crop_size={"height": image_size, "width": image_size})
-    return LlavaForConditionalGeneration(config), processor
+    return LlavaConfig(vision_config=vision, text_config=text_config,
+                       image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_MARK),
+                       vision_feature_layer=vision_feature_layer, vision_feature_select_strategy="default",
+                       projector_hidden_act="gelu", image_seq_length=(image_size // patch_size) ** 2, **llava_kwargs)
+
+
+def clip_processor(image_size: int):
+    """CLIP preprocessing at ``image_size``: shortest edge resized, centre-cropped square."""
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+
+
+def build_llava_backbone(text_config, tokenizer, *, vision_hidden: int, vision_layers: int, vision_heads: int,
+                         image_size: int, patch_size: int, vision_feature_layer: int = -2):
+    """(LlavaForConditionalGeneration with random weights, CLIP image processor) for ``llava_config``."""
+    from transformers import LlavaForConditionalGeneration
+
+    config = llava_config(text_config, tokenizer, vision_hidden=vision_hidden, vision_layers=vision_layers,
+                          vision_heads=vision_heads, image_size=image_size, patch_size=patch_size,
+                          vision_feature_layer=vision_feature_layer)
+    return LlavaForConditionalGeneration(config), clip_processor(image_size)
 
 
 def pose_model(backbone, tokenizer, template, head_out_scale: float = 0.1) -> PoseGPT:

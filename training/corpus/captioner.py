@@ -539,13 +539,23 @@ def captions(rotmats: np.ndarray, rng, count: int = 3) -> list[Caption]:
     """``count`` different captions of one pose; the first is the complete one (legs and arms first, up to
     four facts), the others state 1–4 facts drawn by salience."""
     facts = extract_facts(measure(rotmats))
+
+    def draw(i: int) -> Caption:
+        chosen = choose_facts(facts, rng, complete=i == 0)
+        return Caption(text=compose(chosen, rng, follow_up=i > 0 and rng.random() < FOLLOW_UP_SHARE), facts=chosen)
+
+    return distinct(draw, count)
+
+
+def distinct(draw, count: int) -> list[Caption]:
+    """Up to ``count`` captions with different texts from ``draw(i)`` (i = 0, 1, …), giving up after
+    3 × ``count`` draws (a pose with one fact has few ways to be said)."""
     out, seen = [], set()
     for i in range(count * 3):
-        chosen = choose_facts(facts, rng, complete=i == 0)
-        text = compose(chosen, rng, follow_up=i > 0 and rng.random() < FOLLOW_UP_SHARE)
-        if text not in seen:
-            seen.add(text)
-            out.append(Caption(text=text, facts=chosen))
+        caption = draw(i)
+        if caption.text not in seen:
+            seen.add(caption.text)
+            out.append(caption)
         if len(out) == count:
             break
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .captioner import SIDES, Caption, Fact, choose_facts, extract_facts, measure, phrase_key
+from .captioner import SIDES, Caption, Fact, choose_facts, distinct, extract_facts, measure, phrase_key
 
 # phrase key (captioner.phrase_key) → (clauses, tags); {poss} his/her/their, {side}, {other} the other side
 EVERYDAY = {
@@ -147,14 +147,10 @@ def captions(rotmats: np.ndarray, rng, count: int = 3) -> list[Caption]:
     """``count`` different everyday captions of one pose (24, 3, 3), each with the facts it states: the
     first a short tag list of 1–3 facts, the others any shape with 1–4."""
     facts = extract_facts(measure(rotmats))
-    out, seen = [], set()
-    for i in range(count * 3):
+
+    def draw(i: int) -> Caption:
         short = i == 0
         chosen = choose_facts(facts, rng, max_facts=int(rng.integers(1, 4)) if short else None)
-        text = compose(chosen, rng, "tags" if short else None)
-        if text not in seen:
-            seen.add(text)
-            out.append(Caption(text=text, facts=chosen))
-        if len(out) == count:
-            break
-    return out
+        return Caption(text=compose(chosen, rng, "tags" if short else None), facts=chosen)
+
+    return distinct(draw, count)
