@@ -172,6 +172,31 @@ class POSEGPT_OT_send_prompt(bpy.types.Operator):
         return {"FINISHED"}
 
 
+RETURN_KEYS = frozenset({"RET", "NUMPAD_ENTER"})
+
+
+def send_if_return(event_type: str) -> set:
+    """Send the prompt when its field's edit ended with Return; any other key or click keeps the text."""
+    if event_type in RETURN_KEYS and bpy.ops.posegpt.send_prompt.poll():
+        return bpy.ops.posegpt.send_prompt("EXEC_DEFAULT")
+    return {"CANCELLED"}
+
+
+class POSEGPT_OT_prompt_confirmed(bpy.types.Operator):
+    """Send the prompt if its field was confirmed with Return (run by the field's update)"""
+    bl_idname = "posegpt.prompt_confirmed"
+    bl_label = "Prompt Confirmed"
+    bl_options = {"INTERNAL"}
+
+    def invoke(self, context, event):
+        # Invoked from the update with no event of its own, so ``event`` is the window's last one: the key
+        # (or click) that ended the text edit.
+        return send_if_return(event.type)
+
+    def execute(self, context):
+        return {"CANCELLED"}                      # no event (a script): nothing tells it was Return
+
+
 class POSEGPT_OT_prompt_popup(bpy.types.Operator):
     """Type a prompt in a popup and send it (Ctrl+Return over the 3D View; change it in the keymap)"""
     bl_idname = "posegpt.prompt_popup"
@@ -378,8 +403,8 @@ class POSEGPT_OT_import_pose(bpy.types.Operator, ImportHelper):
 
 
 classes = (POSEGPT_OT_connect, POSEGPT_OT_disconnect, POSEGPT_OT_create_body, POSEGPT_OT_send_prompt,
-           POSEGPT_OT_prompt_popup, POSEGPT_OT_cancel_request, POSEGPT_OT_reset_chat, POSEGPT_OT_apply_pose,
-           POSEGPT_OT_key_pose, POSEGPT_OT_report_error, POSEGPT_OT_export_pose, POSEGPT_OT_import_pose)
+           POSEGPT_OT_prompt_confirmed, POSEGPT_OT_prompt_popup, POSEGPT_OT_cancel_request, POSEGPT_OT_reset_chat,
+           POSEGPT_OT_apply_pose, POSEGPT_OT_key_pose, POSEGPT_OT_report_error, POSEGPT_OT_export_pose, POSEGPT_OT_import_pose)
 
 
 _keymaps: list = []

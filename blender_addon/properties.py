@@ -61,17 +61,23 @@ class POSEGPT_PG_chat(bpy.types.PropertyGroup):
 
 def prompt_confirmed(settings, context) -> None:
     """The prompt field's update: Blender calls it when a text edit is confirmed (Return, Tab, or a click
-    elsewhere after changing the text), so Return in the field sends the prompt. Only an edit in a 3D
-    View's field (the sidebar, the Ctrl+Return popup) sends: a script setting the prompt (from a timer,
-    the Python console, the background) does not, nor do the add-on's own writes (the field cleared
-    when its reply lands) or an emptied field. Send itself ignores a prompt already on its way."""
+    elsewhere after changing the text). Only Return sends (``operators.send_if_return`` reads the key from
+    the event of an invoked operator); Tab and a click away keep the text for the artist to go on with.
+    Only an edit in a 3D View's field (the sidebar, the Ctrl+Return popup) counts: a script setting the
+    prompt (from a timer, the Python console, the background) does not, nor do the add-on's own writes (the
+    field cleared when its reply lands) or an emptied field. Send itself ignores a prompt already on its way."""
     from . import session
     area, region = getattr(context, "area", None), getattr(context, "region", None)
     if session.writing_prompt() or not settings.prompt.strip() or area is None or region is None \
             or area.type != "VIEW_3D":
         return
-    if bpy.ops.posegpt.send_prompt.poll():
-        bpy.ops.posegpt.send_prompt("EXEC_DEFAULT")
+    invoke_return_check()
+
+
+def invoke_return_check() -> None:
+    """Blender has no "which key" in an update callback, but an operator invoked from one gets the window's
+    last event: the key or click that ended the edit (posegpt.prompt_confirmed)."""
+    bpy.ops.posegpt.prompt_confirmed("INVOKE_DEFAULT")
 
 
 class POSEGPT_PG_scene(bpy.types.PropertyGroup):

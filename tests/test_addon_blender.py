@@ -576,11 +576,14 @@ def test_a_reply_clears_the_prompt_without_re_evaluating_the_scene(prefs):
 
 def test_return_in_the_prompt_field_sends_it_and_a_script_setting_the_prompt_does_not(prefs, monkeypatch):
     """Issue 16, point 5: Blender calls the prompt's update when an edit in the field is confirmed
-    (Return); one in a 3D View's sidebar or popup sends the prompt, the Send click that confirmed it
-    sends nothing more, and scripts (no 3D View in their context) or the add-on clearing the field
-    send nothing."""
+    (Return, Tab or a click elsewhere); Return in a 3D View's sidebar or popup sends the prompt, Tab and a
+    click away keep it, the Send click that confirmed it sends nothing more, and scripts (no 3D View in
+    their context) or the add-on clearing the field send nothing. (The key comes from the event of an
+    invoked operator, which needs a window: here it is given by hand, the GUI test presses the keys.)"""
     from types import SimpleNamespace
-    from blender_addon import properties, session
+    from blender_addon import operators, properties, session
+    ended_by = ["RET"]
+    monkeypatch.setattr(properties, "invoke_return_check", lambda: operators.send_if_return(ended_by[0]))
     from test_addon_liveness import FakeServer, hello, pong
     fake = FakeServer({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})      # holds the chat
     try:
@@ -597,6 +600,11 @@ def test_return_in_the_prompt_field_sends_it_and_a_script_setting_the_prompt_doe
 
         confirmed_in("CONSOLE", "WINDOW")              # typed into the Python console
         assert session.connection() is None
+        for key in ("TAB", "LEFTMOUSE"):               # Tab, or a click away, in the sidebar's field
+            ended_by[0] = key
+            confirmed_in("VIEW_3D", "UI")
+            assert session.connection() is None and settings.prompt == "arms up"
+        ended_by[0] = "RET"
         confirmed_in("VIEW_3D", "UI")                  # Return in the sidebar's field
         sent = lambda: [p.prompt for p in session.connection().chats_for(obj.name)]      # noqa: E731
         assert sent() == ["arms up"]

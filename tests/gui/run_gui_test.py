@@ -40,6 +40,7 @@ PROMPTS = ("she is proposing marriage", "now make her look tired", "she raises b
 IMAGES = {1: "VIEWPORT", 2: "CAMERA"}
 ERROR_PROMPT = "stand " * 1400           # longer than the server takes (8000 characters): an error entry
 RIGIFY_PROMPT = "He is kneeling on his right knee with both arms raised."   # the docs' prompt
+KEYS_PROMPT = "she waves"                # typed with real keys into the Ctrl+Return popup
 SIDEBAR_PX = 300                         # the chat must work in a sidebar this narrow (issue 16)
 # Where the sidebar's left edge is gripped (x inset in pixels, height fraction from the bottom): its
 # resize zone lies a few pixels inside the edge; tried in turn until the width is right.
@@ -451,7 +452,7 @@ class Driver:
     def step_mixamo(self):
         """A Mixamo-style rig (Y-up, centimetres, the FBX import's object transform) from the same prompt."""
         rig_fixtures = self.rig_fixtures()
-        return self.send_to_own_rig("mixamo", rig_fixtures.mixamo_rig, None)
+        return self.send_to_own_rig("mixamo", rig_fixtures.mixamo_rig, "keys")
 
     def rig_fixtures(self):
         """tests/rig_fixtures.py: the rigs test_addon_own_rig.py poses, each with a box mesh skinned to it."""
@@ -511,6 +512,55 @@ class Driver:
         self.go(then)
         return 0.2
 
+    # --- real keys in the prompt field: Tab keeps the text, Return sends it ---------------------------
+    def keys(self, *args):
+        """xdotool on the Xvfb display: keys go to the window under the pointer, the 3D View's centre."""
+        import subprocess
+        window, area, region, sidebar = self.view3d()
+        x, y = region.x + region.width // 2, window.height - (region.y + region.height // 2)
+        subprocess.run(["xdotool", "mousemove", str(x), str(y), *args], check=False, timeout=10)
+
+    def step_keys(self):
+        """Ctrl+Return opens the prompt popup with its field ready for typing (the mixamo rig is active)."""
+        self.bpy.context.scene.posegpt.prompt = ""
+        self.key_check = {"sends_before": self.session.last_send_time()}
+        self.keys("key", "ctrl+Return")
+        self.go("keys_tab")
+        return 0.8
+
+    def step_keys_tab(self):
+        if "typed" not in self.key_check:
+            self.keys("type", "--delay", "30", KEYS_PROMPT)
+            self.key_check["typed"] = True
+            return 0.8
+        if "tab" not in self.key_check:
+            self.keys("key", "Tab")
+            self.key_check["tab"] = True
+            return 0.8
+        self.key_check["after_tab"] = {"prompt": self.bpy.context.scene.posegpt.prompt,
+                                       "sent": self.session.last_send_time() > self.key_check["sends_before"]}
+        self.keys("key", "Escape")                 # ends the field's edit (Tab moved on to it again) ...
+        self.keys("key", "Escape")                 # ... and closes the popup without OK
+        self.go("keys_return")
+        return 0.8
+
+    def step_keys_return(self):
+        if "reopened" not in self.key_check:
+            self.keys("key", "ctrl+Return")
+            self.key_check["reopened"] = True
+            return 0.8
+        if "return" not in self.key_check:
+            self.keys("key", "Return")             # the field opens with the text kept from the Tab: send it
+            self.key_check["return"] = True
+            return 0.8
+        sent = self.session.last_send_time() > self.key_check["sends_before"]
+        if not sent and time.monotonic() - self.state_since < 5.0:
+            return 0.2
+        self.key_check["after_return"] = {"prompt": self.bpy.context.scene.posegpt.prompt, "sent": sent}
+        self.keys("key", "Escape")                 # the popup (its OK would only close it now)
+        self.notes.append(f"keys in the prompt popup: {self.key_check}")
+        return self.finish(None)
+
     # --- the end ---------------------------------------------------------------------------------------
     def fk_error(self) -> float | None:
         """Max distance between posed bone heads and smpl_rig FK of the last reply, over body height."""
@@ -560,6 +610,7 @@ class Driver:
             status["screenshots"] = self.shots
             status["error_entry"] = self.error_entry
             status["own_rigs"] = self.own_rigs
+            status["keys"] = getattr(self, "key_check", {})
             render = bpy.context.scene.render          # the camera render job put back what it changed
             status["after_render"] = [render.resolution_x, render.resolution_y, render.resolution_percentage,
                                       bpy.context.preferences.view.render_display_type]
@@ -785,6 +836,11 @@ def check_results(out_dir) -> int:
             failures.append(f"the sidebar area of {name} is empty")
     if status.get("after_render") != [1920, 1080, 100, "WINDOW"]:
         failures.append(f"the camera render job did not restore the settings: {status.get('after_render')}")
+    keys = status.get("keys") or {}
+    if keys.get("after_tab") != {"prompt": KEYS_PROMPT, "sent": False}:
+        failures.append(f"typing in the prompt popup then Tab should keep the text unsent: {keys}")
+    if not (keys.get("after_return") or {}).get("sent"):
+        failures.append(f"Return in the prompt popup's field did not send the prompt: {keys}")
     if status.get("prompt_shortcut") != ["Ctrl+RET"]:
         failures.append(f"the prompt popup's shortcut is not in the window's keymap: {status.get('prompt_shortcut')}")
     # a reply read before the waiting row is due: nothing redrawn between Send and the pose going on
