@@ -206,3 +206,14 @@ def test_edit_chat_trains_the_original_then_the_edited_pose():
     np.testing.assert_array_equal(targets[2], sample.pose_rotmat)
     same = [j for j in range(24) if j not in edit.changed]
     assert np.array_equal(targets[2][same], targets[1][same]) and not np.allclose(targets[2], targets[1])
+    # The edit turn's changed joints are marked, and only they: the edit term weighs them on their own.
+    focus = batch["pose_focus"].numpy()
+    assert not focus[:2].any() and sorted(np.flatnonzero(focus[2])) == sorted(edit.changed)
+    model.eval()
+    with torch.no_grad():
+        plain_out = forward_batch(model, batch, family, torch.device("cpu"), torch.float32, pose_weight=0.5)
+        weighted = forward_batch(model, batch, family, torch.device("cpu"), torch.float32, pose_weight=0.5,
+                                 edit_weight=2.0)
+    by_hand = (weighted.pose_rotmat[2] - batch["pose_targets"][2]).abs()[list(edit.changed)].mean()
+    torch.testing.assert_close(weighted.edit_focus_loss, by_hand)
+    torch.testing.assert_close(weighted.loss, plain_out.loss + 0.5 * 2.0 * by_hand)

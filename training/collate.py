@@ -29,7 +29,8 @@ IGNORE = IGNORE_INDEX
 class EncodedSample:
     """One tokenised chat. input_ids / labels: (L,) lists; images: the family's ``ImageInput`` per
     ``<image>``; positions: (P, L) position ids; pose_rotmat: (24, 3, 3) target of the last turn or None;
-    kind: source; earlier_poses: (24, 3, 3) targets of the `<POSE>` answers of earlier turns, in order."""
+    kind: source; earlier_poses: (24, 3, 3) targets of the `<POSE>` answers of earlier turns, in order;
+    focus_joints: the joints an edit turn changes (skeleton order), empty for every other sample."""
     input_ids: list
     labels: list
     images: list
@@ -37,6 +38,7 @@ class EncodedSample:
     pose_rotmat: np.ndarray | None
     kind: str
     earlier_poses: list = field(default_factory=list)
+    focus_joints: tuple = ()
 
 
 class ChatEncoder:
@@ -99,7 +101,8 @@ class ChatEncoder:
         positions = self.family.positions(ids, images)
         return EncodedSample(input_ids=ids, labels=labels, images=images, positions=positions,
                              pose_rotmat=getattr(record, "pose_rotmat", None), kind=record.kind,
-                             earlier_poses=[e.pose_rotmat for e in earlier])
+                             earlier_poses=[e.pose_rotmat for e in earlier],
+                             focus_joints=tuple(getattr(record, "meta", {}).get("edit_changed", ())) if earlier else ())
 
 
 def collate(samples: list[EncodedSample], pad_id: int, family) -> dict:
@@ -108,7 +111,8 @@ def collate(samples: list[EncodedSample], pad_id: int, family) -> dict:
     Returns input_ids, labels, attention_mask (batch, L); position_ids (3, batch, L) for 3-D RoPE families;
     ``images`` (all ImageInputs in sequence order, for ``family.image_kwargs``); pose_targets (N, 24, 3, 3)
     float32 for the N `<POSE>` tokens in batch order (a follow-up chat's earlier answers before its last)
-    and pose_sample_index (N,) the sample each belongs to; kinds (list of str).
+    and pose_sample_index (N,) the sample each belongs to; pose_focus (N, 24) bool, the joints an edit turn
+    changes (all False for every other pose); kinds (list of str).
     """
     length = max(len(s.input_ids) for s in samples)
     batch = len(samples)
@@ -125,15 +129,20 @@ def collate(samples: list[EncodedSample], pad_id: int, family) -> dict:
         positions[:, b, :n] = s.positions
         if n < length:   # padding continues the count (masked anyway)
             positions[:, b, n:] = s.positions[:, -1:] + torch.arange(1, length - n + 1)
-    pose_index, pose_targets = [], []
+    pose_index, pose_targets, focus = [], [], []
     for b, s in enumerate(samples):
         poses = list(s.earlier_poses) + ([s.pose_rotmat] if s.pose_rotmat is not None else [])
         pose_index += [b] * len(poses)
         pose_targets += poses
+        focus += [()] * len(s.earlier_poses) + ([s.focus_joints] if s.pose_rotmat is not None else [])
+    pose_focus = torch.zeros((len(focus), 24), dtype=torch.bool)
+    for n, joints in enumerate(focus):
+        pose_focus[n, list(joints)] = True
     targets = torch.from_numpy(np.stack(pose_targets)).float() if pose_targets else torch.zeros((0, 24, 3, 3))
     out = {"input_ids": input_ids, "labels": labels, "attention_mask": mask,
            "images": [im for s in samples for im in s.images],
            "pose_targets": targets, "pose_sample_index": torch.tensor(pose_index, dtype=torch.long),
+           "pose_focus": pose_focus,
            "kinds": [s.kind for s in samples]}
     if planes > 1:
         out["position_ids"] = positions

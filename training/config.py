@@ -88,6 +88,7 @@ class TrainConfig:
     grad_accum: int = 2                  # paper
     ce_weight: float = 1.0
     pose_weight: float = 0.1
+    edit_weight: float = 0.0             # edit turns: + pose_weight × edit_weight × L1 on the joints the edit changes
     mixed_precision: str = "auto"        # "auto" (bf16 when the device has it) | "bf16" | "fp16" | "no"
     deepspeed_config: str = ""           # e.g. training/deepspeed_zero2.json; used under accelerate/deepspeed
     seed: int = 0

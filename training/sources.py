@@ -131,7 +131,8 @@ class MixedSamples(torch.utils.data.Dataset):
             edit = edit_pose(rotvec, rng)
             if edit is not None:
                 return PoseRecord(kind="text", pose_rotmat=edited_target(record.pose_rotmat, edit),
-                                  caption=edit.instruction, meta={**record.meta, "edit": edit.kind})
+                                  caption=edit.instruction,
+                                  meta={**record.meta, "edit": edit.kind, "edit_changed": tuple(edit.changed)})
         return None
 
     def __getitem__(self, key):

@@ -43,10 +43,11 @@ log = logging.getLogger("training")
 # --- loss ---------------------------------------------------------------------------------------------
 
 def forward_batch(model, batch: dict, family, device, dtype, ce_weight: float = CE_WEIGHT,
-                  pose_weight: float = POSE_WEIGHT):
+                  pose_weight: float = POSE_WEIGHT, edit_weight: float = 0.0):
     """One collated batch through ``PoseGPT.forward`` with its labels and pose targets; the output's ``loss``
     is ce_weight × CE over assistant tokens + pose_weight × pose L1 over the batch's `<POSE>` tokens
-    (``ce_loss`` and ``pose_loss`` its parts)."""
+    (``ce_loss`` and ``pose_loss`` its parts), + pose_weight × edit_weight × ``edit_focus_loss`` when the
+    batch holds edit turns."""
     kwargs = family.image_kwargs(batch["images"], device, dtype)
     if "position_ids" in batch:
         kwargs["position_ids"] = batch["position_ids"].to(device)
@@ -55,7 +56,20 @@ def forward_batch(model, batch: dict, family, device, dtype, ce_weight: float = 
                 return_logits=False, ce_weight=ce_weight, pose_weight=pose_weight, **kwargs)
     if not torch.equal(out.pose_batch_index.cpu(), batch["pose_sample_index"]):
         raise RuntimeError("the <POSE> tokens found do not match the pose samples of the batch")
+    focus = batch.get("pose_focus")
+    if edit_weight > 0 and focus is not None and bool(focus.any()):
+        out.edit_focus_loss = edit_focus_loss(out.pose_rotmat, batch["pose_targets"].to(device), focus.to(device))
+        out.loss = out.loss + pose_weight * edit_weight * out.edit_focus_loss
     return out
+
+
+def edit_focus_loss(pred_rotmat: torch.Tensor, true_rotmat: torch.Tensor, focus: torch.Tensor) -> torch.Tensor:
+    """Mean |ΔR| over the matrix entries of the joints edit turns change ((N, 24) bool ``focus``).
+
+    Why: an edit ("now raise the left arm") changes one to three of 24 joints, so under the plain L1 repeating
+    the pose before is nearly optimal and the model learns to ignore the instruction (measured: edited-joint
+    error 1.13 × the unchanged pose's, drift 0.3°). This term weighs the changed joints as a body of their own."""
+    return (pred_rotmat.float() - true_rotmat.float()).abs()[focus].mean()
 
 
 # --- launch ---------------------------------------------------------------------------------------------
@@ -193,7 +207,8 @@ def train(cfg: ExperimentConfig) -> dict:
         micro_batches += 1
         with accelerator.accumulate(model):
             out = forward_batch(model, batch, family, accelerator.device, dtype,
-                                ce_weight=cfg.train.ce_weight, pose_weight=cfg.train.pose_weight)
+                                ce_weight=cfg.train.ce_weight, pose_weight=cfg.train.pose_weight,
+                                edit_weight=cfg.train.edit_weight)
             loss, ce, pose = out.loss, out.ce_loss, out.pose_loss
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
