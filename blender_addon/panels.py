@@ -1,12 +1,13 @@
 """The View3D sidebar tab "PoseGPT": connection, body, chat, options, pose files."""
 from __future__ import annotations
 
+import hashlib
 import time
 
 import bpy
 
-from . import rig_mapping, session
-from .chat_state import display_text, first_sentence, turns, wrap_columns, wrap_text
+from . import pose_icon, rig_mapping, session
+from .chat_state import display_text, first_sentence, pose_from_json, turns, wrap_columns, wrap_text
 from .operators import target_armature
 
 MAX_TURNS_SHOWN = 20                 # older turns stay in the .blend; the panel shows the latest ones
@@ -120,6 +121,46 @@ def _draw_rig_status(layout, context, obj) -> None:
         _wrapped_labels(column, context, "Poses the FK controls; the limbs' IK/FK switches are set to FK.")
 
 
+_icons = {"previews": None}     # bpy.utils.previews collection: one stick figure per distinct reply pose
+
+
+def register_icons() -> None:
+    import bpy.utils.previews
+    _icons["previews"] = bpy.utils.previews.new()
+
+
+def unregister_icons() -> None:
+    import bpy.utils.previews
+    if _icons["previews"] is not None:
+        bpy.utils.previews.remove(_icons["previews"])
+    _icons["previews"] = None
+
+
+def pose_preview(pose_json: str):
+    """The preview holding a stored pose's stick figure (pose_icon.py), made the first time it is asked for
+    and kept for the session; None for a pose that does not decode or before the add-on registered."""
+    previews = _icons["previews"]
+    if previews is None or not pose_json:
+        return None
+    key = f"pose-{hashlib.sha1(pose_json.encode()).hexdigest()[:16]}"
+    if key not in previews:
+        try:
+            pixels = pose_icon.stick_figure(pose_from_json(pose_json)).ravel()
+        except ValueError:                        # PoseFormatError: a stored pose that does not decode
+            return None
+        preview = previews.new(key)
+        preview.icon_size = preview.image_size = (pose_icon.ICON_PX, pose_icon.ICON_PX)
+        preview.icon_pixels_float = preview.image_pixels_float = pixels
+    return previews[key]
+
+
+def pose_icon_id(pose_json: str) -> int:
+    """The stick figure's icon id for ``layout.label(icon_value=…)``; 0 (no icon) when there is none (and
+    always in background Blender, which has no icons)."""
+    preview = pose_preview(pose_json)
+    return preview.icon_id if preview is not None else 0
+
+
 class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
     """The conversation with the model about the active armature: the prompt on top, the newest turn
     below it"""
@@ -196,15 +237,26 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
         expanded = head.expanded
         row = box.row(align=True)
         row.prop(head, "expanded", text="", icon="TRIA_DOWN" if expanded else "TRIA_RIGHT", emboss=False)
+        answers = group[1:] if head.role == "user" else group
+        # The turn's label: its prompt, with the stick figure of the pose it got (the last one, if several).
+        posed = [messages[i].pose_json for i in answers if messages[i].role == "assistant" and messages[i].pose_json]
+        figure = pose_icon_id(posed[-1]) if posed else 0
         if head.role == "user":
-            row.label(text=_one_line(head.text, context, indent=6), icon="IMAGE_DATA" if head.image else "USER")
+            text = _one_line(head.text, context, indent=6)
+            if figure:
+                row.label(text=text, icon_value=figure)
+            else:
+                row.label(text=text, icon="IMAGE_DATA" if head.image else "USER")
             if expanded:
                 _wrapped_labels(box, context, head.text)
                 if head.image is not None:
                     box.label(text=head.image.name, icon="IMAGE_DATA")
-        answers = group[1:] if head.role == "user" else group
         if head.role != "user":
-            row.label(text=_one_line(head.prompt or "(earlier chat)", context, indent=6), icon="USER")
+            text = _one_line(head.prompt or "(earlier chat)", context, indent=6)
+            if figure:
+                row.label(text=text, icon_value=figure)
+            else:
+                row.label(text=text, icon="USER")
         for index in answers:
             message = messages[index]
             if message.role == "assistant":
