@@ -11,7 +11,7 @@ import pytest
 from smpl_rig import body as body_module
 from smpl_rig.body import Body, BodyModelError, load, pose_corrective_features
 from smpl_rig.kinematics import forward_kinematics
-from smpl_rig.mannequin import MANNEQUIN_LICENSE_PATH, MANNEQUIN_PATH, read_mannequin
+from smpl_rig.mannequin import MANNEQUIN_LICENSE_PATH, MANNEQUIN_PATH, read_mannequin, read_rest_joints
 from smpl_rig.rotations import rotvec_to_rotmat
 from smpl_rig.skeleton import JOINT_INDEX, NUM_JOINTS
 from smpl_rig.smpl_file import safe_unpickle
@@ -378,6 +378,7 @@ def test_load_builds_the_body_from_the_files_arrays(smpl_files, smpl_body, manne
     arrays = read_mannequin()
     for name in ("rest_joints", "vertices", "faces", "weights"):
         np.testing.assert_array_equal(getattr(mannequin, name), arrays[name])
+    np.testing.assert_array_equal(read_rest_joints(), arrays["rest_joints"])      # the skeleton on its own
     assert mannequin.posedirs is None
     assert (mannequin.kind, mannequin.gender, mannequin.num_betas) == ("mannequin", "neutral", 0)
     raw = np.load(smpl_files["npz"])
