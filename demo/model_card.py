@@ -190,7 +190,9 @@ def write_card(checkpoint: Path, results: dict, info: dict, held_out: dict, note
         f"- `make train CONFIG=training/configs/demo.yaml` on CPU, {train.get('torch_threads')} threads: "
         f"{info['steps']} steps of batch {train.get('batch_size')}, AdamW lr {optim.get('lr'):g} (head "
         f"{optim.get('head_lr'):g}), cosine; loss {train.get('ce_weight', 1.0):g} × CE + "
-        f"{train.get('pose_weight'):g} × pose L1.",
+        f"{train.get('pose_weight'):g} × pose L1"
+        + (f" + {train.get('pose_weight'):g} × {train.get('edit_weight'):g} × L1 on the joints an edit turn changes "
+           "(`training.train.edit_focus_loss`)." if train.get("edit_weight") else "."),
         f"- Wall time: {info['wall_time']}; last logged batch: CE {info['final']['ce']:.3f}, pose L1 "
         f"{info['final']['pose']:.4f}.", "",
         "## Held-out figures", "",
