@@ -14,12 +14,15 @@ This one file plays two parts:
   camera render), let the add-on's
   timer receive the replies, undo/redo the last pose, screenshot the chat (test_output/gui_panel.png),
   send a prompt the server refuses and screenshot its error entry (gui_error.png), then generate a Rigify
-  rig, pose it from a prompt and screenshot it (gui_rigify.png, issue 14).
+  rig, pose it from a prompt and screenshot it (gui_rigify.png, issue 14), then a Mixamo-style rig
+  (gui_mixamo.png), and last type into the Ctrl+Return prompt popup with real keys (gui_keys.png): Tab
+  keeps the text unsent, Return sends it.
 Each turn is timed from Send to the first 3D View draw showing the reply (``LatencyProbe``), and right
 after it one redraw: the same pose put on the body again without the add-on, timed to its first draw; the
 runner prints ``gui_send_to_pose_ms`` (median over the text-only turns), its parts, the server's own reply
 time and ``gui_pose_redraw_ms``, and writes them to test_output/gui_latency.json (bench/bench_addon_gui.py
-reads it). ``POSEGPT_GUI_ZIP=path`` tests another build of the legacy zip (before/after comparisons).
+reads it). ``POSEGPT_GUI_ZIP=path`` tests another build of the legacy zip (before/after comparisons);
+``POSEGPT_GUI_FLOOR=0`` measures with the floor contact off.
 Exit status 0 only when the panel drew the whole conversation, the body shows the last reply, one undo
 took back exactly that pose, the pictures went with turns 2 and 3, the refused prompt became an error
 entry, the Rigify rig moved, and no screenshot is blank.
@@ -109,6 +112,8 @@ class LatencyProbe:
         session.apply_reply = timed_apply
         for name in ("write_turn", "_undo_push"):        # the add-on's own steps between reply and pose
             setattr(session, name, self._marking(getattr(session, name), name))
+        rig_mapping = session.rig_mapping                 # retargeting and floor contact, without undo
+        rig_mapping.apply_pose = self._marking(rig_mapping.apply_pose, "posed")
         self.handler = bpy.types.SpaceView3D.draw_handler_add(self.on_draw, (), "WINDOW", "POST_PIXEL")
         self.pre_handler = bpy.types.SpaceView3D.draw_handler_add(self.on_draw_start, (), "WINDOW", "PRE_VIEW")
         self.draw_started = None
@@ -247,6 +252,8 @@ class Driver:
         # measurement shows the add-on's cost and one draw, not the software rasteriser's.
         if os.environ.get("POSEGPT_GUI_KEEP_AA") != "1":        # =1: measure with Blender's default
             bpy.context.preferences.system.viewport_aa = "OFF"
+        if os.environ.get("POSEGPT_GUI_FLOOR") == "0":          # =0: measure without the floor contact
+            bpy.context.scene.posegpt.floor_contact = False
         for obj in list(bpy.data.objects):
             if obj.type == "MESH":
                 bpy.data.objects.remove(obj)
@@ -513,17 +520,28 @@ class Driver:
         return 0.2
 
     # --- real keys in the prompt field: Tab keeps the text, Return sends it ---------------------------
-    def keys(self, *args):
-        """xdotool on the Xvfb display: keys go to the window under the pointer, the 3D View's centre."""
+    def keys(self, *args, move=True):
+        """xdotool on the Xvfb display: keys go to the window under the pointer, the 3D View left of the sidebar."""
         import subprocess
         window, area, region, sidebar = self.view3d()
-        x, y = region.x + region.width // 2, window.height - (region.y + region.height // 2)
-        subprocess.run(["xdotool", "mousemove", str(x), str(y), *args], check=False, timeout=10)
+        x, y = region.x + (sidebar.x - region.x) // 2, window.height - (region.y + region.height // 2)
+        subprocess.run(["xdotool", *(["mousemove", str(x), str(y)] if move else []), *args], check=False, timeout=10)
 
     def step_keys(self):
         """Ctrl+Return opens the prompt popup with its field ready for typing (the mixamo rig is active)."""
+        if "escaped" not in getattr(self, "key_check", {}):
+            # Blender can still hold the sidebar edge's drag: moving the pointer then widens the sidebar. A
+            # release where the pointer is (and Escape) ends it before the pointer moves over the 3D View.
+            self.key_check = {"escaped": True}
+            self.keys("mouseup", "1", move=False)
+            self.keys("key", "Escape", move=False)
+            return 0.3
+        if "moved" not in self.key_check:
+            self.keys()
+            self.key_check["moved"] = True
+            return 0.3
         self.bpy.context.scene.posegpt.prompt = ""
-        self.key_check = {"sends_before": self.session.last_send_time()}
+        self.key_check["sends_before"] = self.session.last_send_time()
         self.keys("key", "ctrl+Return")
         self.go("keys_tab")
         return 0.8
@@ -533,6 +551,10 @@ class Driver:
             self.keys("type", "--delay", "30", KEYS_PROMPT)
             self.key_check["typed"] = True
             return 0.8
+        if "shot" not in self.key_check:
+            self.shots["keys"] = self.screenshot("gui_keys.png")      # the popup with the typed prompt
+            self.key_check["shot"] = True
+            return 0.3
         if "tab" not in self.key_check:
             self.keys("key", "Tab")
             self.key_check["tab"] = True
