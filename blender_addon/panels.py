@@ -241,22 +241,15 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
         # The turn's label: its prompt, with the stick figure of the pose it got (the last one, if several).
         posed = [messages[i].pose_json for i in answers if messages[i].role == "assistant" and messages[i].pose_json]
         figure = pose_icon_id(posed[-1]) if posed else 0
+        icon = {"icon_value": figure} if figure else {"icon": "IMAGE_DATA" if head.image else "USER"}
         if head.role == "user":
-            text = _one_line(head.text, context, indent=6)
-            if figure:
-                row.label(text=text, icon_value=figure)
-            else:
-                row.label(text=text, icon="IMAGE_DATA" if head.image else "USER")
+            row.label(text=_one_line(head.text, context, indent=6), **icon)
             if expanded:
                 _wrapped_labels(box, context, head.text)
                 if head.image is not None:
                     box.label(text=head.image.name, icon="IMAGE_DATA")
         if head.role != "user":
-            text = _one_line(head.prompt or "(earlier chat)", context, indent=6)
-            if figure:
-                row.label(text=text, icon_value=figure)
-            else:
-                row.label(text=text, icon="USER")
+            row.label(text=_one_line(head.prompt or "(earlier chat)", context, indent=6), **icon)
         for index in answers:
             message = messages[index]
             if message.role == "assistant":
