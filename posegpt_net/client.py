@@ -30,9 +30,11 @@ within ``HANDSHAKE_WAIT_S`` (an HTTP server on the port, say) ends the requests 
 """
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -56,6 +58,7 @@ _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILE
 _LINK_EVENTS = (_HANDSHAKE_FAILED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
                 | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 _VOLATILE_INFO = frozenset({"elapsed_ms", "server_time"})     # change with every heartbeat, not progress
+_monitor_ids = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -241,16 +244,19 @@ class PoseClient:
             sock.curve_serverkey = self.curve.server_public
             sock.curve_publickey = self.curve.client_public
             sock.curve_secretkey = self.curve.client_secret
-        self._monitor = sock.get_monitor_socket(_LINK_EVENTS)
+        self._monitor = _monitor_socket(sock)
         sock.connect(self.address)
         self._socket = sock
+        # libzmq's I/O thread sends each link event to the monitor with a blocking send: were the monitor's
+        # PAIR closed while the DEALER still reports (the garbage collector closing a dropped client's
+        # sockets in its own order), every socket on the shared context would hang. This runs once, in the
+        # one safe order, on close() or when the client is collected.
+        self._release = weakref.finalize(self, _close_monitored, sock, self._monitor)
         self.link, self.link_since = "down", time.monotonic()      # our own reconnect: not a disconnect
 
     def _close_socket(self) -> None:
         if self._socket is not None:
-            self._socket.disable_monitor()
-            self._monitor.close(linger=0)
-            self._socket.close(linger=0)
+            self._release()
             self._socket = self._monitor = None
 
     def _send(self, request_id: str, kind: str, frames: list[bytes], timeout_s: float | None,
@@ -380,3 +386,23 @@ def _image_bytes(image) -> bytes:
     if isinstance(image, (str, os.PathLike)):
         return Path(image).read_bytes()
     raise ValueError(f"images must be encoded PNG/JPEG/WebP bytes or file paths, got {type(image).__name__}")
+
+
+def _monitor_socket(sock: zmq.Socket) -> zmq.Socket:
+    """A PAIR receiving ``sock``'s link events. Its receive queue is unbounded (rcvhwm 0, set before it
+    connects): libzmq's I/O thread would block on a full queue, and with it every socket of the context."""
+    address = f"inproc://posegpt-monitor-{os.getpid()}-{next(_monitor_ids)}"
+    sock.monitor(address, _LINK_EVENTS)
+    monitor = sock.context.socket(zmq.PAIR)
+    monitor.linger = 0
+    monitor.rcvhwm = 0
+    monitor.connect(address)
+    return monitor
+
+
+def _close_monitored(sock: zmq.Socket, monitor: zmq.Socket) -> None:
+    """Stop the events before closing their reader, then the socket (see ``PoseClient._open``)."""
+    if not sock.closed:
+        sock.monitor(None, 0)
+    monitor.close(linger=0)
+    sock.close(linger=0)

@@ -2,6 +2,7 @@
 lazy-pirate reconnect that resends only idempotent requests and never re-runs a generation."""
 from __future__ import annotations
 
+import gc
 import io
 import time
 
@@ -230,3 +231,43 @@ def test_wait_raises_when_its_own_deadline_passes(peer):
         with pytest.raises(TimeoutError):
             client.wait(rid, timeout_s=0.2)
         assert rid in client.pending
+
+
+def _context_still_delivers() -> bool:
+    """A fresh DEALER -> ROUTER pair on the shared context gets a message through (its I/O thread runs)."""
+    context = zmq.Context.instance()
+    router, dealer = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    try:
+        router.linger = dealer.linger = 0
+        dealer.connect(f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}")
+        dealer.send(b"still there?")
+        return bool(router.poll(3000))
+    finally:
+        dealer.close()
+        router.close()
+
+
+@pytest.mark.parametrize("in_a_cycle", [False, True], ids=["freed", "collected"])
+def test_a_dropped_client_never_stalls_the_shared_context(in_a_cycle):
+    """A client dropped without close() while connected, then its server goes away (the add-on forgetting a
+    connection; the test suite that met this). Before, the collector could close the monitor's reader
+    while the socket still reported: the disconnect event then blocked libzmq's I/O thread, and every
+    later socket on the shared context went silent (within 7 to 50 rounds here)."""
+    for _ in range(60):
+        server_context = zmq.Context()
+        server = server_context.socket(zmq.ROUTER)
+        port = server.bind_to_random_port("tcp://127.0.0.1")
+        client = PoseClient(f"tcp://127.0.0.1:{port}", timeout_s=5)
+        deadline = time.monotonic() + 3.0
+        while client.link != "up" and time.monotonic() < deadline:
+            client.pump()
+            time.sleep(0.001)
+        assert client.link == "up"
+        if in_a_cycle:
+            client.me = client
+        del client
+        if in_a_cycle:
+            gc.collect()
+        server.close(linger=0)
+        server_context.term()
+    assert _context_still_delivers()
