@@ -89,12 +89,13 @@ def server(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out, err = tmp / "server.out", tmp / "server.err"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "backend.server", "--checkpoint", str(checkpoint), "--bind", f"tcp://127.0.0.1:{port}",
-         "--device", "cpu", "--dtype", "float32", "--max-image-bytes", str(MAX_IMAGE_BYTES),
-         "--max-header-bytes", str(MAX_HEADER_BYTES),
-         "--max-prompt-chars", str(MAX_PROMPT_CHARS), "--log-level", "WARNING"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out.open("w"), stderr=err.open("w"))
+    with out.open("w") as out_file, err.open("w") as err_file:     # the child keeps its own copies
+        process = subprocess.Popen(
+            [sys.executable, "-m", "backend.server", "--checkpoint", str(checkpoint),
+             "--bind", f"tcp://127.0.0.1:{port}", "--device", "cpu", "--dtype", "float32",
+             "--max-image-bytes", str(MAX_IMAGE_BYTES), "--max-header-bytes", str(MAX_HEADER_BYTES),
+             "--max-prompt-chars", str(MAX_PROMPT_CHARS), "--log-level", "WARNING"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out_file, stderr=err_file)
     deadline = time.monotonic() + 120
     while "listening on" not in out.read_text():
         assert process.poll() is None and time.monotonic() < deadline, err.read_text()[-2000:]
