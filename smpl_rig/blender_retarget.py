@@ -19,7 +19,7 @@ import bpy
 import numpy as np
 
 from . import blender as smpl_blender
-from . import bones, retarget, rig_names
+from . import blender_skinning, bones, retarget, rig_names
 from . import rotations as rot
 from .body import load as load_body
 from .skeleton import JOINT_NAMES, NUM_JOINTS
@@ -175,9 +175,10 @@ def _chain_bones(obj, mapping) -> list:
 
 
 def forget_calibration(obj=None) -> None:
-    """Drop cached rig data (all of it, or one armature's) after its rest pose or mapping changed."""
+    """Drop cached rig data (all of it, or one armature's) after its rest pose, mapping or weights changed."""
     for key in [k for k in _CACHE if k != "reference" and (obj is None or k[0] == obj.name)]:
         del _CACHE[key]
+    blender_skinning.forget(None if obj is None else obj.name)
 
 
 def _matrices(obj, names) -> np.ndarray:
@@ -195,9 +196,15 @@ def _skinned_meshes(obj):
     return meshes
 
 
-def lowest_point(obj, mapping: rig_names.RigMapping | None = None) -> float:
-    """World height of the lowest point of the body: its skinned meshes' evaluated vertices, else its joints.
-    Evaluates the view layer first."""
+def lowest_point(obj, mapping: rig_names.RigMapping | None = None, *, use_skinning: bool = True) -> float:
+    """World height of the lowest point of the body: its skinned meshes' deformed vertices, else its joints.
+
+    Where Blender's deformation is plain linear blend skinning of the bones' own channels (the add-on's SMPL
+    bodies, most simple rigs) ``blender_skinning`` computes it from the pose just written; otherwise
+    the view layer is evaluated first (constraints, other modifiers, shape keys) and the evaluated meshes read."""
+    fast = blender_skinning.lowest_vertex_z(obj, _skinned_meshes(obj)) if use_skinning else None
+    if fast is not None:
+        return fast
     bpy.context.view_layer.update()
     depsgraph = bpy.context.evaluated_depsgraph_get()
     lows = []
@@ -414,7 +421,8 @@ def apply_pose(obj, pose, *, options: ApplyOptions | None = None, global_orient:
         root_bone.location = root_location
         if options.floor_contact:
             rest_to_low = calibration.rest_floor - lowest_point(obj, calibration.mapping)
-            world = np.array(obj.matrix_world, dtype=np.float64)[:3, :3]
+            own = blender_skinning.world_matrix(obj)    # current even where the pose has not been evaluated yet
+            world = (own if own is not None else np.array(obj.matrix_world, dtype=np.float64))[:3, :3]
             shift_armature = np.linalg.solve(world, np.array([0.0, 0.0, rest_to_low]))
             h_root = _identity_pose_rotation(obj, root)
             root_bone.location = root_location + h_root.T @ shift_armature
@@ -508,10 +516,16 @@ def _correct_nonrigid(obj, calibration, targets, options, written) -> None:
 
 
 def _identity_pose_rotation(obj, name) -> np.ndarray:
-    """Rotation (3, 3) the bone would have with an identity pose-bone transform (from its evaluated matrix)."""
+    """Rotation (3, 3) the bone would have with an identity pose-bone transform: from the bones' channels where
+    they alone set it (``blender_skinning.pose_matrices``; the pose just written may not be evaluated yet),
+    else from its evaluated matrix."""
     pb = obj.pose.bones[name]
     basis = np.array(pb.matrix_basis, dtype=np.float64)
-    return rot.orthonormalize_rotmat((np.array(pb.matrix, dtype=np.float64) @ np.linalg.inv(basis))[:3, :3])
+    if blender_skinning.plain_bones(obj):
+        pose = blender_skinning.pose_matrices(obj)[obj.data.bones.find(name)]
+    else:
+        pose = np.array(pb.matrix, dtype=np.float64)
+    return rot.orthonormalize_rotmat((pose @ np.linalg.inv(basis))[:3, :3])
 
 
 def _quaternion(pose_bone) -> np.ndarray:

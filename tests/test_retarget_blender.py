@@ -13,7 +13,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import rig_fixtures  # noqa: E402
-from smpl_rig import blender_keys, blender_retarget, frames, kinematics, retarget, rig_names  # noqa: E402
+from smpl_rig import blender_keys, blender_retarget, blender_skinning, frames, kinematics, retarget, rig_names  # noqa: E402
 from smpl_rig import rotations as rot  # noqa: E402
 from smpl_rig.body import load  # noqa: E402
 from smpl_rig.skeleton import JOINT_INDEX, JOINT_NAMES, NUM_JOINTS  # noqa: E402
@@ -80,6 +80,34 @@ def test_floor_contact_rests_the_lowest_vertex_on_the_rest_floor(rigs, corpus_po
         blender_retarget.apply_pose(rig, rotmats)
         gaps.append(abs(blender_retarget.lowest_point(rig) - rest_floor))
     assert max(gaps) <= FLOOR_TOL_M
+
+
+@pytest.mark.parametrize("kind", rig_fixtures.RIG_KINDS)
+def test_the_lowest_point_by_skinning_in_numpy_is_blenders(rigs, corpus_poses, kind):
+    """The floor contact's lowest vertex computed from the bone channels (no depsgraph evaluation) equals the
+    lowest vertex of Blender's evaluated mesh to 1e-5 m, pose after pose; rigs whose deformation needs
+    Blender (Rigify's constraints) take the evaluated path."""
+    rig = rigs[kind]
+    fast = []
+    for rotmats in corpus_poses[:25]:
+        blender_retarget.apply_pose(rig, rotmats, options=blender_retarget.ApplyOptions(floor_contact=False))
+        fast.append(blender_skinning.lowest_vertex_z(rig, blender_retarget._skinned_meshes(rig)))
+        if fast[-1] is not None:
+            assert abs(fast[-1] - blender_retarget.lowest_point(rig, use_skinning=False)) <= 1e-5
+    assert all(f is None for f in fast) or all(f is not None for f in fast)
+    assert (fast[0] is None) == (kind == "rigify_generated"), (kind, fast[0])      # its bones have constraints
+    # The object moved and turned just before a pose (no evaluation between): matrix_world is stale then.
+    location, rotation = tuple(rig.location), tuple(rig.rotation_euler)
+    try:
+        rig.location.z += 0.5
+        rig.rotation_euler.z += 0.7
+        blender_retarget.apply_pose(rig, corpus_poses[30])
+        # the floor contact still lands it on the rest floor (a world height), measured by Blender
+        expected = blender_retarget.calibrate(rig).rest_floor
+        assert abs(blender_retarget.lowest_point(rig, use_skinning=False) - expected) <= 1e-5
+    finally:
+        rig.location, rig.rotation_euler = location, rotation
+        bpy.context.view_layer.update()
 
 
 def test_a_lying_pose_rests_on_the_floor(rigs):
@@ -229,3 +257,37 @@ def test_amass_motion_goes_onto_a_retargeted_rig(rigs, tmp_path):
         want = retarget.segment_directions(mannequin_joints_blender(expected[k]), segments)
         assert retarget.direction_angles_deg(got, want).max() < 1e-2, k
     rig.animation_data_clear()
+
+
+def test_the_numpy_lowest_point_follows_edited_vertices_and_repainted_weights(rigs, corpus_poses):
+    """Vertex positions are read on every call; weights are cached until ``forget_calibration``."""
+    rig = rigs["mixamo"]
+    (mesh_obj,) = blender_retarget._skinned_meshes(rig)
+    blender_retarget.apply_pose(rig, corpus_poses[3], options=blender_retarget.ApplyOptions(floor_contact=False))
+    positions = np.empty(3 * len(mesh_obj.data.vertices), dtype=np.float32)
+    mesh_obj.data.vertices.foreach_get("co", positions)
+    weights = {v.index: [(e.group, e.weight) for e in v.groups] for v in mesh_obj.data.vertices}
+    try:
+        lowest = int(np.argmin(positions.reshape(-1, 3)[:, 2]))
+        mesh_obj.data.vertices[lowest].co.z -= 0.2
+        mesh_obj.data.update()
+        fast = blender_skinning.lowest_vertex_z(rig, [mesh_obj])
+        assert abs(fast - blender_retarget.lowest_point(rig, use_skinning=False)) <= 1e-5
+        hips = mesh_obj.vertex_groups["mixamorig:Hips"]             # repainted: the whole body on the hips
+        for v in mesh_obj.data.vertices:
+            for e in list(v.groups):
+                mesh_obj.vertex_groups[e.group].remove([v.index])
+            hips.add([v.index], 1.0, "REPLACE")
+        blender_retarget.forget_calibration(rig)
+        rigid = blender_skinning.lowest_vertex_z(rig, [mesh_obj])
+        assert abs(rigid - blender_retarget.lowest_point(rig, use_skinning=False)) <= 1e-5
+        assert abs(rigid - fast) > 1e-3                      # the pose's feet no longer carry the lowest vertex
+    finally:
+        mesh_obj.data.vertices.foreach_set("co", positions)
+        for v in mesh_obj.data.vertices:
+            for e in list(v.groups):
+                mesh_obj.vertex_groups[e.group].remove([v.index])
+            for group, weight in weights[v.index]:
+                mesh_obj.vertex_groups[group].add([v.index], weight, "REPLACE")
+        mesh_obj.data.update()
+        blender_retarget.forget_calibration(rig)
