@@ -88,8 +88,10 @@ def plain_bones(obj) -> bool:
     animation = obj.animation_data
     if animation is not None and (len(animation.drivers) or animation.action is not None):
         return False
+    # a connected bone with a location set: Blender ignores it, the formula would not
     return all(not pb.constraints and pb.bone.use_inherit_rotation and pb.bone.inherit_scale == "FULL"
-               and pb.bone.use_local_location for pb in obj.pose.bones)
+               and pb.bone.use_local_location and not (pb.bone.use_connect and any(pb.location))
+               for pb in obj.pose.bones)
 
 
 def pose_matrices(obj) -> np.ndarray:

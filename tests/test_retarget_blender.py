@@ -291,3 +291,25 @@ def test_the_numpy_lowest_point_follows_edited_vertices_and_repainted_weights(ri
                 mesh_obj.vertex_groups[group].add([v.index], weight, "REPLACE")
         mesh_obj.data.update()
         blender_retarget.forget_calibration(rig)
+
+
+def test_the_numpy_lowest_point_leaves_what_blender_alone_decides_to_blender(rigs):
+    """A bone with a constraint, or the armature with drivers: Blender's evaluation decides."""
+    rig = rigs["mixamo"]
+    meshes = blender_retarget._skinned_meshes(rig)
+    had_animation = rig.animation_data is not None
+    assert blender_skinning.lowest_vertex_z(rig, meshes) is not None
+    bone = rig.pose.bones[len(rig.pose.bones) // 2]
+    constraint = bone.constraints.new("COPY_ROTATION")
+    try:
+        assert blender_skinning.lowest_vertex_z(rig, meshes) is None
+    finally:
+        bone.constraints.remove(constraint)
+    driver = bone.driver_add("rotation_quaternion", 1)
+    try:
+        assert blender_skinning.lowest_vertex_z(rig, meshes) is None
+    finally:
+        bone.driver_remove("rotation_quaternion", 1)
+        if not had_animation:
+            rig.animation_data_clear()
+    assert blender_skinning.lowest_vertex_z(rig, meshes) is not None
