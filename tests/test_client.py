@@ -271,3 +271,56 @@ def test_a_dropped_client_never_stalls_the_shared_context(in_a_cycle):
         server.close(linger=0)
         server_context.term()
     assert _context_still_delivers()
+
+
+_FLOOD_MONITOR = """
+import os, socket, sys, threading, time
+import zmq
+from posegpt_net.client import _LINK_EVENTS, _monitor_socket
+
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(512)
+accepted = []
+
+def hang_up():
+    while True:
+        connection, _ = listener.accept()
+        connection.close()
+        accepted.append(1)
+
+threading.Thread(target=hang_up, daemon=True).start()
+context = zmq.Context.instance()
+dealer = context.socket(zmq.DEALER)
+dealer.linger, dealer.reconnect_ivl, dealer.reconnect_ivl_max = 0, 1, 1
+monitor = dealer.get_monitor_socket(_LINK_EVENTS) if sys.argv[1] == "pyzmq" else _monitor_socket(dealer)
+dealer.connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}")
+seen, still_since = 0, time.monotonic()
+while len(accepted) < 1500 and time.monotonic() - still_since < 2.0:     # > 3000 events, none read
+    time.sleep(0.05)
+    if len(accepted) > seen:
+        seen, still_since = len(accepted), time.monotonic()
+router, probe = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+probe.connect(f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}")
+probe.send(b"still there?")
+print(len(accepted), "delivered" if router.poll(3000) else "stalled", flush=True)
+os._exit(0)                       # a stalled I/O thread would hang any close()
+"""
+
+
+@pytest.mark.slow
+def test_a_monitor_nobody_reads_never_stalls_the_shared_context():
+    """A peer that accepts TCP and hangs up at once, redialled every millisecond, floods the link monitor
+    (connected, failed, disconnected) while nobody pumps. pyzmq's monitor socket queues about 2000 events,
+    then libzmq's I/O thread blocks for good and every socket of the context with it (the script's "pyzmq"
+    argument shows it: "stalled" after ~670 hang-ups here); the client's own monitor (``_monitor_socket``) has
+    an unbounded queue. Run in a child process: a stalled context hangs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", _FLOOD_MONITOR, "ours"], cwd=root, capture_output=True,
+                          text=True, timeout=60, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    accepted, outcome = done.stdout.split()
+    assert int(accepted) >= 1500 and outcome == "delivered", done.stdout + done.stderr
