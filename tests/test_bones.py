@@ -132,7 +132,9 @@ def test_smpl_rig_has_no_import_cycles_and_only_its_blender_modules_import_bpy()
                           any((a.name if isinstance(n, ast.Import) else (n.module or "")).split(".")[0] == "bpy"
                               for a in n.names)
                           for n in ast.walk(ast.parse(path.read_text())))
-        assert imports_bpy == name.startswith("blender"), name
+        # bpy only in the Blender-specific modules (blender_skinning reads Blender objects it is handed
+        # without importing bpy itself)
+        assert not imports_bpy or name.startswith("blender"), name
     state: dict[str, str] = {}
 
     def visit(name, trail):
