@@ -16,8 +16,6 @@ mask.
 """
 from __future__ import annotations
 
-import torch
-
 PROMPT_ATTENTION = ("causal", "block")
 CAUSAL_TOKEN = -1   # the group of a token outside every user message: causal attention only
 
@@ -30,6 +28,8 @@ def check_prompt_attention(value: str) -> str:
 
 def block_ids(length: int, spans) -> torch.Tensor:
     """(length,) group per token: k for the tokens of the k-th user message span, CAUSAL_TOKEN elsewhere."""
+    import torch   # here, so that the training config reads PROMPT_ATTENTION without torch
+
     ids = torch.full((length,), CAUSAL_TOKEN, dtype=torch.long)
     for k, (start, end) in enumerate(spans):
         ids[start:end] = k
@@ -43,6 +43,7 @@ def block_causal_mask(text_config, padding_mask: torch.Tensor, groups: torch.Ten
     never a key that ``padding_mask`` (B, kv; 0 = hidden) hides. transformers builds it in the format
     the model's attention implementation takes (sdpa: bool, True = attend; eager: additive in ``dtype``)
     and the models pass a 4-D mask through untouched."""
+    import torch
     from transformers.masking_utils import create_causal_mask
 
     batch = padding_mask.shape[0]
