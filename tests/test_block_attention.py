@@ -18,6 +18,7 @@ from backend.posegpt.runtime import PoseRuntime
 from backend.posegpt.templates import Template, encode_conversation_spans
 from backend.posegpt.tiny import build_tiny_model
 from training.collate import EncodedSample, collate
+from training.data.records import PoseRecord
 from training.model_setup import remix_tiny_backbone
 from training.train import forward_batch
 
@@ -186,3 +187,47 @@ def test_first_word_of_a_prompt_sees_its_last_only_under_block(bert, attention):
 def test_manifest_values_the_runtime_refuses(bert):
     with pytest.raises(PoseGPTError, match="prompt_attention"):
         _runtime(bert, "bidirectional")
+
+
+def test_a_block_run_trains_exports_and_serves_under_block(tmp_path):
+    """model.prompt_attention=block: the loop trains under the mask, the export records it, the runtime
+    reads it, and the served poses are the training model's (evaluation under the same mask)."""
+    from training.config import config_from_dict
+    from training.evaluate import predict_poses
+    from training.model_setup import make_family_for
+    from training.synthetic import write_synthetic_dataset
+    from training.train import train
+
+    write_synthetic_dataset(tmp_path / "data", text=8, images=2, instructions=4, image_size=32, caption_words=(3, 5))
+    result = train(config_from_dict({
+        "model": {"tiny_family": "llava", "lora_r": 4, "lora_alpha": 8, "gradient_checkpointing": False,
+                  "prompt_attention": "block"},
+        "data": {"synthetic_dir": str(tmp_path / "data"), "max_length": 512, "mix": {"text": 1, "instruction": 1}},
+        "optim": {"lr": 5e-3, "warmup_steps": 1},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 2, "save_every": 0,
+                  "eval_every": 0, "progress": False, "mixed_precision": "no", "device": "cpu",
+                  "export_dtype": "fp32"}}))
+    assert all(np.isfinite(step["loss"]) for step in result["history"])
+    rt = PoseRuntime.from_checkpoint(result["final"], device="cpu", dtype="float32", warmup=False)
+    assert rt.manifest["prompt_attention"] == rt.prompt_attention == "block"
+    prompt = "Someone sits with the left leg crossed. Can you give the SMPL pose of this person?"
+    model, manifest = result["model"].eval(), result["manifest"]
+    family = make_family_for(model, result["processor"], manifest)
+    template = Template.from_dict(manifest["template"])
+    records = [PoseRecord(kind="text", pose_rotmat=np.zeros((24, 3, 3)))]
+
+    def evaluated(attention):
+        return predict_poses(model, result["tokenizer"], template, family, records, questions=[prompt],
+                             prompt_attention=attention)[0]
+
+    served = rt.chat("s", prompt).poses[0].rotmat
+    np.testing.assert_allclose(served, evaluated("block"), atol=TOL)
+    assert np.abs(served - evaluated("causal")).max() > 10 * TOL
+
+
+def test_config_default_is_causal_and_unknown_values_are_refused():
+    from training.config import ConfigError, load_config
+
+    assert load_config(None, ["model.tiny_family=llava"]).model.prompt_attention == "causal"
+    with pytest.raises(ConfigError, match="prompt_attention"):
+        load_config(None, ["model.tiny_family=llava", "model.prompt_attention=bidirectional"])
