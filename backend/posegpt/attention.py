@@ -16,6 +16,11 @@ mask.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:    # torch is imported where it is used, so the training config reads this module without it
+    import torch
+
 PROMPT_ATTENTION = ("causal", "block")
 CAUSAL_TOKEN = -1   # the group of a token outside every user message: causal attention only
 
@@ -28,7 +33,7 @@ def check_prompt_attention(value: str) -> str:
 
 def block_ids(length: int, spans) -> torch.Tensor:
     """(length,) group per token: k for the tokens of the k-th user message span, CAUSAL_TOKEN elsewhere."""
-    import torch   # here, so that the training config reads PROMPT_ATTENTION without torch
+    import torch
 
     ids = torch.full((length,), CAUSAL_TOKEN, dtype=torch.long)
     for k, (start, end) in enumerate(spans):
