@@ -231,3 +231,15 @@ def test_config_default_is_causal_and_unknown_values_are_refused():
     assert load_config(None, ["model.tiny_family=llava"]).model.prompt_attention == "causal"
     with pytest.raises(ConfigError, match="prompt_attention"):
         load_config(None, ["model.tiny_family=llava", "model.prompt_attention=bidirectional"])
+
+
+def test_block_spans_follow_a_trimmed_history(bert, monkeypatch):
+    """Turns dropped to fit the context shift the stored user spans with the ids."""
+    from backend.posegpt.families import LlavaFamily
+
+    monkeypatch.setattr(LlavaFamily, "max_positions", property(lambda self: 160))
+    rt = _runtime(bert, "block")
+    for k in range(3):
+        result = rt.chat("s", f"turn {k}: a person jumping in the air with arms spread wide")
+    assert result.history_trimmed
+    np.testing.assert_allclose(result.poses[0].rotmat, _full_poses(rt, "s", [])[-1], atol=TOL)
