@@ -74,6 +74,12 @@ def _full_poses(rt: PoseRuntime, session_id: str, images) -> np.ndarray:
     return rt.model.pose_from_hidden(hidden[0, before_pose])[1].numpy()
 
 
+def _span_texts(rt: PoseRuntime, session_id: str) -> list[str]:
+    """What each stored user span of a session holds, as text (the spans are checked, not trusted)."""
+    session = rt.store.get(session_id)
+    return [rt.tokenizer.decode(session.ids[a:b]) for a, b in session.user_spans]
+
+
 def _conversation(rt: PoseRuntime, session_id: str, evict_before_last: bool = False) -> list:
     """Three turns: a picture (direct), a chat turn (a few decoded tokens), a text prompt (direct)."""
     poses = rt.chat(session_id, "what is the pose of this person?", [_image(0)]).poses
@@ -119,7 +125,7 @@ def test_causal_or_absent_field_is_the_plain_causal_model(bert):
 def test_block_session_turns_equal_one_forward_over_the_conversation(bert):
     rt = _runtime(bert, "block")
     served = _conversation(rt, "s")
-    assert len(rt.store.get("s").user_spans) == 3
+    assert _span_texts(rt, "s")[1:] == ["now make her lean to the side", "Jumping in the air with arms spread wide."]
     np.testing.assert_allclose(np.stack(served), _full_poses(rt, "s", [_image(0)]), atol=TOL)
     # A cache rebuilt from the stored history (eviction) reads the same spans.
     rebuilt = _conversation(rt, "r", evict_before_last=True)
@@ -239,7 +245,9 @@ def test_block_spans_follow_a_trimmed_history(bert, monkeypatch):
 
     monkeypatch.setattr(LlavaFamily, "max_positions", property(lambda self: 160))
     rt = _runtime(bert, "block")
-    for k in range(3):
-        result = rt.chat("s", f"turn {k}: a person jumping in the air with arms spread wide")
+    prompts = [f"turn {k}: a person jumping in the air with arms spread wide" for k in range(3)]
+    for prompt in prompts:
+        result = rt.chat("s", prompt)
     assert result.history_trimmed
+    assert _span_texts(rt, "s") == prompts[-len(rt.store.get("s").user_spans):]
     np.testing.assert_allclose(result.poses[0].rotmat, _full_poses(rt, "s", [])[-1], atol=TOL)
