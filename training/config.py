@@ -15,6 +15,8 @@ from typing import Any, get_origin, get_type_hints
 
 import yaml
 
+from backend.posegpt.attention import PROMPT_ATTENTION
+
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema (the message names the key)."""
@@ -42,6 +44,9 @@ class ModelConfig:
                                          # fully (models trained from scratch; merged export only)
     gradient_checkpointing: bool = True
     load_in_4bit: bool = False           # QLoRA on one 24 GB GPU (bitsandbytes, CUDA only)
+    prompt_attention: str = "causal"     # "causal" | "block": each user message also reads itself whole (a prefix
+                                         # LM per turn; backend/posegpt/attention.py), for a pretrained encoder
+                                         # as the decoder (the demo); recorded in the exported manifest
 
 
 @dataclass
@@ -264,6 +269,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("model.load_in_4bit quantises a checkpoint's weights as they load (bitsandbytes, CUDA): "
                           "it applies to model.checkpoint only; a tiny_family or base_builder model would "
                           "silently train unquantised")
+    if cfg.model.prompt_attention not in PROMPT_ATTENTION:
+        raise ConfigError(f"model.prompt_attention must be one of {', '.join(PROMPT_ATTENTION)}")
     if cfg.model.tiny_init not in ("hf", "mixing"):
         raise ConfigError("model.tiny_init must be hf or mixing")
     if cfg.model.base_builder and ":" not in cfg.model.base_builder:

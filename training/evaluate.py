@@ -74,11 +74,12 @@ def question_for(record: PoseRecord) -> str:
 
 @torch.no_grad()
 def predict_poses(model, tokenizer, template, family, records: list[PoseRecord], *, batch_size: int = 8,
-                  device=None, questions: list[str] | None = None) -> np.ndarray:
-    """(N, 24, 3, 3) camera-frame predictions for pose records, one forward pass per batch."""
-    from backend.posegpt.templates import encode_conversation
+                  device=None, questions: list[str] | None = None, prompt_attention: str = "causal") -> np.ndarray:
+    """(N, 24, 3, 3) camera-frame predictions for pose records, one forward pass per batch, prompts read
+    under the model's ``prompt_attention`` (its manifest's)."""
+    from backend.posegpt.templates import encode_conversation_spans
 
-    from .collate import EncodedSample, collate
+    from .collate import EncodedSample, collate, language_mask
 
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -92,14 +93,15 @@ def predict_poses(model, tokenizer, template, family, records: list[PoseRecord],
             question = questions[start + k] if questions else question_for(record)
             images = [family.encode_image(record.load_image())] if record.load_image else []
             messages = [{"role": "user", "content": question}, {"role": "assistant", "content": template.direct_answer}]
-            ids, labels = encode_conversation(tokenizer, template, messages,
-                                              image_ids=lambda i, images=images: family.placeholder_ids(images[i]))
-            samples.append(EncodedSample(ids, labels, images, family.positions(ids, images), None, record.kind))
-        batch = collate(samples, tokenizer.pad_token_id or 0, family)
+            ids, labels, spans = encode_conversation_spans(
+                tokenizer, template, messages, image_ids=lambda i, images=images: family.placeholder_ids(images[i]))
+            samples.append(EncodedSample(ids, labels, images, family.positions(ids, images), None, record.kind,
+                                         user_spans=spans))
+        batch = collate(samples, tokenizer.pad_token_id or 0, family, prompt_attention)
         kwargs = family.image_kwargs(batch["images"], device, dtype)
         if "position_ids" in batch:
             kwargs["position_ids"] = batch["position_ids"].to(device)
-        result = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+        result = model(input_ids=batch["input_ids"].to(device), attention_mask=language_mask(batch, family, device, dtype),
                        **kwargs)
         if len(result.pose_rotmat) != len(chunk):
             raise RuntimeError(f"expected one pose per sample, got {len(result.pose_rotmat)} for {len(chunk)}")
@@ -113,9 +115,10 @@ def summarize(errors: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def evaluate_records(model, tokenizer, template, family, records, rest_joints, *, retrieval=None,
-                     batch_size: int = 8) -> dict[str, float]:
+                     batch_size: int = 8, prompt_attention: str = "causal") -> dict[str, float]:
     """Pose errors (and recall@K for captioned text records when a retrieval model is given)."""
-    pred = predict_poses(model, tokenizer, template, family, records, batch_size=batch_size)
+    pred = predict_poses(model, tokenizer, template, family, records, batch_size=batch_size,
+                         prompt_attention=prompt_attention)
     true = np.stack([r.pose_rotmat for r in records])
     result = summarize(pose_errors(pred, true, rest_joints))
     if retrieval is not None and records and records[0].kind == "text" and len(records) >= 2:
@@ -180,8 +183,9 @@ def main(argv=None) -> int:
     if not sets:
         parser.error("nothing to evaluate: give --posescript-dir/--amass-dir, --spg or --rpe")
     random.seed(0)
-    results = {name: evaluate_records(model, tokenizer, template, family, records, rest,
-                                      retrieval=retrieval, batch_size=args.batch_size)
+    results = {name: evaluate_records(model, tokenizer, template, family, records, rest, retrieval=retrieval,
+                                      batch_size=args.batch_size,
+                                      prompt_attention=manifest.get("prompt_attention", "causal"))
                for name, records in sets.items()}
     print(f"skeleton: {skeleton}")
     print(format_table(results))

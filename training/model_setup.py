@@ -56,6 +56,7 @@ def build_model(cfg: ExperimentConfig, precision: str = "no", device: str = "cpu
             cfg.model.tiny_family, seed=cfg.train.seed, hidden=cfg.model.tiny_hidden, layers=cfg.model.tiny_layers)
         if cfg.model.tiny_init == "mixing":
             remix_tiny_backbone(model.backbone, seed=cfg.train.seed)
+    manifest["prompt_attention"] = cfg.model.prompt_attention   # the runtime must mask prompts as training did
     backbone = model.backbone
     for p in backbone.parameters():
         p.requires_grad_(False)

@@ -30,7 +30,7 @@ import torch
 
 from backend.posegpt.model import CE_WEIGHT, POSE_WEIGHT
 
-from .collate import ChatEncoder, collate
+from .collate import ChatEncoder, collate, language_mask
 from .config import ExperimentConfig, config_to_dict, load_config, validate
 from .model_setup import build_model, make_family_for, trainable_summary
 from .run_state import STATE_FILE, resolve_resume, save_training_state
@@ -47,11 +47,11 @@ def forward_batch(model, batch: dict, family, device, dtype, ce_weight: float = 
     """One collated batch through ``PoseGPT.forward`` with its labels and pose targets; the output's ``loss``
     is ce_weight × CE over assistant tokens + pose_weight × pose L1 over the batch's `<POSE>` tokens
     (``ce_loss`` and ``pose_loss`` its parts), + pose_weight × edit_weight × ``edit_focus_loss`` when the
-    batch holds edit turns."""
+    batch holds edit turns. A batch collated for block prompt attention runs under its 4-D mask."""
     kwargs = family.image_kwargs(batch["images"], device, dtype)
     if "position_ids" in batch:
         kwargs["position_ids"] = batch["position_ids"].to(device)
-    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=language_mask(batch, family, device, dtype),
                 labels=batch["labels"].to(device), pose_targets=batch["pose_targets"].to(device),
                 return_logits=False, ce_weight=ce_weight, pose_weight=pose_weight, **kwargs)
     if not torch.equal(out.pose_batch_index.cpu(), batch["pose_sample_index"]):
@@ -180,7 +180,8 @@ def train(cfg: ExperimentConfig) -> dict:
     batch_order = MixedBatches(sampler)
     loader = torch.utils.data.DataLoader(
         MixedSamples(sources, encoder, cfg.train.seed, cfg.data.follow_up_every, cfg.data.edit_every), batch_sampler=batch_order,
-        collate_fn=lambda s: collate(s, tokenizer.pad_token_id or 0, family), num_workers=cfg.data.num_workers,
+        collate_fn=lambda s: collate(s, tokenizer.pad_token_id or 0, family, cfg.model.prompt_attention),
+        num_workers=cfg.data.num_workers,
         generator=torch.Generator().manual_seed(seed) if cfg.data.num_workers else None)
     batches = iter(loader) if cfg.data.num_workers == 0 else None
     step, micro_batches = 0, 0
@@ -276,7 +277,8 @@ def periodic_eval(cfg: ExperimentConfig, model, tokenizer, template, family) -> 
         return {}
     rest, _ = rest_skeleton(cfg.eval.smpl_model or None)
     retrieval = TextPoseRetrieval.load(cfg.eval.retrieval_model) if cfg.eval.retrieval_model else None
-    return {name: evaluate_records(model, tokenizer, template, family, records, rest, retrieval=retrieval)
+    return {name: evaluate_records(model, tokenizer, template, family, records, rest, retrieval=retrieval,
+                                   prompt_attention=cfg.model.prompt_attention)
             for name, records in sets.items()}
 
 

@@ -10,6 +10,7 @@ Modules (import what you need; this package imports nothing heavy by itself, so
     sessions    SessionStore (LRU/TTL-bounded KV caches, histories)
     templates   conversation templates and their tokenisation (encode_conversation for training)
     families    per-backbone image preprocessing, placeholders, position ids
+    attention   prompt attention: causal, or block (each user message reads itself whole)
     tiny        tiny offline checkpoints for tests and benchmarks
     convert_published   the published ChatPose checkpoint → project format
 """

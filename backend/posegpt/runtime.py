@@ -28,6 +28,7 @@ import torch
 from transformers import DynamicCache
 from transformers.generation.logits_process import TopPLogitsWarper
 
+from .attention import CAUSAL_TOKEN, block_causal_mask, block_ids, check_prompt_attention
 from .checkpoint import complete_manifest, load_checkpoint, load_prompt_tokenizer
 from .errors import PoseGPTError
 from .families import ImageInput, make_family
@@ -79,6 +80,7 @@ class _Turn:
     positions: torch.Tensor        # (P, len(ids))
     text: str = ""                 # "whole" templates: the conversation text up to the generation prompt
     turn_starts: list[int] = None  # where each user turn begins in ``ids`` (this one included)
+    user_spans: list[tuple[int, int]] = None  # (start, end) of each user message in ``ids`` (block attention)
     trimmed: int = 0               # oldest whole turns dropped so that this one fits the context
 
 
@@ -102,6 +104,15 @@ class PoseRuntime:
             self.direct_answer_ids = self.turns.check_pose_follows()
         except ValueError as exc:
             raise PoseGPTError("bad_checkpoint", f"template: {exc}") from exc
+        # A manifest written before the field existed means causal (attention.py).
+        self.prompt_attention = self.manifest.get("prompt_attention", "causal")
+        try:
+            check_prompt_attention(self.prompt_attention)
+        except ValueError as exc:
+            raise PoseGPTError("bad_checkpoint", str(exc)) from exc
+        if self.prompt_attention == "block" and self.template.encoding != "pieces":
+            raise PoseGPTError("bad_checkpoint", "block prompt attention needs a 'pieces' template (user messages "
+                               "are marked as their ids are built)")
         self.pose_id = model.pose_token_id
         self.stop_ids = {self.turns.end_id} | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.turns.end_id
@@ -288,7 +299,9 @@ class PoseRuntime:
 
         ids = list(session.ids) if session.ids else self.turns.start()
         first_new = len(ids)
-        ids += self.turns.user_turn(content, lambda k: self.family.placeholder_ids(encoded[k]))
+        head, message, tail = self.turns.user_turn_parts(content, lambda k: self.family.placeholder_ids(encoded[k]))
+        ids += head + message + tail
+        user_spans = list(session.user_spans) + [(first_new + len(head), first_new + len(head) + len(message))]
         starts = _image_starts(ids, first_new, encoded, self.family)
         if mode == "direct":
             ids += self.direct_answer_ids
@@ -296,8 +309,8 @@ class PoseRuntime:
         old_images, turn_starts, trimmed = list(session.images), list(session.turn_starts), 0
         turn_starts.append(first_new)
         if len(ids) > budget:
-            ids, old_images, starts, turn_starts, trimmed = _trim_history(ids, old_images, starts, turn_starts,
-                                                                          budget)
+            ids, old_images, starts, turn_starts, user_spans, trimmed = _trim_history(
+                ids, old_images, starts, turn_starts, user_spans, budget)
         if len(ids) > budget:
             raise PoseGPTError("prompt_too_long", f"the conversation needs {len(ids)} tokens; the context holds "
                                f"{self.family.max_positions}")
@@ -306,7 +319,7 @@ class PoseRuntime:
         start = session.cache_len if session.cache is not None and not trimmed else 0
         return _Turn(session=session, ids=ids, images=all_images, start=start,
                      cache=session.cache if start else None, positions=positions, turn_starts=turn_starts,
-                     trimmed=trimmed)
+                     user_spans=user_spans, trimmed=trimmed)
 
     def _prepare_whole(self, session: Session, prompt: str, content: str, encoded: list, mode: str,
                        max_new_tokens: int) -> _Turn:
@@ -357,8 +370,9 @@ class PoseRuntime:
         """Run the uncached tail of each turn as one batch.
 
         Layout per row: [pad | cached prefix | pad | new tokens], cached part C = max prefix, new part N = max
-        tail, all padding masked out. Returns (hidden (B, N, H) of the new part, the batch DynamicCache,
-        attention mask (B, C + N)).
+        tail, all padding masked out. Under block prompt attention the model gets the 4-D mask that also
+        lets each user message see itself whole (attention.py). Returns (hidden (B, N, H) of the new part,
+        the batch DynamicCache, attention mask (B, C + N) of the real tokens).
         """
         rows = len(turns)
         tails = [t.ids[t.start:] for t in turns]
@@ -379,12 +393,18 @@ class PoseRuntime:
         if self._masked_ids:  # hidden from attention, as the published generate() hid them; still cached
             attention = mask.clone()
             for r, turn in enumerate(turns):
-                for i, token in enumerate(turn.ids):
-                    if token in self._masked_ids:
-                        attention[r, c_max - turn.start + i if i < turn.start else c_max + n_max - len(turn.ids) + i] = 0
+                hidden_ids = torch.tensor([token in self._masked_ids for token in turn.ids])
+                attention[r, _columns(turn, c_max, n_max)[hidden_ids]] = 0
         cache = DynamicCache(ddp_cache_data=self._batch_cache(turns, c_max)) if c_max else DynamicCache()
+        attention = attention.to(self.device)
+        if self.prompt_attention == "block":
+            groups = torch.full((rows, c_max + n_max), CAUSAL_TOKEN, dtype=torch.long)
+            for r, turn in enumerate(turns):
+                groups[r, _columns(turn, c_max, n_max)] = block_ids(len(turn.ids), turn.user_spans)
+            attention = block_causal_mask(self.family.text_config, attention, groups, query_length=n_max,
+                                          dtype=self.dtype, cache=cache)
         out = self.model.decoder(
-            input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
+            input_ids=input_ids.to(self.device), attention_mask=attention,
             position_ids=(positions[0] if npos == 1 else positions).to(self.device), cache=cache, use_cache=True,
             **self.family.image_kwargs(chunk_images, self.device, self.dtype))
         return out.last_hidden_state, out.cache, mask
@@ -415,6 +435,7 @@ class PoseRuntime:
             turn.session.text = turn.text + self.turns.history_answer_text(answer)
         turn.session.images = turn.images
         turn.session.turn_starts = turn.turn_starts or []
+        turn.session.user_spans = turn.user_spans or []
         turn.session.turns += 1
         self.store.store_cache(turn.session, kv, kv[0][0].shape[2])
 
@@ -546,23 +567,31 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _trim_history(ids: list[int], images: list, starts: list[int], turn_starts: list[int], budget: int,
-                  headroom: float = 0.75):
+def _trim_history(ids: list[int], images: list, starts: list[int], turn_starts: list[int],
+                  user_spans: list[tuple[int, int]], budget: int, headroom: float = 0.75):
     """Drop the oldest whole turns until ``ids`` fits ``budget``, keeping the system part before the first
     turn; aim for ``headroom`` of it, so the turns after this one reuse the rebuilt cache instead of
     trimming (and re-encoding) again at once. The newest turn (``turn_starts[-1]``) is never dropped.
-    Returns (ids, old images, new images' starts, turn starts, turns dropped), positions shifted."""
+    Returns (ids, old images, new images' starts, turn starts, user message spans, turns dropped),
+    positions shifted."""
     prefix = turn_starts[0]
     candidates = turn_starts[1:]                       # cut here: drop every turn before this one
     if not candidates:
-        return ids, images, starts, turn_starts, 0
+        return ids, images, starts, turn_starts, user_spans, 0
     fits = [cut for cut in candidates if len(ids) - (cut - prefix) <= budget * headroom]
     cut = fits[0] if fits else next((c for c in candidates if len(ids) - (c - prefix) <= budget), candidates[-1])
     shift = cut - prefix
     kept_images = [(pos - shift, image) for pos, image in images if pos >= cut]
     return (ids[:prefix] + ids[cut:], kept_images, [pos - shift for pos in starts],
             [prefix] + [t - shift for t in turn_starts if t > cut],
+            [(a - shift, b - shift) for a, b in user_spans if a >= cut],
             sum(t < cut for t in turn_starts))
+
+
+def _columns(turn: _Turn, c_max: int, n_max: int) -> torch.Tensor:
+    """Column of each of ``turn.ids`` in its batch row [pad | cached prefix | pad | new tokens]."""
+    i = torch.arange(len(turn.ids))
+    return torch.where(i < turn.start, c_max - turn.start + i, c_max + n_max - len(turn.ids) + i)
 
 
 def _image_starts(ids: list[int], first: int, images: list[ImageInput], family) -> list[int]:

@@ -39,6 +39,7 @@ class Session:
     turns: int = 0
     text: str = ""  # "whole" templates: the conversation as text, as the published code kept it
     turn_starts: list[int] = field(default_factory=list)   # index in ids where each user turn begins
+    user_spans: list[tuple[int, int]] = field(default_factory=list)  # (start, end) of each user message in ids
     last_used: float = field(default_factory=time.monotonic)
 
     def drop_cache(self):

@@ -153,12 +153,20 @@ class TurnEncoder:
 
     def user_turn(self, content: str, image_ids) -> list[int]:
         """``content`` already holds its `<image>` marks; ends with the generation prompt."""
-        ids = self.text(self.template.user_prefix)
+        head, message, tail = self.user_turn_parts(content, image_ids)
+        return head + message + tail
+
+    def user_turn_parts(self, content: str, image_ids) -> tuple[list[int], list[int], list[int]]:
+        """``user_turn`` in three parts: the user marker, the user's message (its text and image
+        placeholders: what block prompt attention reads bidirectionally, attention.py) and the suffix up
+        to the generation prompt."""
+        message: list[int] = []
         for k, piece in enumerate(content.split(IMAGE_MARK)):
             if k:
-                ids += list(image_ids(k - 1))
-            ids += self.literal(piece)
-        return ids + self.text(self.template.user_suffix) + self.text(self.template.assistant_prefix)
+                message += list(image_ids(k - 1))
+            message += self.literal(piece)
+        return (self.text(self.template.user_prefix), message,
+                self.text(self.template.user_suffix) + self.text(self.template.assistant_prefix))
 
     def answer(self, text: str) -> list[int]:
         """An assistant answer written as text (direct mode, training targets), without the end token."""
@@ -228,19 +236,31 @@ def encode_conversation(tokenizer, template: Template, messages: list[dict],
     A user turn already ends with the generation prompt. Returns ``(input_ids, labels)`` with labels = -100 everywhere except assistant answers and their end
     token (what the model must learn to write).
     """
+    ids, labels, _ = encode_conversation_spans(tokenizer, template, messages, image_ids)
+    return ids, labels
+
+
+def encode_conversation_spans(tokenizer, template: Template, messages: list[dict],
+                              image_ids=None) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """``encode_conversation`` plus the (start, end) span of each user message in ``input_ids`` (its text
+    and image placeholders, without the template's markers), for block prompt attention."""
     if template.encoding != "pieces":
         raise ValueError(f"training encodes conversations piece by piece; template {template.name!r} uses the "
                          f"{template.encoding!r} encoding of a published checkpoint")
     enc = TurnEncoder(tokenizer, template)
     ids = enc.start()
     labels = [-100] * len(ids)
+    spans = []
     seen = 0
     for message in messages:
         if message["role"] == "user":
             content = message["content"]
             offset = seen
-            piece = enc.user_turn(content, (lambda k, o=offset: image_ids(o + k)) if image_ids else _no_images)
+            head, said, tail = enc.user_turn_parts(
+                content, (lambda k, o=offset: image_ids(o + k)) if image_ids else _no_images)
             seen += content.count(IMAGE_MARK)
+            spans.append((len(ids) + len(head), len(ids) + len(head) + len(said)))
+            piece = head + said + tail
             ids += piece
             labels += [-100] * len(piece)
         elif message["role"] == "assistant":
@@ -249,7 +269,7 @@ def encode_conversation(tokenizer, template: Template, messages: list[dict],
             labels += piece
         else:
             raise ValueError(f"unknown role {message['role']!r}; expected 'user' or 'assistant'")
-    return ids, labels
+    return ids, labels, spans
 
 
 def _no_images(k):

@@ -73,6 +73,16 @@ def _text_kwargs(vocab: int, hidden: int, layers: int, tokenizer) -> dict:
                 pad_token_id=tokenizer.pad_token_id)
 
 
+def _bert_text_config(vocab: int, hidden: int, layers: int, tokenizer):
+    """A BERT encoder run as a causal decoder, the demo's language side (package_base.text_config_for)."""
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=max(2, hidden // 16), max_position_embeddings=512,
+                      pad_token_id=tokenizer.pad_token_id, is_decoder=True, add_cross_attention=False,
+                      tie_word_embeddings=False)
+
+
 def llava_config(text_config, tokenizer, *, vision_hidden: int, vision_layers: int, vision_heads: int,
                  image_size: int, patch_size: int, vision_feature_layer: int = -2, **llava_kwargs):
     """LlavaConfig: a CLIP vision tower of the given sizes (MLP 2 × wide), the two-layer GELU projector,
@@ -98,13 +108,13 @@ def clip_processor(image_size: int):
 
 
 def build_llava_backbone(text_config, tokenizer, *, vision_hidden: int, vision_layers: int, vision_heads: int,
-                         image_size: int, patch_size: int, vision_feature_layer: int = -2):
+                         image_size: int, patch_size: int, vision_feature_layer: int = -2, **llava_kwargs):
     """(LlavaForConditionalGeneration with random weights, CLIP image processor) for ``llava_config``."""
     from transformers import LlavaForConditionalGeneration
 
     config = llava_config(text_config, tokenizer, vision_hidden=vision_hidden, vision_layers=vision_layers,
                           vision_heads=vision_heads, image_size=image_size, patch_size=patch_size,
-                          vision_feature_layer=vision_feature_layer)
+                          vision_feature_layer=vision_feature_layer, **llava_kwargs)
     return LlavaForConditionalGeneration(config), clip_processor(image_size)
 
 
@@ -120,15 +130,24 @@ def pose_model(backbone, tokenizer, template, head_out_scale: float = 0.1) -> Po
     return model
 
 
-def build_tiny_backbone(family: str, tokenizer, hidden: int = 64, layers: int = 2, image_size: int = 32):
-    """(backbone, image_processor, template) for a family, random weights."""
+def build_tiny_backbone(family: str, tokenizer, hidden: int = 64, layers: int = 2, image_size: int = 32,
+                        text_model: str = "llama"):
+    """(backbone, image_processor, template) for a family, random weights. ``text_model`` "bert" (llava only):
+    the language side is a BERT encoder run as a causal decoder, as in the demo model."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     vocab = len(tokenizer)
+    if text_model not in ("llama", "bert") or (text_model == "bert" and family != "llava"):
+        raise ValueError(f"text_model {text_model!r}: 'llama', or 'bert' for the llava family")
     if family == "llava":
-        backbone, processor = build_llava_backbone(LlamaConfig(**_text_kwargs(vocab, hidden, layers, tokenizer)),
-                                                   tokenizer, vision_hidden=32, vision_layers=2, vision_heads=2,
-                                                   image_size=image_size, patch_size=8, vision_feature_layer=-2)
+        bert = text_model == "bert"
+        text = (_bert_text_config(vocab, hidden, layers, tokenizer) if bert
+                else LlamaConfig(**_text_kwargs(vocab, hidden, layers, tokenizer)))
+        backbone, processor = build_llava_backbone(text, tokenizer, vision_hidden=32, vision_layers=2, vision_heads=2,
+                                                   image_size=image_size, patch_size=8, vision_feature_layer=-2,
+                                                   **({"tie_word_embeddings": False} if bert else {}))
+        if bert:
+            backbone.model.language_model.pooler = None   # as package_base.assemble_backbone: not a decoder's
         return backbone, processor, VICUNA_V1
     if family in ("qwen2_vl", "qwen2_5_vl"):
         import transformers
@@ -158,11 +177,12 @@ def build_tiny_backbone(family: str, tokenizer, hidden: int = 64, layers: int = 
     raise ValueError(f"unknown family {family!r}; expected 'llava', 'qwen2_vl', 'qwen2_5_vl' or 'text'")
 
 
-def build_tiny_model(family: str = "llava", seed: int = 0, hidden: int = 64, layers: int = 2, image_size: int = 32):
+def build_tiny_model(family: str = "llava", seed: int = 0, hidden: int = 64, layers: int = 2, image_size: int = 32,
+                     text_model: str = "llama"):
     """(PoseGPT, tokenizer, image_processor, manifest) in memory, random weights from ``seed``."""
     torch.manual_seed(seed)
     tokenizer = train_tiny_tokenizer(family)
-    backbone, processor, template = build_tiny_backbone(family, tokenizer, hidden, layers, image_size)
+    backbone, processor, template = build_tiny_backbone(family, tokenizer, hidden, layers, image_size, text_model)
     backbone.eval()
     model = pose_model(backbone, tokenizer, template)
     manifest = {"family": family, "template": template.to_dict(), "description": f"tiny random {family} model",
