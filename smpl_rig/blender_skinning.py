@@ -94,10 +94,11 @@ def plain_bones(obj) -> bool:
                for pb in obj.pose.bones)
 
 
-def pose_matrices(obj) -> np.ndarray:
+def pose_matrices(obj, tree: _BoneTree | None = None) -> np.ndarray:
     """(B, 4, 4) armature-space pose matrix of every bone (``obj.data.bones`` order) from the channels as they
-    are now, before any evaluation; only right where ``plain_bones(obj)``."""
-    tree = _bone_tree(obj)
+    are now, before any evaluation; only right where ``plain_bones(obj)``. ``tree``: ``_bone_tree(obj)``
+    when the caller already has it (it reads the rest fingerprint)."""
+    tree = tree or _bone_tree(obj)
     count = len(tree.parent)
     basis = np.empty(count * 16, dtype=np.float32)
     obj.pose.bones.foreach_get("matrix_basis", basis)
@@ -171,7 +172,8 @@ def lowest_vertex_z(obj, meshes) -> float | None:
     if armature_world is None or any(w is None for w in mesh_worlds):
         return None
     # world height of a point moved by each bone alone: row 2 of world · pose · rest⁻¹, as (B, 4)
-    height_rows = (armature_world @ pose_matrices(obj) @ _bone_tree(obj).inverse_rest)[:, 2, :]
+    tree = _bone_tree(obj)
+    height_rows = (armature_world @ pose_matrices(obj, tree) @ tree.inverse_rest)[:, 2, :]
     lows = []
     for mesh_obj, mesh_world in zip(meshes, mesh_worlds):
         co = _positions(mesh_obj.data)
