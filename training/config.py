@@ -44,6 +44,8 @@ class ModelConfig:
                                          # fully (models trained from scratch; merged export only)
     gradient_checkpointing: bool = True
     load_in_4bit: bool = False           # QLoRA on one 24 GB GPU (bitsandbytes, CUDA only)
+    vision_pretrain_steps: int = 0       # demo builder: train the vision tower alone on the corpus renders first
+                                         # (training/vision_pretrain.py, stage 0); 0 = start it random
     prompt_attention: str = "causal"     # "causal" | "block": each user message also reads itself whole (a prefix
                                          # LM per turn; backend/posegpt/attention.py), for a pretrained encoder
                                          # as the decoder (the demo); recorded in the exported manifest
@@ -77,6 +79,8 @@ class DataConfig:
 class OptimConfig:
     lr: float = 2e-4                     # the paper (the inherited script used 3e-4)
     head_lr: float = 0.0                 # 0 = same as lr; tiny overfitting runs raise it for the fresh head
+    vision_lr: float = 0.0               # 0 = same as lr; a pretrained vision tower that trains on (the demo's
+                                         # stage 0 tower) moves slower than the fresh projector and adapter
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.95])
     warmup_steps: int = 100

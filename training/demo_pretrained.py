@@ -77,4 +77,22 @@ def build_from_config(cfg):
     model, tokenizer, processor, manifest = build_pretrained_demo_model(sizes, mean_pose_rotmat=mean,
                                                                         seed=cfg.train.seed)
     manifest["corpus"] = {"dir": str(cfg.data.corpus_dir), "train_samples": len(samples), "build": build}
+    if cfg.model.vision_pretrain_steps > 0:
+        manifest["vision_pretrain"] = load_pretrained_tower(model, cfg)
     return model, tokenizer, processor, manifest
+
+
+def load_pretrained_tower(model, cfg) -> dict:
+    """Stage 0: the vision tower trained alone on the corpus renders (``training/vision_pretrain.py``),
+    kept under ``train.output_dir`` and reused by a resumed run; returns its record for the manifest."""
+    import json
+    from pathlib import Path
+
+    from .vision_pretrain import PretrainSettings, ensure_vision_tower
+
+    tower = model.backbone.model.vision_tower
+    path = Path(cfg.train.output_dir) / "stage0" / "vision_tower.safetensors"
+    settings = PretrainSettings(steps=cfg.model.vision_pretrain_steps, seed=cfg.train.seed)
+    tower.load_state_dict(ensure_vision_tower(path, cfg.data.corpus_dir, tower.config, settings))
+    record = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    return {k: record[k] for k in ("settings", "train_images", "val_over_mean", "seconds")}

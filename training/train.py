@@ -158,8 +158,13 @@ def train(cfg: ExperimentConfig) -> dict:
     # 3. Optimizer (the fresh pose head may get its own learning rate), schedule.
     head = [p for p in model.pose_head.parameters() if p.requires_grad]
     head_ids = {id(p) for p in head}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    # A group of its own only when asked, so runs saved before vision_lr existed resume with their groups.
+    tower = [p for n, p in model.named_parameters()
+             if cfg.optim.vision_lr and p.requires_grad and "vision_tower" in n and id(p) not in head_ids]
+    tower_ids = {id(p) for p in tower}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids | tower_ids]
     groups = [{"params": rest, "lr": cfg.optim.lr},
+              {"params": tower, "lr": cfg.optim.vision_lr},
               {"params": head, "lr": cfg.optim.head_lr or cfg.optim.lr}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr,
                                   weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
