@@ -402,9 +402,41 @@ class POSEGPT_OT_import_pose(bpy.types.Operator, ImportHelper):
         return {"FINISHED"}
 
 
+class POSEGPT_OT_stay_awake(bpy.types.Operator):
+    """Keep Blender's event loop from its idle sleep while a fresh request is in flight (session.stay_awake)"""
+    bl_idname = "posegpt.stay_awake"
+    bl_label = "PoseGPT: Stay Awake"
+    bl_options = {"INTERNAL"}
+
+    _timer = None
+
+    def invoke(self, context, event):
+        if context.window is None:
+            return {"CANCELLED"}
+        wm = context.window_manager
+        # Due again right after each pass (a step of 0 would never fire again: Blender divides by it).
+        self._timer = wm.event_timer_add(1e-6, window=context.window)
+        wm.modal_handler_add(self)
+        session.set_awake(True)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        if event.type == "TIMER" and not session.wants_awake():
+            self.cancel(context)
+            return {"FINISHED"}
+        return {"PASS_THROUGH"}
+
+    def cancel(self, context):        # also called by Blender when it ends the operator (File > Open, quit)
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+        session.set_awake(False)
+
+
 classes = (POSEGPT_OT_connect, POSEGPT_OT_disconnect, POSEGPT_OT_create_body, POSEGPT_OT_send_prompt,
            POSEGPT_OT_prompt_confirmed, POSEGPT_OT_prompt_popup, POSEGPT_OT_cancel_request, POSEGPT_OT_reset_chat,
-           POSEGPT_OT_apply_pose, POSEGPT_OT_key_pose, POSEGPT_OT_report_error, POSEGPT_OT_export_pose, POSEGPT_OT_import_pose)
+           POSEGPT_OT_apply_pose, POSEGPT_OT_key_pose, POSEGPT_OT_report_error, POSEGPT_OT_export_pose, POSEGPT_OT_import_pose,
+           POSEGPT_OT_stay_awake)
 
 
 _keymaps: list = []

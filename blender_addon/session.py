@@ -28,12 +28,14 @@ from .reply_handling import AddonError
 from .preferences import get_preferences
 
 PUMP_BUSY_S = 0.005              # how often the timer looks for replies while requests are in flight
+PUMP_AWAKE_S = 0.0005            # ... in the first AWAKE_FOR_S after a Send, while the event loop is kept awake
+AWAKE_FOR_S = 1.0                # how long after a Send Blender's event loop skips its idle sleep (see stay_awake)
 WAITING_ROW_AFTER_S = 0.1        # a prompt out this long gets its waiting row drawn (faster feels instant)
 PUMP_IDLE_S = 0.5                # ... while connected and idle (liveness: pings, a dropped connection)
 PUMP_INTERVAL_S = PUMP_BUSY_S
 
 _state = {"connection": None, "status": "Not connected", "error": "", "shown": None, "render": None,
-          "writing_prompt": False, "last_send": None}
+          "writing_prompt": False, "last_send": None, "awake": False}
 
 
 def writing_prompt() -> bool:
@@ -123,11 +125,43 @@ def fail(message: str) -> None:
 
 def start_timer() -> None:
     """Pump at once and then from the timer: a timer ticking at the idle rate (0.5 s) is restarted, so a
-    reply is looked for within PUMP_BUSY_S of a Send, not up to half a second later."""
+    reply is looked for within PUMP_BUSY_S of a Send, not up to half a second later; in a window the event
+    loop is kept awake for the first AWAKE_FOR_S (``stay_awake``)."""
     if bpy.app.timers.is_registered(pump):
         bpy.app.timers.unregister(pump)
     # persistent: a reply still arrives after File > Open (the armature is then looked up by name).
     bpy.app.timers.register(pump, first_interval=0.0, persistent=True)
+    stay_awake()
+
+
+def stay_awake() -> None:
+    """Keep Blender's event loop from sleeping while a fresh request is in flight.
+
+    Blender runs ``bpy.app.timers`` once per pass of its event loop and sleeps 5 ms after every pass that
+    had no event, so a reply waited up to 5 ms for the pump whatever PUMP_BUSY_S said: measured in the
+    window, Send → reply read came 4–6 ms after the server's own time. A window-manager event timer that
+    is due on every pass is an event, so the loop does not sleep while the ``posegpt.stay_awake`` modal
+    operator holds one (measured: 2 ms after the server's time). It lets every event through and ends
+    itself once nothing is in flight or AWAKE_FOR_S after the last Send: spinning costs a CPU core, and a
+    reply that takes longer than that does not notice 5 ms. Without a window (background Blender, tests)
+    there is no loop to keep awake."""
+    if AWAKE_FOR_S <= 0 or _state["awake"] or getattr(bpy.context, "window", None) is None:
+        return
+    try:
+        bpy.ops.posegpt.stay_awake("INVOKE_DEFAULT")
+    except (AttributeError, RuntimeError):        # not registered (add-on being unloaded) or no window
+        pass
+
+
+def set_awake(awake: bool) -> None:
+    _state["awake"] = awake
+
+
+def wants_awake() -> bool:
+    """Whether the event loop should stay awake: a request is in flight and the last Send is fresh."""
+    conn = _state["connection"]
+    fresh = time.monotonic() - last_send_time() < AWAKE_FOR_S
+    return fresh and (_state["render"] is not None or (conn is not None and conn.busy))
 
 
 def stop_timer() -> None:
@@ -208,7 +242,9 @@ def pump() -> float | None:
         return PUMP_BUSY_S
     if not conn.alive:
         return None
-    return PUMP_BUSY_S if conn.busy else PUMP_IDLE_S
+    if not conn.busy:
+        return PUMP_IDLE_S
+    return PUMP_AWAKE_S if _state["awake"] else PUMP_BUSY_S
 
 
 def _panel_changed(conn: Connection) -> bool:

@@ -550,6 +550,35 @@ def test_send_redraws_nothing_until_the_prompt_waits_and_a_reply_redraws_the_vie
     assert redraws.count("view") == 1 and redraws[-1] == "view", redraws
 
 
+def test_the_event_loop_is_kept_awake_only_while_a_fresh_request_is_out(prefs, monkeypatch):
+    """Issue 16: Blender's loop sleeps 5 ms after each pass without an event, and the pump runs once per pass;
+    ``posegpt.stay_awake`` (a modal operator, so a window only) keeps it spinning for AWAKE_FOR_S after a Send
+    while the request is out, and the pump then looks every PUMP_AWAKE_S. Background Blender has no window:
+    nothing spins there."""
+    from blender_addon import session
+    from test_addon_liveness import FakeServer, hello, pong
+    fake = FakeServer({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})      # never answers
+    try:
+        prefs.address = fake.address
+        prefs.server_public_key = prefs.client_public_key = prefs.client_secret_key = ""
+        obj = create_body()
+        assert bpy.ops.posegpt.connect() == {"FINISHED"}
+        _pump_until(lambda: session.is_connected(), 5.0)
+        assert not session.wants_awake()                                      # connected, idle
+        bpy.context.scene.posegpt.prompt = "arms up"
+        assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
+        assert not session._state["awake"]                                   # no window, no modal operator
+        assert session.wants_awake() and session.pump() == session.PUMP_BUSY_S
+        monkeypatch.setitem(session._state, "awake", True)                    # as the modal operator sets it
+        assert session.pump() == session.PUMP_AWAKE_S
+        target, prompt, sent = session._state["last_send"]
+        monkeypatch.setitem(session._state, "last_send", (target, prompt, sent - session.AWAKE_FOR_S))
+        assert not session.wants_awake()                                      # a slow reply: the loop may sleep
+    finally:
+        fake.stop()
+        session.disconnect()
+
+
 def test_a_reply_clears_the_prompt_without_re_evaluating_the_scene(prefs):
     """Issue 16: the reply's chat turn is written without RNA updates that reach the depsgraph. Clearing the
     prompt through ``settings.prompt = ""`` ran the prompt's update, and Blender then tagged the Scene for
