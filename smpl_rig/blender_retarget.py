@@ -19,7 +19,7 @@ import bpy
 import numpy as np
 
 from . import blender as smpl_blender
-from . import blender_skinning, bones, retarget, rig_names
+from . import affine, blender_skinning, bones, retarget, rig_names
 from . import rotations as rot
 from .body import load as load_body
 from .skeleton import JOINT_NAMES, NUM_JOINTS
@@ -423,7 +423,7 @@ def apply_pose(obj, pose, *, options: ApplyOptions | None = None, global_orient:
             rest_to_low = calibration.rest_floor - lowest_point(obj, calibration.mapping)
             own = blender_skinning.world_matrix(obj)    # current even where the pose has not been evaluated yet
             world = (own if own is not None else np.array(obj.matrix_world, dtype=np.float64))[:3, :3]
-            shift_armature = np.linalg.solve(world, np.array([0.0, 0.0, rest_to_low]))
+            shift_armature = affine.inverse_3x3(world) @ np.array([0.0, 0.0, rest_to_low])
             h_root = _identity_pose_rotation(obj, root)
             root_bone.location = root_location + h_root.T @ shift_armature
     for i in np.flatnonzero(np.isnan(shown[:, 0])) if len(written) < len(names) else ():
@@ -525,7 +525,7 @@ def _identity_pose_rotation(obj, name) -> np.ndarray:
         pose = blender_skinning.pose_matrices(obj)[obj.data.bones.find(name)]
     else:
         pose = np.array(pb.matrix, dtype=np.float64)
-    return rot.orthonormalize_rotmat((pose @ np.linalg.inv(basis))[:3, :3])
+    return rot.orthonormalize_rotmat(pose[:3, :3] @ affine.inverse_3x3(basis[:3, :3]))   # top left of pose · basis⁻¹
 
 
 def _quaternion(pose_bone) -> np.ndarray:

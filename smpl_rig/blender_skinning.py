@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import affine
+
 __all__ = ["lowest_vertex_z", "pose_matrices", "plain_bones", "world_matrix", "forget", "SKIN_CACHE"]
 
 MIN_TOTAL_WEIGHT = 0.0001         # the Armature modifier leaves a vertex with less total weight in place
@@ -179,7 +181,7 @@ def lowest_vertex_z(obj, meshes) -> float | None:
         co = _positions(mesh_obj.data)
         if not len(co):
             continue
-        to_armature = np.linalg.solve(armature_world, mesh_world).astype(np.float32)
+        to_armature = (affine.inverse_affine(armature_world) @ mesh_world).astype(np.float32)
         v = co @ to_armature[:3, :3].T + to_armature[:3, 3]                         # (V, 3) armature space
         skin = _skin(obj, mesh_obj)
         # each vertex's own blend of those rows, (V, 4): one small matrix product instead of a gather per slot
