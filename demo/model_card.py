@@ -152,7 +152,19 @@ def _attention_words(model: dict) -> str:
     return "causal self-attention"
 
 
-def write_card(checkpoint: Path, results: dict, info: dict, held_out: dict, notes: str = "") -> Path:
+def _caption_facts_line(facts: dict | None) -> list[str]:
+    if not facts:
+        return []
+    return ["", f"For scale (`demo/caption_facts.py`): a predictor told exactly which facts each explicit test caption "
+            "states (\"arms up\", \"kneeling on the left knee\"), answering the mean of the poses for which they all hold "
+            f"({facts['reference_poses']:,} reference poses, median {facts['explicit_facts_oracle_median_matches']} "
+            f"matches per caption), scores {facts['explicit_facts_oracle_mpjre_deg']:.2f}° = "
+            f"**{facts['explicit_facts_oracle_over_mean']:.3f} × the mean pose**. What a caption leaves out is free; "
+            "below that only its degree words (\"slightly\", \"deeply\", \"at 90 degrees\") can take a model."]
+
+
+def write_card(checkpoint: Path, results: dict, info: dict, held_out: dict, notes: str = "",
+               caption_facts: dict | None = None) -> Path:
     """MODEL_CARD.md from the measured ``results`` and ``held_out`` figures and the training ``info``."""
     files = {p.name: p.stat().st_size for p in checkpoint.iterdir() if p.is_file() and p.name != "MODEL_CARD.md"}
     weights_mb = sum(v for k, v in files.items() if k.endswith(".safetensors")) / 2 ** 20
@@ -213,7 +225,7 @@ def write_card(checkpoint: Path, results: dict, info: dict, held_out: dict, note
         "`training/corpus/outside_writer.py` (its own vocabulary) and `training/corpus/outside_prompts.jsonl` "
         f"({held_out.get('hand_prompts', 0):.0f} prompts typed by hand). Computed by `demo/outside_eval.py`, printed by "
         "`bench/bench_demo.py`, rechecked by `tests/test_demo_checkpoint.py`.", "",
-        *held_out_lines(held_out), "",
+        *held_out_lines(held_out), *_caption_facts_line(caption_facts), "",
         "## Test-split metrics", "",
         "MPJRE is the mean geodesic joint-rotation error over the 24 joints (global orientation in the camera frame "
         "included); MPJPE and PA-MPJPE through forward kinematics on the mannequin's rest joints. *typed* = the caption "
@@ -248,6 +260,8 @@ def main(argv=None) -> int:
     parser.add_argument("--run", help="training output_dir: also write MODEL_CARD.md with its figures")
     parser.add_argument("--wall-time", default="", help="wall time of make train, for the card")
     parser.add_argument("--notes", default="", help="a paragraph on what this checkpoint does badly, for the card")
+    parser.add_argument("--facts-extra", type=int, default=40000,
+                        help="with --corpus: generated reference poses for the caption-facts predictor (0: train split only)")
     args = parser.parse_args(argv)
     checkpoint = Path(args.checkpoint)
     if args.corpus:
@@ -261,11 +275,16 @@ def main(argv=None) -> int:
     print(f"evaluated in {time.time() - started:.1f} s on the {skeleton} skeleton")
     payload = {"skeleton": skeleton, "results": results}
     payload["held_out"] = figures(runtime, bench, rest)
+    if args.corpus:
+        from .caption_facts import facts_oracle, summary
+        payload["caption_facts"] = summary(facts_oracle(args.corpus, args.facts_extra))
+    elif (checkpoint / METRICS_FILE).is_file():      # keep the last measured one
+        payload["caption_facts"] = json.loads((checkpoint / METRICS_FILE).read_text()).get("caption_facts")
     out = Path(args.out) if args.out else checkpoint / METRICS_FILE
     out.write_text(json.dumps(payload, indent=1) + "\n")
     if args.run:
         info = training_info(Path(args.run), args.corpus, runtime, args.wall_time)
-        print("card:", write_card(checkpoint, results, info, payload["held_out"], args.notes))
+        print("card:", write_card(checkpoint, results, info, payload["held_out"], args.notes, payload.get("caption_facts")))
     return 0
 
 
