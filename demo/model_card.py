@@ -260,8 +260,10 @@ def main(argv=None) -> int:
     parser.add_argument("--run", help="training output_dir: also write MODEL_CARD.md with its figures")
     parser.add_argument("--wall-time", default="", help="wall time of make train, for the card")
     parser.add_argument("--notes", default="", help="a paragraph on what this checkpoint does badly, for the card")
+    parser.add_argument("--facts-corpus", help="corpus folder for the caption-facts predictor (demo/caption_facts.py; "
+                        "default --corpus; without either the checkpoint's last measured figure is kept)")
     parser.add_argument("--facts-extra", type=int, default=40000,
-                        help="with --corpus: generated reference poses for the caption-facts predictor (0: train split only)")
+                        help="generated reference poses for the caption-facts predictor besides the train split")
     args = parser.parse_args(argv)
     checkpoint = Path(args.checkpoint)
     if args.corpus:
@@ -275,9 +277,10 @@ def main(argv=None) -> int:
     print(f"evaluated in {time.time() - started:.1f} s on the {skeleton} skeleton")
     payload = {"skeleton": skeleton, "results": results}
     payload["held_out"] = figures(runtime, bench, rest)
-    if args.corpus:
+    facts_corpus = args.facts_corpus or args.corpus
+    if facts_corpus:
         from .caption_facts import facts_oracle, summary
-        payload["caption_facts"] = summary(facts_oracle(args.corpus, args.facts_extra))
+        payload["caption_facts"] = summary(facts_oracle(facts_corpus, args.facts_extra))
     elif (checkpoint / METRICS_FILE).is_file():      # keep the last measured one
         payload["caption_facts"] = json.loads((checkpoint / METRICS_FILE).read_text()).get("caption_facts")
     out = Path(args.out) if args.out else checkpoint / METRICS_FILE
