@@ -408,29 +408,23 @@ class POSEGPT_OT_stay_awake(bpy.types.Operator):
     bl_label = "PoseGPT: Stay Awake"
     bl_options = {"INTERNAL"}
 
-    _timer = None
-
     def invoke(self, context, event):
-        if context.window is None:
+        if context.window is None or session.is_awake():
             return {"CANCELLED"}
         wm = context.window_manager
         # Due again right after each pass (a step of 0 would never fire again: Blender divides by it).
-        self._timer = wm.event_timer_add(1e-6, window=context.window)
+        session.begin_awake(wm.event_timer_add(1e-6, window=context.window))
         wm.modal_handler_add(self)
-        session.set_awake(True)
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
-        if event.type == "TIMER" and not session.wants_awake():
-            self.cancel(context)
+        if not session.is_awake() or (event.type == "TIMER" and not session.wants_awake()):
+            session.end_awake()
             return {"FINISHED"}
         return {"PASS_THROUGH"}
 
-    def cancel(self, context):        # also called by Blender when it ends the operator (File > Open, quit)
-        if self._timer is not None:
-            context.window_manager.event_timer_remove(self._timer)
-            self._timer = None
-        session.set_awake(False)
+    def cancel(self, context):        # called by Blender when it ends the operator (File > Open, quit)
+        session.end_awake()
 
 
 classes = (POSEGPT_OT_connect, POSEGPT_OT_disconnect, POSEGPT_OT_create_body, POSEGPT_OT_send_prompt,

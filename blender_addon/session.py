@@ -35,7 +35,7 @@ PUMP_IDLE_S = 0.5                # ... while connected and idle (liveness: pings
 PUMP_INTERVAL_S = PUMP_BUSY_S
 
 _state = {"connection": None, "status": "Not connected", "error": "", "shown": None, "render": None,
-          "writing_prompt": False, "last_send": None, "awake": False}
+          "writing_prompt": False, "last_send": None, "awake": None}
 
 
 def writing_prompt() -> bool:
@@ -107,6 +107,7 @@ def disconnect() -> None:
         conn.close()
     _state.update(connection=None, status="Not connected", error="")
     stop_timer()
+    end_awake()
 
 
 def ensure_connection(context=None) -> Connection:
@@ -145,7 +146,7 @@ def stay_awake() -> None:
     itself once nothing is in flight or AWAKE_FOR_S after the last Send: spinning costs a CPU core, and a
     reply that takes longer than that does not notice 5 ms. Without a window (background Blender, tests)
     there is no loop to keep awake."""
-    if AWAKE_FOR_S <= 0 or _state["awake"] or getattr(bpy.context, "window", None) is None:
+    if AWAKE_FOR_S <= 0 or is_awake() or getattr(bpy.context, "window", None) is None:
         return
     try:
         bpy.ops.posegpt.stay_awake("INVOKE_DEFAULT")
@@ -153,8 +154,24 @@ def stay_awake() -> None:
         pass
 
 
-def set_awake(awake: bool) -> None:
-    _state["awake"] = awake
+def begin_awake(timer) -> None:
+    """Hold ``timer`` (the modal operator's event timer) here, so disconnecting or unloading the add-on can
+    remove it even if Blender drops the operator without cancelling it: a timer left behind would keep the
+    loop spinning for good."""
+    _state["awake"] = timer
+
+
+def end_awake() -> None:
+    timer, _state["awake"] = _state["awake"], None
+    if timer is not None:
+        try:
+            bpy.context.window_manager.event_timer_remove(timer)
+        except (AttributeError, ReferenceError, TypeError, ValueError, RuntimeError):
+            pass                                         # already gone with its window
+
+
+def is_awake() -> bool:
+    return _state["awake"] is not None
 
 
 def wants_awake() -> bool:
@@ -244,7 +261,7 @@ def pump() -> float | None:
         return None
     if not conn.busy:
         return PUMP_IDLE_S
-    return PUMP_AWAKE_S if _state["awake"] else PUMP_BUSY_S
+    return PUMP_AWAKE_S if is_awake() else PUMP_BUSY_S
 
 
 def _panel_changed(conn: Connection) -> bool:

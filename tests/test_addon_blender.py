@@ -567,13 +567,15 @@ def test_the_event_loop_is_kept_awake_only_while_a_fresh_request_is_out(prefs, m
         assert not session.wants_awake()                                      # connected, idle
         bpy.context.scene.posegpt.prompt = "arms up"
         assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
-        assert not session._state["awake"]                                   # no window, no modal operator
+        assert not session.is_awake()                                         # no window, no modal operator
         assert session.wants_awake() and session.pump() == session.PUMP_BUSY_S
-        monkeypatch.setitem(session._state, "awake", True)                    # as the modal operator sets it
+        monkeypatch.setitem(session._state, "awake", object())                # a timer, as the modal operator holds
         assert session.pump() == session.PUMP_AWAKE_S
         target, prompt, sent = session._state["last_send"]
         monkeypatch.setitem(session._state, "last_send", (target, prompt, sent - session.AWAKE_FOR_S))
         assert not session.wants_awake()                                      # a slow reply: the loop may sleep
+        session.disconnect()
+        assert not session.is_awake()                                         # disconnecting lets it sleep
     finally:
         fake.stop()
         session.disconnect()
