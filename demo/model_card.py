@@ -111,6 +111,7 @@ def training_info(run: Path, corpus_dir, runtime, wall_time: str) -> dict:
     corpus = json.loads((Path(corpus_dir) / "manifest.json").read_text()) if corpus_dir else {}
     return {"params": sum(p.numel() for p in runtime.model.parameters()), "vocab": len(runtime.tokenizer),
             "base": manifest.get("base_package"), "vision": manifest.get("vision_sizes", {}),
+            "vision_pretrain": manifest.get("vision_pretrain"),
             "model": config.get("model", {}), "data": config.get("data", {}), "optim": config.get("optim", {}),
             "train": config.get("train", {}), "corpus": corpus, "steps": steps[-1]["step"], "final": steps[-1],
             "wall_time": wall_time or f"{steps[-1]['elapsed_s'] / 60:.0f} min of training steps",
@@ -152,6 +153,15 @@ def _attention_words(model: dict) -> str:
     return "causal self-attention"
 
 
+def _stage0_words(stage0: dict | None, optim: dict) -> str:
+    if not stage0:
+        return ""
+    return (f" The tower first learnt the {stage0['train_images']:,} train renders alone (stage 0, "
+            f"`training/vision_pretrain.py`: {stage0['settings']['steps']:,} steps, {stage0['seconds'] / 60:.0f} min; "
+            f"validation renders {stage0['val_over_mean']:.3f} × the mean pose's error), then trained on with the chat "
+            f"model at lr {optim.get('vision_lr') or optim.get('lr'):g}.")
+
+
 def _caption_facts_line(facts: dict | None) -> list[str]:
     if not facts:
         return []
@@ -190,7 +200,8 @@ def write_card(checkpoint: Path, results: dict, info: dict, held_out: dict, note
         "KV cache), its pooler dropped, the output layer starting as a copy of the word embeddings (BERT ties its "
         "masked-LM output to them). Vision: CLIP trained from scratch, "
         f"{vision.get('image_size')} px, patch {vision.get('patch_size')} ({(vision.get('image_size', 0) // max(vision.get('patch_size', 1), 1)) ** 2} "
-        f"image tokens), hidden {vision.get('hidden')}, {vision.get('layers')} layers; LLaVA's two-layer projector.",
+        f"image tokens), hidden {vision.get('hidden')}, {vision.get('layers')} layers; LLaVA's two-layer projector."
+        + _stage0_words(info.get("vision_pretrain"), optim),
         f"- Trained: LoRA r {model.get('lora_r')} (alpha {model.get('lora_alpha')}) on every linear layer of the "
         f"encoder ({', '.join(model.get('lora_targets', []))}), the `<POSE>` rows of the input and output "
         "embeddings (peft `trainable_token_indices`), the vision tower and projector (peft `modules_to_save`), "
@@ -286,7 +297,7 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else checkpoint / METRICS_FILE
     out.write_text(json.dumps(payload, indent=1) + "\n")
     if args.run:
-        info = training_info(Path(args.run), args.corpus, runtime, args.wall_time)
+        info = training_info(Path(args.run), args.corpus or facts_corpus, runtime, args.wall_time)
         print("card:", write_card(checkpoint, results, info, payload["held_out"], args.notes, payload.get("caption_facts")))
     return 0
 
