@@ -103,3 +103,14 @@ def test_pretraining_reports_the_validation_error_against_the_mean_pose(corpus):
                                       log=lambda _: None)
     assert [h["step"] for h in record["history"]] == [1, 2]
     assert record["val_mean_pose_mpjre_deg"] > 0 and record["val_over_mean"] > 0
+
+
+def test_stage0_is_refused_where_it_would_be_ignored():
+    from training.config import ConfigError, config_from_dict, validate
+
+    with pytest.raises(ConfigError, match="vision_pretrain_steps"):      # another model: nothing would run it
+        validate(config_from_dict({"model": {"tiny_family": "llava", "vision_pretrain_steps": 10}}))
+    demo = {"base_builder": "training.demo_pretrained:build_from_config", "vision_pretrain_steps": 10}
+    with pytest.raises(ConfigError, match="freeze_vision"):              # a frozen tower never reaches the export
+        validate(config_from_dict({"model": {**demo, "freeze_vision": True}}))
+    validate(config_from_dict({"model": {**demo, "freeze_vision": False}}))

@@ -273,6 +273,14 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("model.load_in_4bit quantises a checkpoint's weights as they load (bitsandbytes, CUDA): "
                           "it applies to model.checkpoint only; a tiny_family or base_builder model would "
                           "silently train unquantised")
+    if cfg.model.vision_pretrain_steps < 0 or (cfg.model.vision_pretrain_steps and cfg.model.freeze_vision):
+        raise ConfigError("model.vision_pretrain_steps must be 0, or positive with model.freeze_vision: false "
+                          "(a frozen tower would never reach the adapter export)")
+    if cfg.model.vision_pretrain_steps and cfg.model.base_builder != "training.demo_pretrained:build_from_config":
+        raise ConfigError("model.vision_pretrain_steps (stage 0 on the corpus renders) applies to the demo's base "
+                          "builder, training.demo_pretrained:build_from_config; with another model it would be ignored")
+    if cfg.optim.vision_lr < 0:
+        raise ConfigError("optim.vision_lr must be 0 (= optim.lr) or positive")
     if cfg.model.prompt_attention not in PROMPT_ATTENTION:
         raise ConfigError(f"model.prompt_attention must be one of {', '.join(PROMPT_ATTENTION)}")
     if cfg.model.tiny_init not in ("hf", "mixing"):
