@@ -23,17 +23,18 @@ from smpl_rig.pose_mean import mean_pose
 
 
 def frozen_encoder(causal: bool):
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
-    from backend.posegpt.package_base import MINILM_L6, base_tokenizer, read_package_base
+    from backend.posegpt.package_base import MINILM_L6, base_tokenizer, read_package_base, text_config_for
 
     base = read_package_base(MINILM_L6)
-    keep = {k: v for k, v in base.config.items()
-            if not k.startswith("_") and k not in ("architectures", "transformers_version", "gradient_checkpointing")}
-    model = BertModel(BertConfig(**keep, is_decoder=causal), add_pooling_layer=False)
+    tokenizer = base_tokenizer(base, [])
+    config = text_config_for(base, len(tokenizer))      # the demo decoder's config; as pretrained when not causal
+    config.is_decoder = causal
+    model = BertModel(config, add_pooling_layer=False)
     model.load_state_dict({k: v for k, v in base.state_dict.items()
                            if not k.startswith("pooler.") and not k.endswith("position_ids")}, strict=False)
-    return model.eval(), base_tokenizer(base, [])
+    return model.eval(), tokenizer
 
 
 def features(model, tokenizer, texts: list[str], batch: int = 64) -> dict[str, torch.Tensor]:

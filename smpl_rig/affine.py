@@ -3,7 +3,8 @@
 numpy's ``linalg.inv`` / ``solve`` call LAPACK, and an OpenBLAS numpy runs even a 4 × 4 system on its
 thread pool: in Blender's process, with another program busy on the CPU, one 4 × 4 ``inv`` took 0.28 ms
 (3 µs with ``OPENBLAS_NUM_THREADS=1``), and the add-on's pose application made several per reply. These
-closed forms (the adjugate over the determinant) take a few microseconds, any thread setting.
+closed forms (the adjugate over the determinant) take about 30 µs a call whatever the thread pool is doing
+(LAPACK's 5 µs holds only on an idle CPU).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ _NEXT, _AFTER = [1, 2, 0], [2, 0, 1]
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # np.cross moves axes about and costs ~10 × more on one vector; this is the same product
+    # the same product as np.cross, which moves axes about: 16 µs a call on one vector against 7 here
     return a[..., _NEXT] * b[..., _AFTER] - a[..., _AFTER] * b[..., _NEXT]
 
 

@@ -437,6 +437,18 @@ def _send_to(prefs, address, prompt="arms up", timeout_s=10.0):
     return obj
 
 
+def _connected_to(prefs, address):
+    """Point the add-on at ``address``, make a body and connect, pumping until the handshake is done;
+    returns the body."""
+    from blender_addon import session
+    prefs.address = address
+    prefs.server_public_key = prefs.client_public_key = prefs.client_secret_key = ""    # plaintext fake server
+    obj = create_body()
+    assert bpy.ops.posegpt.connect() == {"FINISHED"}
+    _pump_until(lambda: session.is_connected(), 5.0)
+    return obj
+
+
 def _pump_until(done, limit_s):
     from blender_addon import session
     start = time.monotonic()
@@ -527,11 +539,7 @@ def test_send_redraws_nothing_until_the_prompt_waits_and_a_reply_redraws_the_vie
     monkeypatch.setattr(session, "_redraw", lambda view=False: redraws.append("view" if view else "sidebar"))
     fake = FakeServer({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})      # never answers
     try:
-        prefs.address = fake.address
-        prefs.server_public_key = prefs.client_public_key = prefs.client_secret_key = ""
-        obj = create_body()
-        assert bpy.ops.posegpt.connect() == {"FINISHED"}
-        _pump_until(lambda: session.is_connected(), 5.0)
+        obj = _connected_to(prefs, fake.address)
         redraws.clear()
         bpy.context.scene.posegpt.prompt = "arms up"
         assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
@@ -559,11 +567,7 @@ def test_the_event_loop_is_kept_awake_only_while_a_fresh_request_is_out(prefs, m
     from test_addon_liveness import FakeServer, hello, pong
     fake = FakeServer({"hello": hello, "chat": lambda r: ["beat"], "ping": pong})      # never answers
     try:
-        prefs.address = fake.address
-        prefs.server_public_key = prefs.client_public_key = prefs.client_secret_key = ""
-        obj = create_body()
-        assert bpy.ops.posegpt.connect() == {"FINISHED"}
-        _pump_until(lambda: session.is_connected(), 5.0)
+        obj = _connected_to(prefs, fake.address)
         assert not session.wants_awake()                                      # connected, idle
         bpy.context.scene.posegpt.prompt = "arms up"
         assert bpy.ops.posegpt.send_prompt(armature=obj.name) == {"FINISHED"}
