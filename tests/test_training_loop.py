@@ -64,6 +64,55 @@ def test_resume_continues_with_the_losses_of_an_uninterrupted_run(data_dir, full
     assert [r["step"] for r in logged if "ce" in r] == [1, 2, 3, 4] and all("pose" in r for r in logged)
 
 
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_each_warm_restart_cycle_is_the_one_cycle_schedule_of_its_length(kind):
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    from training.train import lr_schedule
+
+    def factors(scheduler, steps):
+        return [scheduler.lr_lambdas[0](step) for step in range(steps)]
+
+    def optimizer():
+        return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    make = get_cosine_schedule_with_warmup if kind == "cosine" else get_linear_schedule_with_warmup
+    one = factors(make(optimizer(), 3, 10), 11)
+    three = factors(lr_schedule(optimizer(), kind, 3, 30, cycles=3), 31)
+    assert three[:10] == one[:10] and three[10:20] == one[:10] and three[20:30] == one[:10]
+    assert one[10] == three[10] == three[30] == 0.0          # each cycle ends (and the next starts) at lr 0
+    assert factors(lr_schedule(optimizer(), kind, 3, 10), 11) == one
+
+
+@pytest.mark.parametrize("cycles", [0, 3])
+def test_cycles_that_do_not_divide_the_run_are_refused(data_dir, tmp_path, cycles):
+    from training.config import ConfigError, validate
+
+    cfg = _config(data_dir, tmp_path, max_steps=8)
+    cfg.optim.cycles = cycles
+    with pytest.raises(ConfigError, match="optim.cycles"):
+        validate(cfg)
+
+
+def test_a_finished_run_resumed_into_a_second_cycle_is_the_two_cycle_run(data_dir, full_run, tmp_path):
+    # The demo's recipe: 2 cycles over 2 × N steps; its first N steps are the one-cycle N-step run, so a
+    # finished run continued for a second cycle gives what `make train` gives from scratch.
+    out, full = full_run
+
+    def two_cycles(folder, **train_args):
+        cfg = _config(data_dir, folder, max_steps=8, export_final=False, **train_args)
+        cfg.optim.cycles = 2
+        return cfg
+
+    whole = train(two_cycles(tmp_path / "whole"))
+    continued = train(two_cycles(tmp_path / "continued", resume=str(out / "checkpoints" / "step-0000004")))
+    assert [h["step"] for h in continued["history"]] == [5, 6, 7, 8]
+    for a, b in zip(full["history"] + continued["history"], whole["history"]):
+        for key in ("loss", "ce", "pose", "lr"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), (key, a, b)
+    assert whole["history"][3]["lr"] == 0.0 < whole["history"][4]["lr"]      # (lr logged for the next step)
+
+
 @pytest.mark.slow
 def test_resume_with_loader_workers_continues_with_the_losses_of_an_uninterrupted_run(data_dir, tmp_path):
     # Worker processes draw their seed when the loader's iterator starts; from torch's RNG that draw would

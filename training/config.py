@@ -86,6 +86,8 @@ class OptimConfig:
     warmup_steps: int = 100
     schedule: str = "cosine"             # "cosine" | "linear" (warm-up, then linear decay to 0: the reference
                                          # scripts' DeepSpeed WarmupDecayLR; the paper configs) | "constant"
+    cycles: int = 1                      # > 1: the schedule (warm-up, decay to 0) runs this many times over
+                                         # max_steps (warm restarts); cycle 1 is a cycles=1 run of max_steps/cycles
     grad_clip: float = 1.0
 
 
@@ -260,6 +262,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("train.export_dtype must be one of bf16, fp16, fp32")
     if cfg.optim.schedule not in ("cosine", "linear", "constant"):
         raise ConfigError("optim.schedule must be cosine, linear or constant")
+    if cfg.optim.cycles < 1 or cfg.train.max_steps % cfg.optim.cycles:
+        raise ConfigError(f"optim.cycles must be at least 1 and divide train.max_steps ({cfg.train.max_steps}); "
+                          f"got {cfg.optim.cycles}")
     if not cfg.data.mix or any((not isinstance(v, (int, float))) or v < 0 for v in cfg.data.mix.values()):
         raise ConfigError("data.mix must map source names to non-negative weights")
     unknown = set(cfg.data.mix) - {"image", "text", "instruction"}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -106,15 +107,40 @@ def _deepspeed_plugin(cfg: ExperimentConfig, precision: str):
 
 # --- the loop ---------------------------------------------------------------------------------------------
 
+def lr_schedule(optimizer, kind: str, warmup_steps: int, max_steps: int, cycles: int = 1):
+    """Warm-up, then cosine or linear decay to 0 (``constant``: warm-up only), run ``cycles`` times over
+    ``max_steps``. One cycle is transformers' schedule; with more, each cycle repeats it over
+    ``max_steps / cycles`` steps (warm restarts), so the first cycle equals a one-cycle run of that length
+    and a run resumed from that run's last checkpoint continues it exactly."""
+    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
+                              get_linear_schedule_with_warmup)
+
+    length = max_steps // cycles
+    warmup = min(warmup_steps, max(length - 1, 0))
+    if kind == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    if cycles == 1:                        # linear: DeepSpeed's WarmupDecayLR of the reference scripts
+        make = get_cosine_schedule_with_warmup if kind == "cosine" else get_linear_schedule_with_warmup
+        return make(optimizer, warmup, max_steps)
+
+    def factor(step: int) -> float:        # transformers' arithmetic, on the step within its cycle
+        step = step % length
+        if step < warmup:
+            return float(step) / float(max(1, warmup))
+        if kind == "cosine":
+            progress = float(step - warmup) / float(max(1, length - warmup))
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * float(0.5) * 2.0 * progress)))
+        return max(0.0, float(length - step) / float(max(1, length - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def train(cfg: ExperimentConfig) -> dict:
     """Run the experiment; returns {"history": [per-step dicts], "final": export path or None, "model",
     "tokenizer", "processor", "manifest": the trained model (unwrapped) and what it needs}."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from tqdm.auto import tqdm
-    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
-                              get_linear_schedule_with_warmup)
-
     from backend.posegpt.templates import Template
 
     validate(cfg)                      # configs built in code skip load_config's checks otherwise
@@ -168,12 +194,8 @@ def train(cfg: ExperimentConfig) -> dict:
               {"params": head, "lr": cfg.optim.head_lr or cfg.optim.lr}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.optim.lr,
                                   weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
-    warmup = min(cfg.optim.warmup_steps, max(cfg.train.max_steps - 1, 0))
-    if cfg.optim.schedule == "constant":
-        scheduler = get_constant_schedule_with_warmup(optimizer, warmup)
-    else:                                  # linear: DeepSpeed's WarmupDecayLR of the reference scripts
-        make = get_cosine_schedule_with_warmup if cfg.optim.schedule == "cosine" else get_linear_schedule_with_warmup
-        scheduler = make(optimizer, warmup, cfg.train.max_steps)
+    scheduler = lr_schedule(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, cfg.train.max_steps,
+                            cfg.optim.cycles)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)   # stepped by hand, once per optimizer step
 
