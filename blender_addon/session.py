@@ -35,7 +35,7 @@ PUMP_IDLE_S = 0.5                # ... while connected and idle (liveness: pings
 PUMP_INTERVAL_S = PUMP_BUSY_S
 
 _state = {"connection": None, "status": "Not connected", "error": "", "shown": None, "render": None,
-          "writing_prompt": False, "last_send": None, "awake": None}
+          "writing_prompt": False, "last_send": None, "awake": None, "undo_due": None}
 
 
 def writing_prompt() -> bool:
@@ -102,6 +102,7 @@ def connect(context=None) -> Connection:
 
 
 def disconnect() -> None:
+    push_due_undo()
     conn = _state["connection"]
     if conn is not None:
         conn.close()
@@ -235,6 +236,7 @@ def _check_render() -> bool:
 def pump() -> float | None:
     """Timer callback: handle every reply that arrived; fast while a request (or a camera render) is in
     flight, slow while idle, stopped once the connection is closed or failed."""
+    push_due_undo()                 # the modal operator normally has (the event loop's next pass)
     rendered = _check_render()
     conn = _state["connection"]
     if conn is None:
@@ -367,6 +369,7 @@ def _on_result(outcome: Outcome) -> bool:
             message = add_message(chat, "assistant", text, prompt=outcome.pending.prompt)
         message.pose_json = pose_to_json(pose)
     chat.last_error = ""
+    push_due_undo()                               # the previous pose's step comes before this turn's
     _undo_push("PoseGPT reply")                   # the chat keeps the reply when the pose is undone
     apply_reply(obj, first_index)
     return True
@@ -377,10 +380,8 @@ def apply_reply(obj, index: int) -> None:
 
     Straight through ``rig_mapping`` rather than the *Apply* / *Key* operators: called from the timer, a
     registered operator also stores itself as the last operator and tells the window's history to
-    redraw, which buys nothing here. Its undo step is pushed at once, before the window draws the pose
-    (~2 ms of Blender's global undo here): pushed after that draw instead, from a timer, an event the
-    artist gave during the draw would be handled first (Blender runs timers after event handlers), and
-    an undo step it pushed would hold the reply's pose under the artist's operation."""
+    redraw, which buys nothing here. Its undo step is pushed once the pose is drawn when it can be
+    (``push_undo_after_draw``)."""
     scene = bpy.context.scene
     settings = scene.posegpt
     try:
@@ -394,7 +395,32 @@ def apply_reply(obj, index: int) -> None:
     except (AddonError, PoseFormatError, IndexError) as exc:
         _report(exc.text if isinstance(exc, AddonError) else f"PoseGPT could not use a reply: {exc}")
         return
-    _undo_push("PoseGPT pose")
+    push_undo_after_draw("PoseGPT pose")
+
+
+def push_undo_after_draw(message: str) -> None:
+    """Push the pose's undo step once the window has drawn it, not in front of that draw.
+
+    Blender's global undo writes the whole file into memory: ~2.5 ms for the test scene, far more for a
+    production one, all of it between the reply and the pose showing. Deferred, the push must still come
+    before anything the artist does next, or that operation's own undo step would hold the reply's pose
+    and one Ctrl+Z would take back both. While the loop is kept awake (``stay_awake``) the
+    ``posegpt.stay_awake`` modal operator sees every event of the window first, in the event loop's next
+    pass (after this pass's draw) and before the event reaches anything else, and pushes there
+    (``push_due_undo``); a Ctrl+Z pressed during the draw is then an undo of exactly this pose. Without it
+    (a reply that took longer than AWAKE_FOR_S, background Blender, tests) the step is pushed at once."""
+    if is_awake():
+        push_due_undo()                       # an earlier pose still due (two replies in one pass) first
+        _state["undo_due"] = message
+    else:
+        _undo_push(message)
+
+
+def push_due_undo() -> None:
+    """Push the undo step a pose is owed, if any (``push_undo_after_draw``)."""
+    message, _state["undo_due"] = _state["undo_due"], None
+    if message:
+        _undo_push(message)
 
 
 def _undo_push(message: str) -> None:

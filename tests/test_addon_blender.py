@@ -585,6 +585,47 @@ def test_the_event_loop_is_kept_awake_only_while_a_fresh_request_is_out(prefs, m
         session.disconnect()
 
 
+def test_a_reply_s_undo_step_waits_for_the_draw_and_goes_in_before_the_next_event(prefs, monkeypatch):
+    """Issue 16: the pose's undo step (Blender's global undo writes the whole file into memory) is pushed
+    after the window draws the pose, by the ``posegpt.stay_awake`` modal operator, which sees the window's
+    next event before anything else does: undo then takes back exactly that pose and keeps the chat.
+    Without the operator (no window, a slow reply) it is pushed at once."""
+    from types import SimpleNamespace
+
+    from blender_addon import session
+    from blender_addon.operators import POSEGPT_OT_stay_awake
+    obj = create_body()
+    name = obj.name
+    bpy.ops.ed.undo_push(message="test start")
+    pushed = []
+    push = session._undo_push
+    monkeypatch.setattr(session, "_undo_push", lambda message: (pushed.append(message), push(message)))
+    first = stored_pose(send_and_wait(obj, "she is proposing marriage")[0])
+    assert pushed == ["PoseGPT reply", "PoseGPT pose"]                     # no window: at once
+
+    monkeypatch.setitem(session._state, "awake", object())                 # the modal operator's timer (a window)
+    second = stored_pose(send_and_wait(obj, "now she sits down")[0])
+    np.testing.assert_allclose(rig.read_pose(bpy.data.objects[name]), second, atol=1e-5)
+    assert pushed[2:] == ["PoseGPT reply"]                                 # the pose is on, its step is due
+    ctrl_z = SimpleNamespace(type="Z", value="PRESS", ctrl=True)
+    assert POSEGPT_OT_stay_awake.modal(None, bpy.context, ctrl_z) == {"PASS_THROUGH"}
+    assert pushed[2:] == ["PoseGPT reply", "PoseGPT pose"]                 # pushed before the key does anything
+
+    window = bpy.context.window_manager.windows[0]
+    area = next(a for a in window.screen.areas if a.type == "VIEW_3D")
+    with bpy.context.temp_override(window=window, screen=window.screen, area=area):
+        assert bpy.ops.ed.undo() == {"FINISHED"}
+        undone = bpy.data.objects[name]                                    # undo reloads the data
+        np.testing.assert_allclose(rig.read_pose(undone), first, atol=1e-5)
+        assert [m.role for m in undone.posegpt_chat.messages] == ["user", "assistant"] * 2
+        assert bpy.ops.ed.redo() == {"FINISHED"}
+        np.testing.assert_allclose(rig.read_pose(bpy.data.objects[name]), second, atol=1e-5)
+
+    session.push_undo_after_draw("PoseGPT pose")                           # owed when the add-on disconnects
+    session.disconnect()
+    assert pushed[-1] == "PoseGPT pose" and session._state["undo_due"] is None
+
+
 def test_a_reply_clears_the_prompt_without_re_evaluating_the_scene(prefs):
     """Issue 16: the reply's chat turn is written without RNA updates that reach the depsgraph. Clearing the
     prompt through ``settings.prompt = ""`` ran the prompt's update, and Blender then tagged the Scene for
