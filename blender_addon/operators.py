@@ -420,15 +420,15 @@ class POSEGPT_OT_stay_awake(bpy.types.Operator):
     def modal(self, context, event):
         # Every event of the window reaches this handler first, in a later pass of the event loop than the
         # reply's (so after the pose was drawn): the pose's undo step goes in before the event does
-        # anything (session.push_undo_after_draw).
-        session.push_due_undo()
+        # anything (session.push_undo_after_draw), and its stick figure is made (session.icon_waits).
+        session.after_pose_drawn()
         if not session.is_awake() or (event.type == "TIMER" and not session.wants_awake()):
             session.end_awake()
             return {"FINISHED"}
         return {"PASS_THROUGH"}
 
     def cancel(self, context):        # called by Blender when it ends the operator (File > Open, quit)
-        session.push_due_undo()
+        session.after_pose_drawn()
         session.end_awake()
 
 

@@ -240,7 +240,7 @@ class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):
         answers = group[1:] if head.role == "user" else group
         # The turn's label: its prompt, with the stick figure of the pose it got (the last one, if several).
         posed = [messages[i].pose_json for i in answers if messages[i].role == "assistant" and messages[i].pose_json]
-        figure = pose_icon_id(posed[-1]) if posed else 0
+        figure = pose_icon_id(posed[-1]) if posed and not session.icon_waits(posed[-1]) else 0
         icon = {"icon_value": figure} if figure else {"icon": "IMAGE_DATA" if head.image else "USER"}
         if head.role == "user":
             row.label(text=_one_line(head.text, context, indent=6), **icon)

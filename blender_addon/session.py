@@ -35,7 +35,8 @@ PUMP_IDLE_S = 0.5                # ... while connected and idle (liveness: pings
 PUMP_INTERVAL_S = PUMP_BUSY_S
 
 _state = {"connection": None, "status": "Not connected", "error": "", "shown": None, "render": None,
-          "writing_prompt": False, "last_send": None, "awake": None, "undo_due": None}
+          "writing_prompt": False, "last_send": None, "awake": None, "undo_due": None,
+          "icons_due": set()}
 
 
 def writing_prompt() -> bool:
@@ -102,7 +103,7 @@ def connect(context=None) -> Connection:
 
 
 def disconnect() -> None:
-    push_due_undo()
+    after_pose_drawn()
     conn = _state["connection"]
     if conn is not None:
         conn.close()
@@ -236,7 +237,7 @@ def _check_render() -> bool:
 def pump() -> float | None:
     """Timer callback: handle every reply that arrived; fast while a request (or a camera render) is in
     flight, slow while idle, stopped once the connection is closed or failed."""
-    push_due_undo()                 # the modal operator normally has (the event loop's next pass)
+    after_pose_drawn()              # the modal operator normally has (the event loop's next pass)
     rendered = _check_render()
     conn = _state["connection"]
     if conn is None:
@@ -358,6 +359,7 @@ def _on_result(outcome: Outcome) -> bool:
     if chat is None:
         _report(f"PoseGPT reply for {outcome.pending.target!r} arrived, but that armature is gone")
         return False
+    after_pose_drawn()                   # a previous pose (two replies in one pass) gets its step first
     first_index = len(chat.messages) + 1                   # after the prompt written with it
     for k, pose in enumerate(outcome.poses):
         text = outcome.text if k == 0 else f"(pose {k + 1} of {len(outcome.poses)})"
@@ -368,8 +370,9 @@ def _on_result(outcome: Outcome) -> bool:
         else:
             message = add_message(chat, "assistant", text, prompt=outcome.pending.prompt)
         message.pose_json = pose_to_json(pose)
+        if is_awake():                                     # its stick figure is made after the pose's draw
+            _state["icons_due"].add(message.pose_json)
     chat.last_error = ""
-    push_due_undo()                               # the previous pose's step comes before this turn's
     _undo_push("PoseGPT reply")                   # the chat keeps the reply when the pose is undone
     apply_reply(obj, first_index)
     return True
@@ -407,20 +410,35 @@ def push_undo_after_draw(message: str) -> None:
     and one Ctrl+Z would take back both. While the loop is kept awake (``stay_awake``) the
     ``posegpt.stay_awake`` modal operator sees every event of the window first, in the event loop's next
     pass (after this pass's draw) and before the event reaches anything else, and pushes there
-    (``push_due_undo``); a Ctrl+Z pressed during the draw is then an undo of exactly this pose. Without it
-    (a reply that took longer than AWAKE_FOR_S, background Blender, tests) the step is pushed at once."""
+    (``after_pose_drawn``); a Ctrl+Z pressed during the draw is then an undo of exactly this pose. Without
+    it (a reply that took longer than AWAKE_FOR_S, background Blender, tests) the step is pushed at once."""
     if is_awake():
-        push_due_undo()                       # an earlier pose still due (two replies in one pass) first
+        if _state["undo_due"]:                # an earlier pose still due (two replies in one pass) first
+            _undo_push(_state["undo_due"])
         _state["undo_due"] = message
     else:
         _undo_push(message)
 
 
-def push_due_undo() -> None:
-    """Push the undo step a pose is owed, if any (``push_undo_after_draw``)."""
+def icon_waits(pose_json: str) -> bool:
+    """Whether a reply's stick figure waits for its pose's draw: made in the sidebar's draw, in front of
+    the 3D View's, it cost ~9 ms of the window's first frame with the pose (panels.pose_preview). That frame
+    shows the turn with its plain icon; the figure follows in the next redraw of the sidebar."""
+    return pose_json in _state["icons_due"]
+
+
+def after_pose_drawn() -> None:
+    """What a reply's pose is owed once the window has drawn it: its undo step (``push_undo_after_draw``)
+    and its stick figures (``icon_waits``), then a redraw of the sidebar that shows them."""
     message, _state["undo_due"] = _state["undo_due"], None
     if message:
         _undo_push(message)
+    icons, _state["icons_due"] = _state["icons_due"], set()
+    if icons:
+        from .panels import pose_preview
+        for pose_json in icons:
+            pose_preview(pose_json)
+        _redraw(view=False)
 
 
 def _undo_push(message: str) -> None:

@@ -586,10 +586,10 @@ def test_the_event_loop_is_kept_awake_only_while_a_fresh_request_is_out(prefs, m
 
 
 def test_a_reply_s_undo_step_waits_for_the_draw_and_goes_in_before_the_next_event(prefs, monkeypatch):
-    """Issue 16: the pose's undo step (Blender's global undo writes the whole file into memory) is pushed
-    after the window draws the pose, by the ``posegpt.stay_awake`` modal operator, which sees the window's
-    next event before anything else does: undo then takes back exactly that pose and keeps the chat.
-    Without the operator (no window, a slow reply) it is pushed at once."""
+    """Issue 16: the pose's undo step (Blender's global undo writes the whole file into memory) and its
+    stick figure are made after the window draws the pose, by the ``posegpt.stay_awake`` modal operator,
+    which sees the window's next event before anything else does: undo then takes back exactly that pose
+    and keeps the chat. Without the operator (no window, a slow reply) the step is pushed at once."""
     from types import SimpleNamespace
 
     from blender_addon import session
@@ -607,9 +607,12 @@ def test_a_reply_s_undo_step_waits_for_the_draw_and_goes_in_before_the_next_even
     second = stored_pose(send_and_wait(obj, "now she sits down")[0])
     np.testing.assert_allclose(rig.read_pose(bpy.data.objects[name]), second, atol=1e-5)
     assert pushed[2:] == ["PoseGPT reply"]                                 # the pose is on, its step is due
+    reply = bpy.data.objects[name].posegpt_chat.messages[-1].pose_json
+    assert session.icon_waits(reply)                                       # and its stick figure
     ctrl_z = SimpleNamespace(type="Z", value="PRESS", ctrl=True)
     assert POSEGPT_OT_stay_awake.modal(None, bpy.context, ctrl_z) == {"PASS_THROUGH"}
     assert pushed[2:] == ["PoseGPT reply", "PoseGPT pose"]                 # pushed before the key does anything
+    assert not session.icon_waits(reply)
 
     window = bpy.context.window_manager.windows[0]
     area = next(a for a in window.screen.areas if a.type == "VIEW_3D")
