@@ -225,7 +225,10 @@ def write_card(checkpoint: Path, results: dict, info: dict, held_out: dict, note
         "## Training", "",
         f"- `make train CONFIG=training/configs/demo.yaml` on CPU, {train.get('torch_threads')} threads: "
         f"{info['steps']} steps of batch {train.get('batch_size')}, AdamW lr {optim.get('lr'):g} (head "
-        f"{optim.get('head_lr'):g}), cosine; loss {train.get('ce_weight', 1.0):g} × CE + "
+        f"{optim.get('head_lr'):g}), {optim.get('schedule', 'cosine')}"
+        + (f" in {optim['cycles']} cycles of {info['steps'] // optim['cycles']} steps (warm restarts: each warms up "
+           "and decays to 0 again)" if optim.get("cycles", 1) > 1 else "")
+        + f"; loss {train.get('ce_weight', 1.0):g} × CE + "
         f"{train.get('pose_weight'):g} × pose L1"
         + (f" + {train.get('pose_weight'):g} × {train.get('edit_weight'):g} × L1 on the joints an edit turn changes "
            "(`training.train.edit_focus_loss`)." if train.get("edit_weight") else "."),
