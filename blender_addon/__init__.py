@@ -37,10 +37,10 @@ def _classes() -> tuple:
 
 def register():
     import bpy
-    from . import operators, panels, properties, rig_mapping
+    from . import operators, panels, pose_previews, properties, rig_mapping
     for cls in _classes():
         bpy.utils.register_class(cls)
-    panels.register_icons()
+    pose_previews.register_icons()
     properties.register_properties()
     rig_mapping.register_properties()
     operators.register_keymap()
@@ -48,10 +48,10 @@ def register():
 
 def unregister():
     import bpy
-    from . import operators, panels, properties, rig_mapping, session
+    from . import operators, panels, pose_previews, properties, rig_mapping, session
     session.disconnect()
     operators.unregister_keymap()
-    panels.unregister_icons()
+    pose_previews.unregister_icons()
     rig_mapping.unregister_properties()
     properties.unregister_properties()
     for cls in reversed(_classes()):

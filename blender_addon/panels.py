@@ -1,14 +1,14 @@
 """The View3D sidebar tab "PoseGPT": connection, body, chat, options, pose files."""
 from __future__ import annotations
 
-import hashlib
 import time
 
 import bpy
 
-from . import pose_icon, rig_mapping, session
-from .chat_state import display_text, first_sentence, pose_from_json, turns, wrap_columns, wrap_text
+from . import rig_mapping, session
+from .chat_state import display_text, first_sentence, turns, wrap_columns, wrap_text
 from .operators import target_armature
+from .pose_previews import pose_icon_id
 
 MAX_TURNS_SHOWN = 20                 # older turns stay in the .blend; the panel shows the latest ones
 MAX_MESSAGES_SHOWN = 4 * MAX_TURNS_SHOWN
@@ -119,46 +119,6 @@ def _draw_rig_status(layout, context, obj) -> None:
         _wrapped_labels(column, context, "Not mapped: " + ", ".join(info["missing"]))
     if info["convention"] == "rigify":
         _wrapped_labels(column, context, "Poses the FK controls; the limbs' IK/FK switches are set to FK.")
-
-
-_icons = {"previews": None}     # bpy.utils.previews collection: one stick figure per distinct reply pose
-
-
-def register_icons() -> None:
-    import bpy.utils.previews
-    _icons["previews"] = bpy.utils.previews.new()
-
-
-def unregister_icons() -> None:
-    import bpy.utils.previews
-    if _icons["previews"] is not None:
-        bpy.utils.previews.remove(_icons["previews"])
-    _icons["previews"] = None
-
-
-def pose_preview(pose_json: str):
-    """The preview holding a stored pose's stick figure (pose_icon.py), made the first time it is asked for
-    and kept for the session; None for a pose that does not decode or before the add-on registered."""
-    previews = _icons["previews"]
-    if previews is None or not pose_json:
-        return None
-    key = f"pose-{hashlib.sha1(pose_json.encode()).hexdigest()[:16]}"
-    if key not in previews:
-        try:
-            pixels = pose_icon.stick_figure(pose_from_json(pose_json)).ravel()
-        except ValueError:                        # PoseFormatError: a stored pose that does not decode
-            return None
-        preview = previews.new(key)
-        preview.icon_size = preview.image_size = (pose_icon.ICON_PX, pose_icon.ICON_PX)
-        preview.icon_pixels_float = preview.image_pixels_float = pixels
-    return previews[key]
-
-
-def pose_icon_id(pose_json: str) -> int:
-    """The stick figure's icon id for ``layout.label(icon_value=…)``; 0 (no icon) when there is none (and
-    always in background Blender, which has no icons)."""
-    preview = pose_preview(pose_json)
-    return preview.icon_id if preview is not None else 0
 
 
 class POSEGPT_PT_chat(_SidebarPanel, bpy.types.Panel):

@@ -4,7 +4,7 @@ Forward kinematics on the mannequin's rest skeleton, seen from the front and a l
 left (SMPL frame: +y up, the body's left at +x, on the viewer's right; the view turned VIEW_YAW_DEG so
 a thigh raised forward, sitting or kneeling, shows), drawn into an RGBA float image with anti-aliased lines. The
 body's left limbs are blue and its right limbs orange, the way pose tools colour sides, so "raise the
-left arm" can be checked at a glance. ``panels.py`` hands the pixels to a ``bpy.utils.previews``
+left arm" can be checked at a glance. ``pose_previews.py`` hands the pixels to a ``bpy.utils.previews``
 collection; this module only computes them.
 """
 from __future__ import annotations

@@ -25,6 +25,7 @@ from . import rig_mapping
 from .chat_state import PoseFormatError, pose_from_json, pose_to_json
 from .connection import Connection, Outcome, curve_settings
 from .reply_handling import AddonError
+from .pose_previews import pose_preview
 from .preferences import get_preferences
 
 PUMP_BUSY_S = 0.005              # how often the timer looks for replies while requests are in flight
@@ -422,7 +423,7 @@ def push_undo_after_draw(message: str) -> None:
 
 def icon_waits(pose_json: str) -> bool:
     """Whether a reply's stick figure waits for its pose's draw: made in the sidebar's draw, in front of
-    the 3D View's, it cost ~9 ms of the window's first frame with the pose (panels.pose_preview). That frame
+    the 3D View's, it cost ~9 ms of the window's first frame with the pose (pose_previews.pose_preview). That frame
     shows the turn with its plain icon; the figure follows in the next redraw of the sidebar."""
     return pose_json in _state["icons_due"]
 
@@ -435,7 +436,6 @@ def after_pose_drawn() -> None:
         _undo_push(message)
     icons, _state["icons_due"] = _state["icons_due"], set()
     if icons:
-        from .panels import pose_preview
         for pose_json in icons:
             pose_preview(pose_json)
         _redraw(view=False)

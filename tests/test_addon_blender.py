@@ -708,20 +708,21 @@ def test_each_turn_is_labelled_with_a_stick_figure_of_its_pose(addon):
     """Issue 16: a reply's prompt row carries a small stick figure of the pose it got (a preview made once
     per pose from pose_icon.stick_figure; background Blender has no icon ids, the GUI test's screenshot shows
     them); a pose that does not decode gets no icon, not an error."""
-    from blender_addon import panels, pose_icon
+    from blender_addon import pose_icon, pose_previews
     from blender_addon.chat_state import pose_to_json
     from smpl_rig import rotations as rot
     rotvec = np.zeros((24, 3))
     rotvec[16] = [0.0, 0.0, 1.3]                                  # the left arm raised
     stored = pose_to_json(rot.rotvec_to_rotmat(rotvec))
-    preview = panels.pose_preview(stored)
-    assert preview is not None and panels.pose_preview(stored) == preview      # made once, then reused
+    preview = pose_previews.pose_preview(stored)
+    assert preview is not None and pose_previews.pose_preview(stored) == preview      # made once, then reused
     expected = pose_icon.stick_figure(rot.rotvec_to_rotmat(rotvec))
     assert tuple(preview.icon_size) == tuple(preview.image_size) == (pose_icon.ICON_PX, pose_icon.ICON_PX)
     # Blender keeps preview pixels as 8-bit RGBA
     np.testing.assert_allclose(np.asarray(preview.icon_pixels_float[:]), expected.ravel(), atol=1 / 255)
     np.testing.assert_allclose(np.asarray(preview.image_pixels_float[:]), expected.ravel(), atol=1 / 255)
-    other = panels.pose_preview(pose_to_json(np.eye(3)[None].repeat(24, 0)))
+    other = pose_previews.pose_preview(pose_to_json(np.eye(3)[None].repeat(24, 0)))
     assert other is not None and other != preview
-    assert panels.pose_preview('{"format": "something else"}') is None and panels.pose_preview("") is None
-    assert panels.pose_icon_id('{"format": "something else"}') == 0
+    assert pose_previews.pose_preview('{"format": "something else"}') is None
+    assert pose_previews.pose_preview("") is None
+    assert pose_previews.pose_icon_id('{"format": "something else"}') == 0
